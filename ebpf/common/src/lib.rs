@@ -1,0 +1,348 @@
+//! The kernel <-> user-space contract of the Loupe datapath.
+//!
+//! Every map key, map value and ring-buffer record the eBPF programs share with the
+//! runtime is defined here, once, as a `#[repr(C)]` struct whose fields are laid out
+//! without implicit padding (each struct's size is asserted below), so both sides agree
+//! on the bytes. Multi-byte fields that the kernel compares as bytes (LPM keys) are
+//! byte arrays in network order; everything else is in host order unless named `_be`.
+//!
+//! The user side enables the `user` feature, which implements [`aya::Pod`] for the
+//! types that cross the boundary.
+#![no_std]
+#![warn(missing_docs)]
+
+pub mod identity;
+
+/// Where programs and maps are pinned (bpffs). Everything Loupe owns in the kernel
+/// lives below this directory, so a restarted agent can adopt it.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/loupe";
+
+/// Map names, shared by the eBPF object and the loader.
+pub mod maps {
+    /// LPM trie: IP prefix (v4-mapped v6) -> [`crate::IpcacheValue`].
+    pub const IPCACHE: &str = "LOUPE_IPCACHE";
+    /// Hash: host-side ifindex -> [`crate::EndpointInfo`].
+    pub const ENDPOINTS: &str = "LOUPE_ENDPOINTS";
+    /// LPM trie: [`crate::PolicyKey`] -> [`crate::PolicyValue`].
+    pub const POLICY: &str = "LOUPE_POLICY";
+    /// LRU hash: [`crate::CtKey`] -> [`crate::CtValue`].
+    pub const CONNTRACK: &str = "LOUPE_CT";
+    /// Ring buffer of [`crate::FlowEvent`] records.
+    pub const EVENTS: &str = "LOUPE_EVENTS";
+    /// Per-CPU array of [`crate::Counter`], indexed by [`crate::counter_index`].
+    pub const COUNTERS: &str = "LOUPE_COUNTERS";
+    /// Array with one [`crate::DatapathConfig`] at index 0.
+    pub const CONFIG: &str = "LOUPE_CONFIG";
+}
+
+/// Program names in the eBPF object.
+pub mod programs {
+    /// TC ingress of an endpoint's host-side veth: traffic leaving the endpoint.
+    pub const FROM_ENDPOINT: &str = "loupe_from_endpoint";
+    /// TC egress of an endpoint's host-side veth: traffic entering the endpoint.
+    pub const TO_ENDPOINT: &str = "loupe_to_endpoint";
+}
+
+/// Default map sizes (overridden by the agent's config before the maps are created).
+pub mod sizes {
+    /// `bpf.ctGlobalTcpMax` + `bpf.ctGlobalAnyMax` default total.
+    pub const CONNTRACK: u32 = 524_288 + 262_144;
+    /// `bpf.policyMapEntries` default (Cilium's default is 16384 per endpoint).
+    pub const POLICY: u32 = 65_536;
+    /// Entries of the ipcache.
+    pub const IPCACHE: u32 = 512_000;
+    /// Endpoints on one node.
+    pub const ENDPOINTS: u32 = 4_096;
+    /// Bytes of the event ring buffer (a power of two, multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 4 << 20;
+}
+
+/// Traffic direction relative to the endpoint, numbered like Hubble's
+/// `TrafficDirection` (`INGRESS = 1`, `EGRESS = 2`).
+pub mod direction {
+    /// Into the endpoint.
+    pub const INGRESS: u8 = 1;
+    /// Out of the endpoint.
+    pub const EGRESS: u8 = 2;
+}
+
+/// Drop reasons, numbered like Hubble's `DropReason` enum so a record maps onto a
+/// flow without a table.
+pub mod drop_reason {
+    /// Not a drop: the packet was forwarded.
+    pub const NONE: u8 = 0;
+    /// No rule allows the packet (`POLICY_DENIED`, "Policy denied").
+    pub const POLICY_DENIED: u8 = 133;
+    /// A packet too short or with a malformed header.
+    pub const INVALID_PACKET: u8 = 134;
+    /// Truncated or invalid header for connection tracking.
+    pub const CT_TRUNCATED_OR_INVALID_HEADER: u8 = 135;
+    /// The conntrack map refused a new entry.
+    pub const CT_MAP_INSERTION_FAILED: u8 = 155;
+    /// An IPv6 extension header chain we do not walk.
+    pub const INVALID_IPV6_EXTENSION_HEADER: u8 = 156;
+    /// A non-first IP fragment on an enforced endpoint.
+    pub const IP_FRAGMENTATION_NOT_SUPPORTED: u8 = 157;
+    /// An explicit deny rule matched (`POLICY_DENY`, "Policy denied by denylist").
+    pub const POLICY_DENY: u8 = 181;
+}
+
+/// Kinds of [`FlowEvent`].
+pub mod event_kind {
+    /// A packet was dropped; `reason` says why.
+    pub const DROP: u8 = 1;
+    /// A connection-level trace point: new connection, first reply, FIN or RST.
+    pub const TRACE: u8 = 2;
+}
+
+/// Conntrack state of the packet an event describes.
+pub mod ct_status {
+    /// The first packet of a connection (a policy decision was made).
+    pub const NEW: u8 = 0;
+    /// A packet in the original direction of a known connection.
+    pub const ESTABLISHED: u8 = 1;
+    /// A packet in the reply direction of a known connection.
+    pub const REPLY: u8 = 2;
+}
+
+/// Policy actions stored in [`PolicyValue::action`].
+pub mod action {
+    /// Allow at L3/L4.
+    pub const ALLOW: u8 = 1;
+    /// Deny (explicit deny rule).
+    pub const DENY: u8 = 2;
+}
+
+/// Flags of [`PolicyValue::flags`].
+pub mod policy_flags {
+    /// The port carries L7 rules: the connection's payload is for the L7 path.
+    pub const L7: u8 = 1;
+}
+
+/// Flags of [`EndpointInfo::flags`].
+pub mod endpoint_flags {
+    /// Ingress is under default-deny enforcement.
+    pub const ENFORCE_INGRESS: u16 = 1;
+    /// Egress is under default-deny enforcement.
+    pub const ENFORCE_EGRESS: u16 = 2;
+}
+
+/// Flags of [`CtValue::flags`].
+pub mod ct_flags {
+    /// A reply has been seen (the first one was traced).
+    pub const SEEN_REPLY: u16 = 1;
+    /// FIN seen in the original direction.
+    pub const FIN_FWD: u16 = 2;
+    /// FIN seen in the reply direction.
+    pub const FIN_REV: u16 = 4;
+    /// RST seen.
+    pub const RST: u16 = 8;
+    /// The connection's port carries L7 rules.
+    pub const L7: u16 = 16;
+}
+
+/// Value of the ipcache LPM trie; its key is a 16-byte address (IPv4 as `::ffff:a.b.c.d`)
+/// with a prefix length counted on those 128 bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpcacheValue {
+    /// The security identity of addresses under this prefix.
+    pub identity: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// Value of the endpoint map, keyed by the host-side interface index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Endpoint number on this node (1..=65535), part of every policy key.
+    pub ep_id: u16,
+    /// [`endpoint_flags`].
+    pub flags: u16,
+    /// The endpoint's own security identity.
+    pub identity: u32,
+}
+
+/// Data of an LPM policy key. Fields are in the order the trie compares them: the
+/// endpoint, the direction and the remote identity always fully, then the protocol and
+/// the destination port as far as the prefix length says, so "any protocol" and port
+/// ranges (split into aligned prefixes) are single entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyKey {
+    /// Endpoint number, big-endian.
+    pub ep_id: [u8; 2],
+    /// [`direction`] of the traffic relative to the endpoint.
+    pub dir: u8,
+    /// Remote identity, big-endian; 0 means any identity.
+    pub identity: [u8; 4],
+    /// IP protocol number.
+    pub proto: u8,
+    /// Destination port, big-endian.
+    pub port: [u8; 2],
+}
+
+/// Bits of a [`PolicyKey`] that are always matched exactly.
+pub const POLICY_PREFIX_L3: u32 = (2 + 1 + 4) * 8;
+/// Bits of a [`PolicyKey`] up to and including the protocol.
+pub const POLICY_PREFIX_PROTO: u32 = POLICY_PREFIX_L3 + 8;
+/// All bits of a [`PolicyKey`].
+pub const POLICY_PREFIX_FULL: u32 = POLICY_PREFIX_PROTO + 16;
+
+/// Value of the policy map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// [`action`].
+    pub action: u8,
+    /// [`policy_flags`].
+    pub flags: u8,
+    /// Port of the runtime's L7 proxy for this entry, 0 if none.
+    pub proxy_port: u16,
+    /// Index of the rule in the runtime's policy table (for flow attribution).
+    pub rule: u32,
+}
+
+/// Conntrack key: the tuple as the endpoint's hook first saw it, plus which
+/// endpoint and direction own the entry (each hook tracks its own connections).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Source address, 16 bytes (IPv4 as `::ffff:a.b.c.d`).
+    pub saddr: [u8; 16],
+    /// Destination address.
+    pub daddr: [u8; 16],
+    /// Source port (host order); ICMP: the echo identifier.
+    pub sport: u16,
+    /// Destination port (host order); ICMP: 0.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`direction`] relative to the endpoint.
+    pub dir: u8,
+    /// Endpoint number.
+    pub ep_id: u16,
+}
+
+/// Conntrack value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// `bpf_ktime_get_boot_ns` at creation.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_boot_ns` of the last packet.
+    pub last_seen_ns: u64,
+    /// Policy revision the entry was last checked against ([`DatapathConfig::policy_rev`]).
+    pub policy_rev: u32,
+    /// Identity of the remote side.
+    pub remote_identity: u32,
+    /// [`ct_flags`].
+    pub flags: u16,
+    /// Proxy port for L7 redirect, 0 if none.
+    pub proxy_port: u16,
+    /// Reserved, zero.
+    pub pad: [u8; 4],
+}
+
+/// Index into the counters array.
+pub const fn counter_index(dir: u8, reason: u8) -> u32 {
+    (dir as u32) * 256 + reason as u32
+}
+
+/// Entries of the counters array: directions 0..=2 times 256 reasons.
+pub const COUNTER_ENTRIES: u32 = 3 * 256;
+
+/// A per-CPU packet / byte counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (L3 length as seen by TC).
+    pub bytes: u64,
+}
+
+/// Global datapath configuration, written by the runtime.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Bumped on every policy change; conntrack entries from an older revision are
+    /// re-checked against policy once, so a policy change reaches open connections
+    /// it no longer allows without touching those it still allows.
+    pub policy_rev: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// A record on the event ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_boot_ns` when the packet was seen.
+    pub ts_ns: u64,
+    /// Source address (IPv4 as `::ffff:a.b.c.d`).
+    pub saddr: [u8; 16],
+    /// Destination address.
+    pub daddr: [u8; 16],
+    /// Source port (host order); ICMP: type.
+    pub sport: u16,
+    /// Destination port (host order); ICMP: code.
+    pub dport: u16,
+    /// Host-side interface the hook ran on.
+    pub ifindex: u32,
+    /// Identity of the endpoint owning the hook.
+    pub local_identity: u32,
+    /// Identity of the other side.
+    pub remote_identity: u32,
+    /// Endpoint number.
+    pub ep_id: u16,
+    /// [`event_kind`].
+    pub kind: u8,
+    /// [`drop_reason`] for drops, 0 otherwise.
+    pub reason: u8,
+    /// [`direction`].
+    pub dir: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    /// TCP flags byte (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128).
+    pub tcp_flags: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// [`ct_status`].
+    pub ct_status: u8,
+    /// [`policy_flags`] of the matched entry.
+    pub policy_flags: u8,
+    /// Reserved, zero.
+    pub pad: [u8; 2],
+    /// Packet length.
+    pub len: u32,
+}
+
+// The layout is the contract: a change in size is a change of the contract.
+const _: () = assert!(core::mem::size_of::<IpcacheValue>() == 8);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 10);
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 72);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type below is `#[repr(C)]`, `Copy`, made only of integers and byte
+    // arrays, and has no implicit padding (sizes asserted above), so any bit pattern
+    // is a valid value.
+    unsafe impl aya::Pod for IpcacheValue {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for DatapathConfig {}
+    unsafe impl aya::Pod for FlowEvent {}
+}

@@ -1,0 +1,639 @@
+//! Loupe's TC datapath.
+//!
+//! Two programs run on the host-side veth of every endpoint: `loupe_from_endpoint`
+//! (TC ingress: the endpoint's egress traffic) and `loupe_to_endpoint` (TC egress: the
+//! endpoint's ingress traffic). Each hook enforces its own endpoint's policy for its
+//! direction, tracks connections, counts packets and reports connection-level events.
+//!
+//! Per packet: parse, then conntrack (reply? established?), and only for the first
+//! packet of a connection an ipcache lookup and at most two policy lookups (the
+//! remote identity, then the any-identity wildcard), each an LPM trie lookup whose
+//! cost does not depend on the number of rules.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{__sk_buff, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_boot_ns,
+    macros::{classifier, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::TcContext,
+};
+use loupe_common::{
+    COUNTER_ENTRIES, Counter, CtKey, CtValue, DatapathConfig, EndpointInfo, FlowEvent,
+    IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, action, counter_index, ct_flags,
+    ct_status, direction, drop_reason, endpoint_flags, event_kind, identity, sizes,
+};
+
+#[map(name = "LOUPE_IPCACHE")]
+static IPCACHE: LpmTrie<[u8; 16], IpcacheValue> = LpmTrie::pinned(sizes::IPCACHE, 0);
+
+#[map(name = "LOUPE_ENDPOINTS")]
+static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(sizes::ENDPOINTS, 0);
+
+#[map(name = "LOUPE_POLICY")]
+static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(sizes::POLICY, 0);
+
+#[map(name = "LOUPE_CT")]
+static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(sizes::CONNTRACK, 0);
+
+#[map(name = "LOUPE_EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(sizes::EVENTS_BYTES, 0);
+
+#[map(name = "LOUPE_COUNTERS")]
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_ENTRIES, 0);
+
+#[map(name = "LOUPE_CONFIG")]
+static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// Per-CPU scratch space: the parsed packet and a conntrack key live here, not on
+/// the 512-byte BPF stack.
+#[map(name = "LOUPE_SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+struct Scratch {
+    pkt: Packet,
+    key: CtKey,
+}
+
+// The bindings type these differently per target architecture.
+#[allow(clippy::unnecessary_cast)]
+const TC_PASS: i32 = TC_ACT_OK as i32;
+#[allow(clippy::unnecessary_cast)]
+const TC_DROP: i32 = TC_ACT_SHOT as i32;
+
+/// Counter slot for events lost because the ring buffer was full.
+const LOST_EVENTS: u32 = counter_index(0, 1);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_SCTP: u8 = 132;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+/// A parsed packet, addresses as 16-byte (IPv4-mapped) arrays.
+struct Packet {
+    family: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    /// Port used for the policy lookup (ICMP: the type).
+    policy_port: u16,
+    tcp_flags: u8,
+    /// ICMP error or neighbour discovery: never tracked, never policed.
+    control: bool,
+    /// A non-first fragment: no L4 header.
+    fragment: bool,
+    len: u32,
+}
+
+enum ParseError {
+    /// Not IP (ARP, LLDP...): not ours to police.
+    NotIp,
+    /// A malformed or truncated header.
+    Invalid(u8),
+}
+
+#[classifier]
+pub(crate) fn loupe_from_endpoint(ctx: TcContext) -> i32 {
+    process(&ctx, direction::EGRESS)
+}
+
+#[classifier]
+pub(crate) fn loupe_to_endpoint(ctx: TcContext) -> i32 {
+    process(&ctx, direction::INGRESS)
+}
+
+#[inline(always)]
+fn process(ctx: &TcContext, dir: u8) -> i32 {
+    let ifindex = ifindex(ctx);
+    // SAFETY: the value is copied out immediately; endpoints are only replaced whole.
+    let ep = match unsafe { ENDPOINTS.get(&ifindex) } {
+        Some(ep) => *ep,
+        None => return TC_PASS,
+    };
+    let enforced = ep.flags & enforce_flag(dir) != 0;
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return TC_PASS;
+    };
+    // SAFETY: per-CPU slot, used by one program invocation at a time on this CPU.
+    let scratch = unsafe { &mut *scratch };
+    let pkt = &mut scratch.pkt;
+    if let Err(err) = parse(ctx, pkt) {
+        return match err {
+            ParseError::NotIp => TC_PASS,
+            ParseError::Invalid(reason) if enforced => {
+                count(dir, reason, ctx.len());
+                TC_DROP
+            }
+            ParseError::Invalid(_) => {
+                count(dir, drop_reason::NONE, ctx.len());
+                TC_PASS
+            }
+        };
+    }
+    let pkt = &scratch.pkt;
+    if pkt.control {
+        count(dir, drop_reason::NONE, pkt.len);
+        return TC_PASS;
+    }
+    if pkt.fragment {
+        if enforced {
+            return drop(
+                ctx,
+                &ep,
+                dir,
+                pkt,
+                identity::ANY,
+                drop_reason::IP_FRAGMENTATION_NOT_SUPPORTED,
+            );
+        }
+        count(dir, drop_reason::NONE, pkt.len);
+        return TC_PASS;
+    }
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let policy_rev = CONFIG.get(0).map(|c| c.policy_rev).unwrap_or(0);
+
+    // A reply to a connection this endpoint tracks in the other direction.
+    reverse_key(pkt, opposite(dir), ep.ep_id, &mut scratch.key);
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&scratch.key) {
+        // SAFETY: the pointer is into a map value the kernel keeps alive for this call.
+        let ct = unsafe { &mut *ct };
+        ct.last_seen_ns = now;
+        let first_reply = ct.flags & ct_flags::SEEN_REPLY == 0;
+        let closing = close_flags(pkt.tcp_flags, ct_flags::FIN_REV, ct.flags);
+        ct.flags |= ct_flags::SEEN_REPLY | closing;
+        if first_reply || closing != 0 {
+            trace(ctx, &ep, dir, pkt, ct.remote_identity, ct_status::REPLY, 0);
+        }
+        count(dir, drop_reason::NONE, pkt.len);
+        return TC_PASS;
+    }
+
+    forward_key(pkt, dir, ep.ep_id, &mut scratch.key);
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&scratch.key) {
+        // SAFETY: as above.
+        let ct = unsafe { &mut *ct };
+        if ct.policy_rev != policy_rev {
+            // Policy changed since this connection was allowed: check it once more.
+            let remote_identity = lookup_identity(remote_addr(pkt, dir));
+            match verdict(&ep, dir, remote_identity, pkt, enforced) {
+                Ok(_) => {
+                    ct.policy_rev = policy_rev;
+                    ct.remote_identity = remote_identity;
+                }
+                Err(reason) => {
+                    let _ = CONNTRACK.remove(&scratch.key);
+                    return drop(ctx, &ep, dir, pkt, remote_identity, reason);
+                }
+            }
+        }
+        ct.last_seen_ns = now;
+        let closing = close_flags(pkt.tcp_flags, ct_flags::FIN_FWD, ct.flags);
+        ct.flags |= closing;
+        if closing != 0 {
+            trace(
+                ctx,
+                &ep,
+                dir,
+                pkt,
+                ct.remote_identity,
+                ct_status::ESTABLISHED,
+                0,
+            );
+        }
+        count(dir, drop_reason::NONE, pkt.len);
+        return TC_PASS;
+    }
+
+    // The first packet of a connection.
+    let remote_identity = lookup_identity(remote_addr(pkt, dir));
+    let policy_flags = match verdict(&ep, dir, remote_identity, pkt, enforced) {
+        Ok(flags) => flags,
+        Err(reason) => return drop(ctx, &ep, dir, pkt, remote_identity, reason),
+    };
+    let l7 = if policy_flags & loupe_common::policy_flags::L7 != 0 {
+        ct_flags::L7
+    } else {
+        0
+    };
+    let entry = CtValue {
+        created_ns: now,
+        last_seen_ns: now,
+        policy_rev,
+        remote_identity,
+        flags: l7 | close_flags(pkt.tcp_flags, ct_flags::FIN_FWD, 0),
+        proxy_port: 0,
+        pad: [0; 4],
+    };
+    if let Err(err) = CONNTRACK.insert(&scratch.key, &entry, BPF_NOEXIST as u64) {
+        // -EEXIST: another CPU created it first, which is fine.
+        if err != -17 {
+            return drop(
+                ctx,
+                &ep,
+                dir,
+                pkt,
+                remote_identity,
+                drop_reason::CT_MAP_INSERTION_FAILED,
+            );
+        }
+    }
+    trace(
+        ctx,
+        &ep,
+        dir,
+        pkt,
+        remote_identity,
+        ct_status::NEW,
+        policy_flags,
+    );
+    count(dir, drop_reason::NONE, pkt.len);
+    TC_PASS
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is the program's `__sk_buff`, valid for the call.
+    unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex }
+}
+
+#[inline(always)]
+fn enforce_flag(dir: u8) -> u16 {
+    if dir == direction::INGRESS {
+        endpoint_flags::ENFORCE_INGRESS
+    } else {
+        endpoint_flags::ENFORCE_EGRESS
+    }
+}
+
+#[inline(always)]
+fn opposite(dir: u8) -> u8 {
+    if dir == direction::INGRESS {
+        direction::EGRESS
+    } else {
+        direction::INGRESS
+    }
+}
+
+/// Conntrack flags a FIN or RST adds, if they are new.
+#[inline(always)]
+fn close_flags(tcp_flags: u8, fin_flag: u16, current: u16) -> u16 {
+    let mut add = 0;
+    if tcp_flags & TCP_FIN != 0 && current & fin_flag == 0 {
+        add |= fin_flag;
+    }
+    if tcp_flags & TCP_RST != 0 && current & ct_flags::RST == 0 {
+        add |= ct_flags::RST;
+    }
+    add
+}
+
+#[inline(always)]
+fn remote_addr(pkt: &Packet, dir: u8) -> &[u8; 16] {
+    if dir == direction::INGRESS {
+        &pkt.saddr
+    } else {
+        &pkt.daddr
+    }
+}
+
+#[inline(always)]
+fn lookup_identity(addr: &[u8; 16]) -> u32 {
+    let key = Key::new(128, *addr);
+    match IPCACHE.get(&key) {
+        Some(v) => v.identity,
+        None => identity::WORLD,
+    }
+}
+
+/// The policy decision for a new connection: `Ok(policy flags)` or `Err(drop reason)`.
+#[inline(always)]
+fn verdict(
+    ep: &EndpointInfo,
+    dir: u8,
+    remote: u32,
+    pkt: &Packet,
+    enforced: bool,
+) -> Result<u8, u8> {
+    let specific = lookup_policy(ep.ep_id, dir, remote, pkt.proto, pkt.policy_port);
+    let any = lookup_policy(ep.ep_id, dir, identity::ANY, pkt.proto, pkt.policy_port);
+    let mut flags = 0u8;
+    let mut allowed = false;
+    for entry in [specific, any].into_iter().flatten() {
+        if entry.action == action::DENY {
+            return Err(drop_reason::POLICY_DENY);
+        }
+        if entry.action == action::ALLOW {
+            allowed = true;
+            flags |= entry.flags;
+        }
+    }
+    if allowed || !enforced {
+        Ok(flags)
+    } else {
+        Err(drop_reason::POLICY_DENIED)
+    }
+}
+
+#[inline(always)]
+fn lookup_policy(ep_id: u16, dir: u8, remote: u32, proto: u8, port: u16) -> Option<PolicyValue> {
+    let key = Key::new(
+        POLICY_PREFIX_FULL,
+        PolicyKey {
+            ep_id: ep_id.to_be_bytes(),
+            dir,
+            identity: remote.to_be_bytes(),
+            proto,
+            port: port.to_be_bytes(),
+        },
+    );
+    POLICY.get(&key).copied()
+}
+
+#[inline(always)]
+fn forward_key(pkt: &Packet, dir: u8, ep_id: u16, out: &mut CtKey) {
+    *out = CtKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        dir,
+        ep_id,
+    };
+}
+
+#[inline(always)]
+fn reverse_key(pkt: &Packet, dir: u8, ep_id: u16, out: &mut CtKey) {
+    let icmp = pkt.proto == IPPROTO_ICMP || pkt.proto == IPPROTO_ICMPV6;
+    // ICMP echo: the identifier is the same in both directions.
+    let (sport, dport) = if icmp {
+        (pkt.sport, pkt.dport)
+    } else {
+        (pkt.dport, pkt.sport)
+    };
+    *out = CtKey {
+        saddr: pkt.daddr,
+        daddr: pkt.saddr,
+        sport,
+        dport,
+        proto: pkt.proto,
+        dir,
+        ep_id,
+    };
+}
+
+#[inline(always)]
+fn count(dir: u8, reason: u8, len: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter_index(dir, reason)) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += len as u64;
+    }
+}
+
+#[inline(always)]
+fn drop(ctx: &TcContext, ep: &EndpointInfo, dir: u8, pkt: &Packet, remote: u32, reason: u8) -> i32 {
+    count(dir, reason, pkt.len);
+    emit(
+        ctx,
+        ep,
+        dir,
+        pkt,
+        remote,
+        event_kind::DROP,
+        reason,
+        ct_status::NEW,
+        0,
+    );
+    TC_DROP
+}
+
+#[inline(always)]
+fn trace(
+    ctx: &TcContext,
+    ep: &EndpointInfo,
+    dir: u8,
+    pkt: &Packet,
+    remote: u32,
+    status: u8,
+    flags: u8,
+) {
+    emit(
+        ctx,
+        ep,
+        dir,
+        pkt,
+        remote,
+        event_kind::TRACE,
+        drop_reason::NONE,
+        status,
+        flags,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit(
+    ctx: &TcContext,
+    ep: &EndpointInfo,
+    dir: u8,
+    pkt: &Packet,
+    remote: u32,
+    kind: u8,
+    reason: u8,
+    status: u8,
+    policy_flags: u8,
+) {
+    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
+        if let Some(c) = COUNTERS.get_ptr_mut(LOST_EVENTS) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { (*c).packets += 1 };
+        }
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at an exclusive reservation sized for a `FlowEvent`; every
+    // field is written before submit. Written field by field to keep the record off
+    // the 512-byte BPF stack.
+    unsafe {
+        (*ev).ts_ns = bpf_ktime_get_boot_ns();
+        (*ev).saddr = pkt.saddr;
+        (*ev).daddr = pkt.daddr;
+        (*ev).sport = pkt.sport;
+        (*ev).dport = pkt.dport;
+        (*ev).ifindex = ifindex(ctx);
+        (*ev).local_identity = ep.identity;
+        (*ev).remote_identity = remote;
+        (*ev).ep_id = ep.ep_id;
+        (*ev).kind = kind;
+        (*ev).reason = reason;
+        (*ev).dir = dir;
+        (*ev).proto = pkt.proto;
+        (*ev).tcp_flags = pkt.tcp_flags;
+        (*ev).family = pkt.family;
+        (*ev).ct_status = status;
+        (*ev).policy_flags = policy_flags;
+        (*ev).pad = [0; 2];
+        (*ev).len = pkt.len;
+    }
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ParseError> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| ParseError::NotIp)?);
+    *pkt = Packet {
+        family: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        proto: 0,
+        sport: 0,
+        dport: 0,
+        policy_port: 0,
+        tcp_flags: 0,
+        control: false,
+        fragment: false,
+        len: ctx.len(),
+    };
+    let l4_off = match ethertype {
+        ETH_P_IP => {
+            let vihl: u8 = ctx
+                .load(ETH_HLEN)
+                .map_err(|_| ParseError::Invalid(drop_reason::INVALID_PACKET))?;
+            let ihl = ((vihl & 0x0F) as usize) * 4;
+            if vihl >> 4 != 4 || ihl < 20 {
+                return Err(ParseError::Invalid(drop_reason::INVALID_PACKET));
+            }
+            let frag: u16 = u16::from_be(
+                ctx.load(ETH_HLEN + 6)
+                    .map_err(|_| ParseError::Invalid(drop_reason::INVALID_PACKET))?,
+            );
+            pkt.fragment = frag & 0x1FFF != 0;
+            pkt.proto = ctx
+                .load(ETH_HLEN + 9)
+                .map_err(|_| ParseError::Invalid(drop_reason::INVALID_PACKET))?;
+            let s: [u8; 4] = ctx
+                .load(ETH_HLEN + 12)
+                .map_err(|_| ParseError::Invalid(drop_reason::INVALID_PACKET))?;
+            let d: [u8; 4] = ctx
+                .load(ETH_HLEN + 16)
+                .map_err(|_| ParseError::Invalid(drop_reason::INVALID_PACKET))?;
+            pkt.saddr = mapped(s);
+            pkt.daddr = mapped(d);
+            pkt.family = 4;
+            ETH_HLEN + ihl
+        }
+        ETH_P_IPV6 => {
+            let mut next: u8 = ctx
+                .load(ETH_HLEN + 6)
+                .map_err(|_| ParseError::Invalid(drop_reason::INVALID_PACKET))?;
+            pkt.saddr = ctx
+                .load(ETH_HLEN + 8)
+                .map_err(|_| ParseError::Invalid(drop_reason::INVALID_PACKET))?;
+            pkt.daddr = ctx
+                .load(ETH_HLEN + 24)
+                .map_err(|_| ParseError::Invalid(drop_reason::INVALID_PACKET))?;
+            pkt.family = 6;
+            let mut off = ETH_HLEN + 40;
+            // Walk a bounded chain of extension headers.
+            let mut i = 0;
+            while i < 4 {
+                match next {
+                    0 | 43 | 60 => {
+                        let hdr: [u8; 2] = ctx.load(off).map_err(|_| {
+                            ParseError::Invalid(drop_reason::INVALID_IPV6_EXTENSION_HEADER)
+                        })?;
+                        next = hdr[0];
+                        off += (hdr[1] as usize + 1) * 8;
+                    }
+                    44 => {
+                        let hdr: [u8; 4] = ctx.load(off).map_err(|_| {
+                            ParseError::Invalid(drop_reason::INVALID_IPV6_EXTENSION_HEADER)
+                        })?;
+                        next = hdr[0];
+                        let frag_off = u16::from_be_bytes([hdr[2], hdr[3]]) & 0xFFF8;
+                        pkt.fragment = frag_off != 0;
+                        off += 8;
+                    }
+                    _ => break,
+                }
+                i += 1;
+            }
+            if matches!(next, 0 | 43 | 60 | 44) {
+                return Err(ParseError::Invalid(
+                    drop_reason::INVALID_IPV6_EXTENSION_HEADER,
+                ));
+            }
+            pkt.proto = next;
+            off
+        }
+        _ => return Err(ParseError::NotIp),
+    };
+    if pkt.fragment {
+        return Ok(());
+    }
+    let bad = |_| ParseError::Invalid(drop_reason::CT_TRUNCATED_OR_INVALID_HEADER);
+    match pkt.proto {
+        IPPROTO_TCP => {
+            let ports: [u8; 4] = ctx.load(l4_off).map_err(bad)?;
+            pkt.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            pkt.tcp_flags = ctx.load(l4_off + 13).map_err(bad)?;
+            pkt.policy_port = pkt.dport;
+        }
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            let ports: [u8; 4] = ctx.load(l4_off).map_err(bad)?;
+            pkt.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            pkt.policy_port = pkt.dport;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let hdr: [u8; 8] = ctx.load(l4_off).map_err(bad)?;
+            let (ty, code) = (hdr[0], hdr[1]);
+            let echo = if pkt.proto == IPPROTO_ICMP {
+                ty == 8 || ty == 0
+            } else {
+                ty == 128 || ty == 129
+            };
+            if echo {
+                // Keyed by the echo identifier; policy sees the type.
+                pkt.sport = u16::from_be_bytes([hdr[4], hdr[5]]);
+                pkt.dport = 0;
+                // Requests and replies share one policy entry: the request's type.
+                pkt.policy_port = if pkt.proto == IPPROTO_ICMP { 8 } else { 128 };
+            } else {
+                // Errors and neighbour discovery belong to other traffic.
+                pkt.control = true;
+                pkt.sport = ty as u16;
+                pkt.dport = code as u16;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

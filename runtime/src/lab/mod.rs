@@ -1,0 +1,671 @@
+//! `loupe lab`: the article's demo-app on one machine.
+//!
+//! Each pod is a network namespace joined to the host by a veth pair, routed at L3
+//! by the host (no bridge), so every packet to or from a pod crosses the host-side
+//! veth where the datapath's TC programs run — the same place Cilium attaches to a
+//! pod's `lxc` interface.
+//!
+//! ```text
+//!  netns loupe-<lab>-<pod>            host
+//!  eth0 10.200.0.2/32  <──veth──>  lxcXXXXXXXX (proxy ARP, route 10.200.0.2/32)
+//!  route 10.200.0.0/24 via 169.254.1.1          lo: 10.200.0.1/32 (the lab gateway)
+//! ```
+//!
+//! Pods only have routes to the lab's ranges: nothing they run can reach beyond
+//! the lab.
+
+pub mod config;
+pub mod host;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub use config::{Lab, LabConfigError, LabFile, Pod};
+use host::HostError;
+pub use state::{LabState, PodState};
+
+/// The link-local next hop pods route through; the host answers for it by proxy ARP.
+const POD_GATEWAY4: &str = "169.254.1.1";
+/// The IPv6 link-local address of every host-side veth.
+const POD_GATEWAY6: &str = "fe80::1";
+/// How long a pod's server may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a lab operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The lab file is invalid.
+    #[error(transparent)]
+    Config(#[from] LabConfigError),
+    /// A host operation failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The state directory could not be used.
+    #[error("lab state {path}: {source}")]
+    State {
+        /// File or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A pod's server did not come up.
+    #[error("pod {pod}: {message}")]
+    Pod {
+        /// Pod (deployment) name.
+        pod: String,
+        /// What happened, with the end of its log.
+        message: String,
+    },
+    /// No lab or no such pod.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Names of everything a lab creates, derived from the lab and pod names alone so a
+/// crashed run can be cleaned up from the lab file even without its state.
+pub mod names {
+    use super::*;
+
+    fn hash8(s: &str) -> String {
+        let d = Sha256::digest(s.as_bytes());
+        d.iter().take(4).fold(String::new(), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+    }
+
+    /// The pod's network namespace.
+    pub fn netns(lab: &str, pod: &str) -> String {
+        format!("loupe-{lab}-{pod}")
+    }
+
+    /// The pod's host-side veth (15 characters at most, like Cilium's `lxc…`).
+    pub fn host_veth(lab: &str, pod: &str) -> String {
+        format!("lxc{}", hash8(&format!("{lab}/{pod}")))
+    }
+
+    /// The peer's name before it moves into the pod and becomes `eth0`.
+    pub fn peer_veth(lab: &str, pod: &str) -> String {
+        format!("tmp{}", hash8(&format!("{lab}/{pod}")))
+    }
+
+    /// Prefix of every namespace of a lab.
+    pub fn netns_prefix(lab: &str) -> String {
+        format!("loupe-{lab}-")
+    }
+}
+
+/// PATH given to pod processes: Loupe's tools (`/opt/loupe`, or `$LOUPE_TOOLS`), its
+/// Python venv, then the caller's PATH.
+pub fn pod_path() -> std::ffi::OsString {
+    let tools = tools_dir();
+    let mut dirs = vec![tools.join("bin"), tools.join("venv/bin")];
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    } else {
+        dirs.extend(
+            [
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/bin",
+            ]
+            .map(PathBuf::from),
+        );
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+/// Where `scripts/bootstrap` puts the lab's tools.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("LOUPE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/loupe"))
+}
+
+/// What `up` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpOutcome {
+    /// The lab was built.
+    Created(LabState),
+    /// The lab was already up and healthy; nothing changed.
+    AlreadyUp(LabState),
+}
+
+/// Builds the lab. Idempotent: a healthy lab built from the same file is left as it
+/// is; anything else of the same name (a crashed run, a changed file) is torn down
+/// first. A failure half-way tears down what was made.
+pub fn up(lab: &Lab, file: &Path) -> Result<UpOutcome, LabError> {
+    if let Some(existing) = readable_state(&lab.name)
+        && existing.ready
+        && matches_lab(&existing, lab)
+        && healthy(&existing)
+    {
+        return Ok(UpOutcome::AlreadyUp(existing));
+    }
+    down_names(lab)?;
+    let mut state = LabState {
+        name: lab.name.clone(),
+        namespace: lab.namespace.clone(),
+        file: file.canonicalize().unwrap_or_else(|_| file.to_path_buf()),
+        gateway: lab.gateway,
+        gateway6: lab.gateway6,
+        nets: lab.nets().iter().map(ToString::to_string).collect(),
+        sysctls: BTreeMap::new(),
+        pods: Vec::new(),
+        ready: false,
+    };
+    match build(lab, &mut state) {
+        Ok(()) => Ok(UpOutcome::Created(state)),
+        Err(err) => {
+            tracing::warn!(lab = %lab.name, error = %err, "lab up failed; rolling back");
+            let _ = teardown(&state);
+            let _ = down_names(lab);
+            Err(err)
+        }
+    }
+}
+
+fn read_state(name: &str) -> Result<Option<LabState>, LabError> {
+    LabState::read(name).map_err(|source| LabError::State {
+        path: LabState::path(name),
+        source,
+    })
+}
+
+/// The recorded state, if it can be read; an unreadable one (a crash mid-write, an
+/// older format) is reported and then cleaned up by name instead.
+fn readable_state(name: &str) -> Option<LabState> {
+    match read_state(name) {
+        Ok(state) => state,
+        Err(err) => {
+            tracing::warn!(lab = name, error = %err, "ignoring unreadable lab state");
+            None
+        }
+    }
+}
+
+fn write_state(state: &LabState) -> Result<(), LabError> {
+    state.write().map_err(|source| LabError::State {
+        path: LabState::path(&state.name),
+        source,
+    })
+}
+
+fn matches_lab(state: &LabState, lab: &Lab) -> bool {
+    state.namespace == lab.namespace
+        && state.pods.len() == lab.pods.len()
+        && state.pods.iter().zip(&lab.pods).all(|(s, p)| {
+            s.name == p.name
+                && s.labels == p.labels
+                && s.ipv4 == p.ipv4
+                && s.ipv6 == p.ipv6
+                && s.command == p.command
+        })
+}
+
+/// Every pod's namespace and veth exist and its server is alive.
+pub fn healthy(state: &LabState) -> bool {
+    let Ok(netns) = host::netns_list() else {
+        return false;
+    };
+    state.pods.iter().all(|p| {
+        netns.contains(&p.netns) && host::link_exists(&p.host_if) && p.pid.is_some_and(host::alive)
+    })
+}
+
+fn build(lab: &Lab, state: &mut LabState) -> Result<(), LabError> {
+    let dir = state::lab_dir(&lab.name);
+    std::fs::create_dir_all(&dir).map_err(|source| LabError::State {
+        path: dir.clone(),
+        source,
+    })?;
+    write_state(state)?;
+
+    // Forwarding between the host-side veths; the previous values are restored by `down`.
+    let mut sysctls = vec!["net.ipv4.ip_forward"];
+    if lab.cidr6.is_some() {
+        sysctls.push("net.ipv6.conf.all.forwarding");
+    }
+    for key in sysctls {
+        if let Some(old) = host::sysctl_get(key) {
+            state.sysctls.entry(key.to_string()).or_insert(old);
+        }
+        host::sysctl(key, "1")?;
+    }
+    write_state(state)?;
+
+    // The host's own address in the lab, on loopback: replies to the host route
+    // back through the pod's veth, and no extra device is needed.
+    for gw in gateway_addrs(lab.gateway, lab.gateway6) {
+        host::ip(&["addr", "add", &gw, "dev", "lo"])?;
+    }
+
+    let hosts = hosts_file(lab);
+    for pod in &lab.pods {
+        let pod_state = make_pod(lab, pod, &hosts)?;
+        state.pods.push(pod_state);
+        write_state(state)?;
+    }
+    for (pod, pod_state) in lab.pods.iter().zip(state.pods.iter_mut()) {
+        pod_state.pid = Some(start_server(lab, pod, pod_state)?);
+    }
+    write_state(state)?;
+    for (pod, pod_state) in lab.pods.iter().zip(&state.pods) {
+        wait_ready(lab, pod, pod_state)?;
+    }
+    state.ready = true;
+    write_state(state)?;
+    Ok(())
+}
+
+/// `/etc/hosts` for every pod: each deployment by its name, its service-style names
+/// and its pod name, as cluster DNS would answer.
+fn hosts_file(lab: &Lab) -> String {
+    let mut out = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for pod in &lab.pods {
+        let names = format!(
+            "{n} {n}.{ns} {n}.{ns}.svc {n}.{ns}.svc.cluster.local {p}",
+            n = pod.name,
+            ns = lab.namespace,
+            p = pod.pod_name
+        );
+        let _ = writeln!(out, "{}\t{names}", pod.ipv4);
+        if let Some(v6) = pod.ipv6 {
+            let _ = writeln!(out, "{v6}\t{names}");
+        }
+    }
+    out
+}
+
+fn make_pod(lab: &Lab, pod: &Pod, hosts: &str) -> Result<PodState, LabError> {
+    let netns = names::netns(&lab.name, &pod.name);
+    let host_if = names::host_veth(&lab.name, &pod.name);
+    let peer = names::peer_veth(&lab.name, &pod.name);
+
+    // `ip netns exec` bind-mounts /etc/netns/<name>/hosts over /etc/hosts.
+    let etc = Path::new("/etc/netns").join(&netns);
+    std::fs::create_dir_all(&etc).map_err(|source| LabError::State {
+        path: etc.clone(),
+        source,
+    })?;
+    let hosts_path = etc.join("hosts");
+    std::fs::write(&hosts_path, hosts).map_err(|source| LabError::State {
+        path: hosts_path,
+        source,
+    })?;
+
+    host::ip(&["netns", "add", &netns])?;
+    host::ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+    ])?;
+    host::ip(&["link", "set", &peer, "netns", &netns])?;
+    let n = |args: &[&str]| -> Result<String, HostError> {
+        let mut full = vec!["-n", netns.as_str()];
+        full.extend_from_slice(args);
+        host::ip(&full)
+    };
+    n(&["link", "set", &peer, "name", "eth0"])?;
+    n(&["link", "set", "lo", "up"])?;
+    if pod.ipv6.is_some() {
+        // No duplicate address detection: addresses are usable at once.
+        host::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &netns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.eth0.accept_dad=0",
+            ],
+        )?;
+    }
+    n(&["addr", "add", &format!("{}/32", pod.ipv4), "dev", "eth0"])?;
+    n(&["link", "set", "eth0", "up"])?;
+    n(&["route", "add", POD_GATEWAY4, "dev", "eth0", "scope", "link"])?;
+    n(&[
+        "route",
+        "add",
+        &lab.cidr.to_string(),
+        "via",
+        POD_GATEWAY4,
+        "dev",
+        "eth0",
+    ])?;
+
+    host::sysctl(&format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
+    if lab.cidr6.is_some() {
+        host::sysctl(&format!("net.ipv6.conf.{host_if}.accept_dad"), "0")?;
+    }
+    host::ip(&["link", "set", &host_if, "up"])?;
+    host::ip(&[
+        "route",
+        "add",
+        &format!("{}/32", pod.ipv4),
+        "dev",
+        &host_if,
+        "src",
+        &lab.gateway.to_string(),
+    ])?;
+    if let (Some(v6), Some(c6), Some(g6)) = (pod.ipv6, lab.cidr6, lab.gateway6) {
+        host::ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{POD_GATEWAY6}/64"),
+            "dev",
+            &host_if,
+            "nodad",
+        ])?;
+        n(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        n(&[
+            "-6",
+            "route",
+            "add",
+            &c6.to_string(),
+            "via",
+            POD_GATEWAY6,
+            "dev",
+            "eth0",
+        ])?;
+        host::ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{v6}/128"),
+            "dev",
+            &host_if,
+            "src",
+            &g6.to_string(),
+        ])?;
+    }
+    Ok(PodState {
+        name: pod.name.clone(),
+        pod_name: pod.pod_name.clone(),
+        labels: pod.labels.clone(),
+        ifindex: host::ifindex(&host_if)?,
+        netns,
+        host_if,
+        ipv4: pod.ipv4,
+        ipv6: pod.ipv6,
+        command: pod.command.clone(),
+        pid: None,
+    })
+}
+
+fn substitute(arg: &str, lab: &Lab, pod: &Pod, state_dir: &Path) -> String {
+    arg.replace("{ip}", &pod.ipv4.to_string())
+        .replace(
+            "{ip6}",
+            &pod.ipv6.map(|a| a.to_string()).unwrap_or_default(),
+        )
+        .replace("{state}", &state_dir.display().to_string())
+        .replace("{lab}", &lab.dir.display().to_string())
+}
+
+fn pod_dir(lab: &str, pod: &str) -> PathBuf {
+    state::lab_dir(lab).join(pod)
+}
+
+fn log_path(lab: &str, pod: &str) -> PathBuf {
+    state::lab_dir(lab).join(format!("{pod}.log"))
+}
+
+/// Starts the pod's server in its namespace, detached in its own session so it
+/// outlives this command; returns its PID.
+fn start_server(lab: &Lab, pod: &Pod, state: &PodState) -> Result<i32, LabError> {
+    let dir = pod_dir(&lab.name, &pod.name);
+    std::fs::create_dir_all(&dir).map_err(|source| LabError::State {
+        path: dir.clone(),
+        source,
+    })?;
+    let log = log_path(&lab.name, &pod.name);
+    let open_log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|source| LabError::State {
+                path: log.clone(),
+                source,
+            })
+    };
+    let argv: Vec<String> = pod
+        .command
+        .iter()
+        .map(|a| substitute(a, lab, pod, &dir))
+        .collect();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &state.netns])
+        .args(&argv)
+        .current_dir(&dir)
+        .env("PATH", pod_path())
+        .env("HOME", &dir)
+        .stdin(Stdio::null())
+        .stdout(open_log()?)
+        .stderr(open_log()?);
+    // SAFETY: setsid is async-signal-safe and touches no memory of this process.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| LabError::Pod {
+        pod: pod.name.clone(),
+        message: format!("starting {argv:?}: {e}"),
+    })?;
+    let pid = i32::try_from(child.id()).map_err(|_| LabError::Pod {
+        pod: pod.name.clone(),
+        message: "PID out of range".into(),
+    })?;
+    tracing::info!(pod = %pod.pod_name, pid, command = ?argv, "started");
+    Ok(pid)
+}
+
+fn wait_ready(lab: &Lab, pod: &Pod, state: &PodState) -> Result<(), LabError> {
+    let Some(pid) = state.pid else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if !host::alive(pid) {
+            return Err(LabError::Pod {
+                pod: pod.name.clone(),
+                message: format!("server exited; log:\n{}", log_tail(&lab.name, &pod.name)),
+            });
+        }
+        let Some(port) = pod.ready_port else {
+            return Ok(());
+        };
+        let addr = SocketAddr::new(IpAddr::V4(state.ipv4), port);
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Pod {
+                pod: pod.name.clone(),
+                message: format!(
+                    "not accepting connections on {addr} after {READY_TIMEOUT:?}; log:\n{}",
+                    log_tail(&lab.name, &pod.name)
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The last lines of a pod's log.
+pub fn log_tail(lab: &str, pod: &str) -> String {
+    let text = std::fs::read_to_string(log_path(lab, pod)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Removes everything a lab state records: processes, namespaces, links, routes
+/// (they go with the links), hosts files, sysctls, state.
+pub fn teardown(state: &LabState) -> Result<(), LabError> {
+    for pod in &state.pods {
+        stop_pod(&pod.netns, pod.pid);
+        remove_pod_net(&pod.netns, &pod.host_if);
+    }
+    remove_gateway(state.gateway, state.gateway6);
+    // Forwarding is restored only when no other lab still needs it.
+    let others = LabState::all().into_iter().any(|s| s.name != state.name);
+    if !others {
+        for (key, old) in &state.sysctls {
+            let _ = host::sysctl(key, old);
+        }
+    }
+    let dir = state::lab_dir(&state.name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|source| LabError::State { path: dir, source })?;
+    }
+    Ok(())
+}
+
+fn gateway_addrs(v4: std::net::Ipv4Addr, v6: Option<std::net::Ipv6Addr>) -> Vec<String> {
+    let mut addrs = vec![format!("{v4}/32")];
+    addrs.extend(v6.map(|a| format!("{a}/128")));
+    addrs
+}
+
+fn remove_gateway(v4: std::net::Ipv4Addr, v6: Option<std::net::Ipv6Addr>) {
+    let present = host::ip(&["addr", "show", "dev", "lo"]).unwrap_or_default();
+    for gw in gateway_addrs(v4, v6) {
+        if present.contains(&format!(" {gw} ")) {
+            let _ = host::ip(&["addr", "del", &gw, "dev", "lo"]);
+        }
+    }
+}
+
+fn stop_pod(netns: &str, pid: Option<i32>) {
+    let mut pids = host::netns_pids(netns);
+    if let Some(pid) = pid.filter(|p| host::alive(*p))
+        && !pids.contains(&pid)
+    {
+        pids.push(pid);
+    }
+    host::terminate(&pids, Duration::from_secs(3));
+}
+
+fn remove_pod_net(netns: &str, host_if: &str) {
+    if host::netns_list().is_ok_and(|l| l.iter().any(|n| n == netns)) {
+        let _ = host::ip(&["netns", "del", netns]);
+    }
+    // Deleting the namespace destroys the pair, but a veth whose peer never moved
+    // into it stays behind on the host.
+    if host::link_exists(host_if) {
+        let _ = host::ip(&["link", "del", host_if]);
+    }
+    let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(netns));
+}
+
+/// Tears down whatever exists of a lab: its recorded state, then every name the
+/// lab file implies and every namespace carrying the lab's prefix (a run killed
+/// before it recorded them).
+pub fn down_names(lab: &Lab) -> Result<(), LabError> {
+    if let Some(state) = readable_state(&lab.name) {
+        teardown(&state)?;
+    }
+    let prefix = names::netns_prefix(&lab.name);
+    let mut netns: Vec<(String, String)> = lab
+        .pods
+        .iter()
+        .map(|p| {
+            (
+                names::netns(&lab.name, &p.name),
+                names::host_veth(&lab.name, &p.name),
+            )
+        })
+        .collect();
+    for ns in host::netns_list()? {
+        if ns.starts_with(&prefix) && !netns.iter().any(|(n, _)| *n == ns) {
+            let pod = &ns[prefix.len()..];
+            netns.push((ns.clone(), names::host_veth(&lab.name, pod)));
+        }
+    }
+    for (ns, veth) in &netns {
+        stop_pod(ns, None);
+        remove_pod_net(ns, veth);
+    }
+    for pod in &lab.pods {
+        let peer = names::peer_veth(&lab.name, &pod.name);
+        if host::link_exists(&peer) {
+            let _ = host::ip(&["link", "del", &peer]);
+        }
+    }
+    remove_gateway(lab.gateway, lab.gateway6);
+    let dir = state::lab_dir(&lab.name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|source| LabError::State { path: dir, source })?;
+    }
+    Ok(())
+}
+
+/// Finds a lab's state by name, or the only lab when no name is given.
+pub fn find_state(name: Option<&str>) -> Result<LabState, LabError> {
+    let labs = LabState::all();
+    match name {
+        Some(n) => labs
+            .into_iter()
+            .find(|l| l.name == n)
+            .ok_or_else(|| LabError::NotFound(format!("no lab named {n:?} is up"))),
+        None => {
+            let mut labs = labs.into_iter();
+            match (labs.next(), labs.next()) {
+                (Some(l), None) => Ok(l),
+                (None, _) => Err(LabError::NotFound(
+                    "no lab is up (run `loupe lab up`)".into(),
+                )),
+                (Some(_), Some(_)) => Err(LabError::NotFound(
+                    "several labs are up; name one with --lab".into(),
+                )),
+            }
+        }
+    }
+}
+
+/// Finds a pod by deployment name or pod name.
+pub fn find_pod<'a>(state: &'a LabState, pod: &str) -> Result<&'a PodState, LabError> {
+    state
+        .pods
+        .iter()
+        .find(|p| p.name == pod || p.pod_name == pod)
+        .ok_or_else(|| {
+            let known: Vec<&str> = state.pods.iter().map(|p| p.name.as_str()).collect();
+            LabError::NotFound(format!(
+                "no pod {pod:?} in lab {} (pods: {})",
+                state.name,
+                known.join(", ")
+            ))
+        })
+}
+
+/// Replaces this process with `argv` run inside the pod's namespace.
+pub fn exec(pod: &PodState, argv: &[String]) -> std::io::Error {
+    Command::new("ip")
+        .args(["netns", "exec", &pod.netns])
+        .args(argv)
+        .env("PATH", pod_path())
+        .exec()
+}

@@ -1,0 +1,61 @@
+//! The agent's gRPC API: Loupe's control service (and, beside it, the
+//! Hubble-compatible Observer), served on a unix socket.
+
+pub mod client;
+pub mod daemon;
+
+/// Generated protobuf and gRPC code.
+pub mod proto {
+    /// `loupe.daemon.v1`: Loupe's control API.
+    pub mod daemon {
+        #![allow(missing_docs, unreachable_pub, clippy::all)]
+        tonic::include_proto!("loupe.daemon.v1");
+    }
+}
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+/// The socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Binding or securing the socket failed.
+    #[error("API socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Another agent answers on the socket.
+    #[error("API socket {0}: another agent is running")]
+    InUse(PathBuf),
+    /// The server failed.
+    #[error("API server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds the unix socket with mode 0600, replacing a stale socket file left by a
+/// crashed agent (but never one a live agent answers on).
+pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+    let socket_err = |source| ServeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(socket_err)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(socket_err)?;
+    }
+    // Created 0600 from the start: no window where others could connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(socket_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket_err)?;
+    Ok(listener)
+}

@@ -1,0 +1,240 @@
+//! The agent's configuration: one YAML file whose keys mirror the Cilium / Hubble
+//! Helm values users already know (`policyEnforcementMode`, `bpf.ctGlobalTcpMax`,
+//! `hubble.metrics.enabled`, …). Unknown keys and bad values are refused with their
+//! path before anything starts; every default lives here.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration of `loupe agent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct AgentConfig {
+    /// Name this node reports in flows and `GetNodes` (default: the hostname).
+    pub node_name: Option<String>,
+    /// Unix socket of the agent's gRPC API (mode 0600).
+    pub socket_path: PathBuf,
+    /// Directory for state that must survive restarts (identities, plugins).
+    pub state_dir: PathBuf,
+    /// `default`, `always` or `never`, with Cilium's meaning.
+    pub policy_enforcement_mode: PolicyEnforcementMode,
+    /// Datapath settings.
+    pub bpf: BpfConfig,
+    /// Endpoint sources.
+    pub endpoints: EndpointsConfig,
+}
+
+/// Cilium's policy enforcement modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyEnforcementMode {
+    /// An endpoint is default-deny in a direction once a policy selects it there.
+    #[default]
+    Default,
+    /// Every endpoint is default-deny, with or without policies.
+    Always,
+    /// No enforcement at all.
+    Never,
+}
+
+/// `bpf.*`: datapath map sizes and attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct BpfConfig {
+    /// Conntrack entries for TCP (Cilium's `bpf.ctGlobalTcpMax`).
+    pub ct_global_tcp_max: u32,
+    /// Conntrack entries for everything else (`bpf.ctGlobalAnyMax`).
+    pub ct_global_any_max: u32,
+    /// Policy map entries (`bpf.policyMapEntries`).
+    pub policy_map_entries: u32,
+    /// Where programs and maps are pinned.
+    pub pin_path: PathBuf,
+    /// Attach the datapath (false: observe endpoints only, e.g. without BPF rights).
+    pub enabled: bool,
+}
+
+/// `endpoints.*`: where endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct EndpointsConfig {
+    /// Register the pods of labs built by `loupe lab up`.
+    pub lab: bool,
+    /// How often the lab's state is re-read, in milliseconds.
+    pub lab_poll_ms: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            node_name: None,
+            socket_path: PathBuf::from(DEFAULT_SOCKET),
+            state_dir: PathBuf::from("/var/lib/loupe"),
+            policy_enforcement_mode: PolicyEnforcementMode::Default,
+            bpf: BpfConfig::default(),
+            endpoints: EndpointsConfig::default(),
+        }
+    }
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        Self {
+            ct_global_tcp_max: 524_288,
+            ct_global_any_max: 262_144,
+            policy_map_entries: 16_384,
+            pin_path: PathBuf::from(loupe_common::PIN_ROOT),
+            enabled: true,
+        }
+    }
+}
+
+impl Default for EndpointsConfig {
+    fn default() -> Self {
+        Self {
+            lab: true,
+            lab_poll_ms: 500,
+        }
+    }
+}
+
+/// The agent's socket unless configured otherwise (also where the CLI looks).
+pub const DEFAULT_SOCKET: &str = "/run/loupe/loupe.sock";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A key or value does not fit the schema.
+    #[error("config {path}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted path of the field (`bpf.ctGlobalTcpMax`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl AgentConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            let de = serde_norway::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|err| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: err.path().to_string(),
+                message: err.into_inner().to_string(),
+            })?
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
+        };
+        // Cilium's lower bound for conntrack tables; the kernel's limit above.
+        for (field, value) in [
+            ("bpf.ctGlobalTcpMax", self.bpf.ct_global_tcp_max),
+            ("bpf.ctGlobalAnyMax", self.bpf.ct_global_any_max),
+        ] {
+            if !(1 << 10..=1 << 24).contains(&value) {
+                return Err(invalid(
+                    field,
+                    format!("{value} is outside 1024..=16777216"),
+                ));
+            }
+        }
+        if !(1 << 8..=1 << 20).contains(&self.bpf.policy_map_entries) {
+            return Err(invalid(
+                "bpf.policyMapEntries",
+                format!("{} is outside 256..=1048576", self.bpf.policy_map_entries),
+            ));
+        }
+        if self.endpoints.lab_poll_ms == 0 {
+            return Err(invalid("endpoints.labPollMs", "must be positive".into()));
+        }
+        if self.node_name.as_ref().is_some_and(String::is_empty) {
+            return Err(invalid("nodeName", "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The node name: configured, or the hostname.
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("loupe.yaml"), text)
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), AgentConfig::default());
+    }
+
+    #[test]
+    fn helm_like_keys() {
+        let c = parse(
+            "policyEnforcementMode: always\nbpf:\n  ctGlobalTcpMax: 2000000\n  policyMapEntries: 32768\n",
+        )
+        .unwrap();
+        assert_eq!(c.policy_enforcement_mode, PolicyEnforcementMode::Always);
+        assert_eq!(c.bpf.ct_global_tcp_max, 2_000_000);
+        assert_eq!(c.bpf.ct_global_any_max, 262_144);
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_values_with_their_path() {
+        let e = parse("bpf:\n  ctGlobalTcpMaxx: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bpf: unknown field `ctGlobalTcpMaxx`"), "{e}");
+        let e = parse("policyEnforcementMode: sometimes\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("policyEnforcementMode: unknown variant `sometimes`"),
+            "{e}"
+        );
+        let e = parse("bpf:\n  ctGlobalTcpMax: 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bpf.ctGlobalTcpMax: 10 is outside"), "{e}");
+    }
+}

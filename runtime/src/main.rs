@@ -1,0 +1,26 @@
+//! The `loupe` binary.
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    // Die quietly on a closed pipe (`loupe observe | head`), like other CLI tools.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("LOUPE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = loupe_runtime::cli::Cli::parse();
+    match loupe_runtime::cli::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Helpers for Loupe's end-to-end tests: the `loupe` binary, labs on network
+//! namespaces with real servers, and commands run inside their pods.
+//!
+//! Every test here needs root (network namespaces, BPF). They build real state on the
+//! machine, so the tests of one binary take [`serial`] before they start.
+
+// Test support: a panic is how a test fails, so expect() is the right tool here.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The `loupe` binary: `$LOUPE_BIN`, else the one cargo built beside this test.
+pub fn loupe_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("LOUPE_BIN") {
+        return PathBuf::from(bin);
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/loupe
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("loupe");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --bins`, as scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serialises the tests of one binary: they share the host's network state.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `loupe ARGS…` to completion.
+pub fn loupe(args: &[&str]) -> Output {
+    Command::new(loupe_bin())
+        .args(args)
+        .env("LOUPE_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run loupe")
+}
+
+/// Runs `loupe ARGS…` and returns stdout, failing with stderr if it exits non-zero.
+pub fn loupe_ok(args: &[&str]) -> anyhow::Result<String> {
+    let out = loupe(args);
+    if !out.status.success() {
+        bail!(
+            "loupe {args:?} exited {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A lab built from `lab/demo-app.yaml` under another name and range, so tests
+/// never touch a demo lab a developer has running. Torn down on drop.
+pub struct TestLab {
+    /// Lab name.
+    pub name: String,
+    /// The lab file written for this test.
+    pub file: PathBuf,
+    _dir: PathBuf,
+}
+
+impl TestLab {
+    /// Writes the lab file (`name`, IPv4 `10.<octet>.0.0/24`) without building it.
+    pub fn file(name: &str, octet: u8) -> anyhow::Result<Self> {
+        let demo = std::fs::read_to_string(root().join("lab/demo-app.yaml"))?;
+        let text = demo
+            .replace("name: demo\n", &format!("name: {name}\n"))
+            .replace("10.200.0.", &format!("10.{octet}.0."))
+            .replace("fd00:10:200::", &format!("fd00:10:{octet}::"))
+            .replace("{lab}/", &format!("{}/", root().join("lab").display()));
+        let dir = std::env::temp_dir().join(format!("loupe-e2e-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("lab.yaml");
+        std::fs::write(&file, text)?;
+        Ok(Self {
+            name: name.to_string(),
+            file,
+            _dir: dir,
+        })
+    }
+
+    /// Writes the lab file and builds the lab.
+    pub fn up(name: &str, octet: u8) -> anyhow::Result<Self> {
+        let lab = Self::file(name, octet)?;
+        lab.loupe_up()?;
+        Ok(lab)
+    }
+
+    /// `loupe lab up --file …`.
+    pub fn loupe_up(&self) -> anyhow::Result<String> {
+        loupe_ok(&["lab", "up", "--file", self.path()])
+    }
+
+    /// The lab file's path as a string.
+    pub fn path(&self) -> &str {
+        self.file.to_str().unwrap_or_default()
+    }
+
+    /// Runs a command in a pod; its output, whatever the exit code.
+    pub fn exec(&self, pod: &str, argv: &[&str]) -> Output {
+        let mut args = vec!["lab", "exec", "--lab", &self.name, pod, "--"];
+        args.extend_from_slice(argv);
+        loupe(&args)
+    }
+
+    /// Runs a command in a pod and returns its stdout, failing on a non-zero exit.
+    pub fn exec_ok(&self, pod: &str, argv: &[&str]) -> anyhow::Result<String> {
+        let out = self.exec(pod, argv);
+        if !out.status.success() {
+            bail!(
+                "{pod}: {argv:?} exited {}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The lab's recorded state (`loupe lab status --json`).
+    pub fn state(&self) -> anyhow::Result<serde_json::Value> {
+        let out = loupe(&["lab", "status", "--lab", &self.name, "--json"]);
+        serde_json::from_slice(&out.stdout).context("lab status --json")
+    }
+
+    /// `loupe lab down --file …`.
+    pub fn down(&self) -> anyhow::Result<()> {
+        loupe_ok(&["lab", "down", "--file", self.path()]).map(|_| ())
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = loupe(&["lab", "down", "--file", self.path()]);
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}
+
+/// Whether a process is alive (zombies count as gone).
+pub fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+/// Output of a host command.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// A client script under `tests/clients/`.
+pub fn client(name: &str) -> String {
+    root()
+        .join("tests/clients")
+        .join(name)
+        .display()
+        .to_string()
+}

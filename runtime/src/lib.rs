@@ -6,8 +6,10 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod endpoint;
+pub mod identity;
 pub mod lab;
 pub mod labels;
+pub mod policy;
 
 /// Loupe's version, as reported by the API and the CLI.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

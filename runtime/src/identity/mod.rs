@@ -1,0 +1,264 @@
+//! Security identities: one number per distinct label set, as Cilium allocates them.
+//!
+//! The same labels always get the same identity on this node, across restarts: the
+//! allocation table is persisted, and a new label set first tries a slot derived
+//! from a hash of its labels (so even a lost table tends to give the same numbers).
+//! CIDR prefixes named by policies get node-local identities the same way.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use loupe_common::identity as reserved;
+use serde::{Deserialize, Serialize};
+
+/// A canonical label set: sorted `source:key=value` strings.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LabelSet(pub Vec<String>);
+
+impl LabelSet {
+    /// Pod labels (plain `key=value`) as Cilium's `k8s:`-sourced labels.
+    pub fn from_k8s(labels: &BTreeMap<String, String>) -> Self {
+        let mut v: Vec<String> = labels
+            .iter()
+            .map(|(k, val)| format!("k8s:{k}={val}"))
+            .collect();
+        v.sort();
+        Self(v)
+    }
+
+    /// The label set of a CIDR identity.
+    pub fn cidr(prefix: &ipnet::IpNet) -> Self {
+        Self(vec![format!("cidr:{prefix}")])
+    }
+
+    fn key(&self) -> String {
+        self.0.join(";")
+    }
+}
+
+/// Why an identity could not be allocated or persisted.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Every identity of the range is taken.
+    #[error("no free identity in {range} for {labels}")]
+    Exhausted {
+        /// Which range.
+        range: &'static str,
+        /// The label set.
+        labels: String,
+    },
+    /// The table could not be read or written.
+    #[error("identity table {path}: {source}")]
+    Io {
+        /// The table file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Table {
+    identities: BTreeMap<u32, LabelSet>,
+}
+
+/// Allocates and remembers identities.
+#[derive(Debug, Default)]
+pub struct IdentityAllocator {
+    by_id: BTreeMap<u32, LabelSet>,
+    by_labels: BTreeMap<String, u32>,
+    path: Option<PathBuf>,
+}
+
+impl IdentityAllocator {
+    /// An allocator that keeps its table in memory only.
+    pub fn in_memory() -> Self {
+        Self::default()
+    }
+
+    /// An allocator persisted at `path`, loading what an earlier run allocated. A
+    /// corrupt table is reported and replaced (hash-derived slots keep most numbers).
+    pub fn open(path: &Path) -> Result<Self, IdentityError> {
+        let mut alloc = Self {
+            path: Some(path.to_path_buf()),
+            ..Self::default()
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => match serde_json::from_slice::<Table>(&bytes) {
+                Ok(table) => {
+                    for (id, labels) in table.identities {
+                        alloc.by_labels.insert(labels.key(), id);
+                        alloc.by_id.insert(id, labels);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "identity table unreadable; starting afresh");
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(IdentityError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+        Ok(alloc)
+    }
+
+    /// The identity of an endpoint's label set, allocating one if needed.
+    pub fn endpoint_identity(&mut self, labels: &LabelSet) -> Result<u32, IdentityError> {
+        self.allocate(
+            labels,
+            reserved::FIRST_CLUSTER,
+            reserved::LAST_CLUSTER,
+            "cluster range",
+        )
+    }
+
+    /// The node-local identity of a CIDR prefix.
+    pub fn cidr_identity(&mut self, prefix: &ipnet::IpNet) -> Result<u32, IdentityError> {
+        let labels = LabelSet::cidr(&prefix.trunc());
+        self.allocate(
+            &labels,
+            reserved::FIRST_LOCAL,
+            reserved::LAST_LOCAL,
+            "local range",
+        )
+    }
+
+    fn allocate(
+        &mut self,
+        labels: &LabelSet,
+        first: u32,
+        last: u32,
+        range: &'static str,
+    ) -> Result<u32, IdentityError> {
+        let key = labels.key();
+        if let Some(id) = self.by_labels.get(&key) {
+            return Ok(*id);
+        }
+        let span = u64::from(last - first) + 1;
+        let start = fnv1a(key.as_bytes()) % span;
+        let id = (0..span)
+            .map(|i| first + u32::try_from((start + i) % span).unwrap_or(0))
+            .find(|id| !self.by_id.contains_key(id))
+            .ok_or_else(|| IdentityError::Exhausted {
+                range,
+                labels: key.clone(),
+            })?;
+        self.by_id.insert(id, labels.clone());
+        self.by_labels.insert(key, id);
+        self.persist()?;
+        Ok(id)
+    }
+
+    /// The labels of an identity (reserved identities as `reserved:<name>`).
+    pub fn labels(&self, id: u32) -> Option<LabelSet> {
+        if let Some(name) = reserved::reserved_name(id) {
+            return Some(LabelSet(vec![format!("reserved:{name}")]));
+        }
+        self.by_id.get(&id).cloned()
+    }
+
+    /// Number of allocated identities.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether none are allocated.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    fn persist(&self) -> Result<(), IdentityError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let io = |source| IdentityError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let table = Table {
+            identities: self.by_id.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&table)
+            .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> LabelSet {
+        LabelSet::from_k8s(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn same_labels_same_identity_across_restarts() {
+        let dir = std::env::temp_dir().join(format!("loupe-id-{}", std::process::id()));
+        let path = dir.join("identities.json");
+        let a = labels(&[
+            ("app", "frontend"),
+            ("io.kubernetes.pod.namespace", "demo-app"),
+        ]);
+        let b = labels(&[("app", "api"), ("io.kubernetes.pod.namespace", "demo-app")]);
+        let (ia, ib) = {
+            let mut alloc = IdentityAllocator::open(&path).unwrap();
+            (
+                alloc.endpoint_identity(&a).unwrap(),
+                alloc.endpoint_identity(&b).unwrap(),
+            )
+        };
+        assert_ne!(ia, ib);
+        assert!((256..=65535).contains(&ia));
+        let mut again = IdentityAllocator::open(&path).unwrap();
+        // Reverse order: still the same numbers.
+        assert_eq!(again.endpoint_identity(&b).unwrap(), ib);
+        assert_eq!(again.endpoint_identity(&a).unwrap(), ia);
+        assert_eq!(again.len(), 2);
+        // Without the table, the hash-derived slot gives the same number too.
+        let mut fresh = IdentityAllocator::in_memory();
+        assert_eq!(fresh.endpoint_identity(&a).unwrap(), ia);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn cidr_identities_are_local_and_reserved_have_names() {
+        let mut alloc = IdentityAllocator::in_memory();
+        let id = alloc
+            .cidr_identity(&"10.1.0.0/16".parse().unwrap())
+            .unwrap();
+        assert!(id >= reserved::FIRST_LOCAL);
+        // The same prefix written differently is the same identity.
+        assert_eq!(
+            alloc
+                .cidr_identity(&"10.1.2.3/16".parse().unwrap())
+                .unwrap(),
+            id
+        );
+        assert_eq!(alloc.labels(id).unwrap().0, vec!["cidr:10.1.0.0/16"]);
+        assert_eq!(
+            alloc.labels(reserved::WORLD).unwrap().0,
+            vec!["reserved:world"]
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! Network policy: `CiliumNetworkPolicy` documents, validated in full
+//! ([`parse`]), compiled against the endpoints and identities of this node into
+//! datapath entries ([`compile`]), and kept in a repository that survives restarts
+//! ([`repository`]).
+
+pub mod cnp;
+pub mod compile;
+pub mod parse;
+pub mod repository;
+pub mod selector;
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+
+pub use compile::{Compiled, EndpointView, compile};
+pub use parse::{PolicyError, parse_path, parse_policies};
+pub use selector::LabelSelector;
+
+/// A validated policy document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`; `None` for a clusterwide policy.
+    pub namespace: Option<String>,
+    /// Where it came from (file name).
+    pub source: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// The rules (`spec` or `specs`).
+    pub rules: Vec<PolicyRule>,
+    /// The document as YAML, for persisting and `policy get`.
+    pub document: String,
+}
+
+impl Policy {
+    /// `namespace/name`, or `name` for a clusterwide policy.
+    pub fn key(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// One validated rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    /// Which endpoints it applies to (within the policy's namespace).
+    pub endpoint_selector: LabelSelector,
+    /// Allowed ingress.
+    pub ingress: Vec<PeerRule>,
+    /// Denied ingress.
+    pub ingress_deny: Vec<PeerRule>,
+    /// Allowed egress.
+    pub egress: Vec<PeerRule>,
+    /// Denied egress.
+    pub egress_deny: Vec<PeerRule>,
+    /// Selecting an endpoint for ingress turns on its ingress default-deny.
+    pub default_deny_ingress: bool,
+    /// Same for egress.
+    pub default_deny_egress: bool,
+}
+
+/// Peers and ports of one ingress / egress rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRule {
+    /// `None`: no peer field was set (any peer when ports are given).
+    pub peers: Option<Vec<Peer>>,
+    /// `toPorts`: port ranges with their optional L7 rules.
+    pub ports: Vec<(Vec<PortRange>, Option<L7Spec>)>,
+    /// `icmps`: (IPv6?, type).
+    pub icmps: Vec<(bool, u8)>,
+}
+
+/// A peer selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// Endpoints by labels.
+    Endpoints(LabelSelector),
+    /// A reserved entity.
+    Entity(Entity),
+    /// A prefix, minus exceptions.
+    Cidr {
+        /// The prefix.
+        net: IpNet,
+        /// Sub-prefixes not selected.
+        except: Vec<IpNet>,
+    },
+}
+
+/// Cilium's entities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Entity {
+    /// Everything.
+    All,
+    /// Outside the cluster.
+    World,
+    /// Inside the cluster.
+    Cluster,
+    /// The local host.
+    Host,
+    /// Other nodes.
+    RemoteNode,
+    /// Health endpoints.
+    Health,
+    /// Endpoints being initialised.
+    Init,
+    /// Unmanaged endpoints.
+    Unmanaged,
+    /// The API server.
+    KubeApiserver,
+    /// The ingress proxy.
+    Ingress,
+}
+
+impl Entity {
+    /// Parses Cilium's entity names.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "all" => Self::All,
+            "world" => Self::World,
+            "cluster" => Self::Cluster,
+            "host" => Self::Host,
+            "remote-node" => Self::RemoteNode,
+            "health" => Self::Health,
+            "init" => Self::Init,
+            "unmanaged" => Self::Unmanaged,
+            "kube-apiserver" => Self::KubeApiserver,
+            "ingress" => Self::Ingress,
+            _ => return None,
+        })
+    }
+}
+
+/// A protocol in `toPorts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+    /// TCP, UDP and SCTP.
+    Any,
+}
+
+impl Protocol {
+    /// IP protocol numbers this stands for.
+    pub fn numbers(self) -> &'static [u8] {
+        match self {
+            Self::Tcp => &[6],
+            Self::Udp => &[17],
+            Self::Sctp => &[132],
+            Self::Any => &[6, 17, 132],
+        }
+    }
+}
+
+/// A port range; `first == 0` means any port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// First port (0 = any).
+    pub first: u16,
+    /// Last port.
+    pub last: u16,
+}
+
+/// L7 rules on a port, kept for the L7 engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum L7Spec {
+    /// `rules.http`.
+    Http(Vec<cnp::HttpRule>),
+    /// `rules.kafka`.
+    Kafka(Vec<cnp::KafkaRule>),
+    /// `rules.l7proto` + `rules.l7`.
+    Generic {
+        /// Plugin name.
+        protocol: String,
+        /// field -> pattern maps.
+        rules: Vec<BTreeMap<String, String>>,
+    },
+}
+
+/// Direction of a rule relative to the selected endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Direction {
+    /// Into the endpoint.
+    Ingress,
+    /// Out of the endpoint.
+    Egress,
+}
+
+impl Direction {
+    /// The datapath's direction number.
+    pub fn datapath(self) -> u8 {
+        match self {
+            Self::Ingress => loupe_common::direction::INGRESS,
+            Self::Egress => loupe_common::direction::EGRESS,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

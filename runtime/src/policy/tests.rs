@@ -1,0 +1,350 @@
+//! Table tests for parsing and compiling policies.
+
+use std::collections::BTreeMap;
+
+use loupe_common::{
+    POLICY_PREFIX_FULL, POLICY_PREFIX_L3, POLICY_PREFIX_PROTO, action, identity as id,
+};
+
+use super::compile::{EntryKey, port_prefixes};
+use super::*;
+use crate::config::PolicyEnforcementMode;
+use crate::identity::IdentityAllocator;
+
+/// The article's policies, verbatim.
+const API_ALLOW_FRONTEND: &str = r#"
+    apiVersion: "cilium.io/v2"
+    kind: CiliumNetworkPolicy
+    metadata:
+      name: "api-allow-frontend"
+      namespace: demo-app
+    spec:
+      endpointSelector:
+        matchLabels:
+          app: api-service
+      ingress:
+      - fromEndpoints:
+        - matchLabels:
+            app: frontend
+        toPorts:
+        - ports:
+          - port: "80"
+            protocol: TCP
+          rules:
+            http:
+            - method: "GET"
+              path: "/get"
+"#;
+
+const DB_ALLOW_API: &str = r#"
+    apiVersion: "cilium.io/v2"
+    kind: CiliumNetworkPolicy
+    metadata:
+      name: "db-allow-api-service"
+      namespace: demo-app
+    spec:
+      endpointSelector:
+        matchLabels:
+          app: db-service
+      ingress:
+      - fromEndpoints:
+        - matchLabels:
+            app: api-service
+        toPorts:
+        - ports:
+          - port: "6379"
+            protocol: TCP
+"#;
+
+fn ep(id_: u16, ns: &str, app: &str, identity: u32) -> EndpointView {
+    EndpointView {
+        id: id_,
+        namespace: ns.into(),
+        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+        identity,
+    }
+}
+
+fn demo() -> Vec<EndpointView> {
+    vec![
+        ep(1, "demo-app", "frontend", 1001),
+        ep(2, "demo-app", "api-service", 1002),
+        ep(3, "demo-app", "db-service", 1003),
+        ep(4, "other", "frontend", 1004),
+    ]
+}
+
+fn compile_text(text: &str, mode: PolicyEnforcementMode) -> Compiled {
+    let policies = parse_policies("test.yaml", text).unwrap();
+    let mut alloc = IdentityAllocator::in_memory();
+    compile(&policies, &demo(), mode, true, &mut |p| {
+        alloc.cidr_identity(p)
+    })
+    .unwrap()
+}
+
+fn key(ep: u16, dir: Direction, identity: u32, proto: u8, port: u16, prefix_len: u32) -> EntryKey {
+    EntryKey {
+        ep,
+        dir: dir.datapath(),
+        identity,
+        proto,
+        port,
+        prefix_len,
+    }
+}
+
+fn action_of(c: &Compiled, k: EntryKey) -> Option<u8> {
+    c.entries.get(&k).map(|v| v.action)
+}
+
+#[test]
+fn article_db_policy_compiles_to_one_allow_and_host() {
+    let c = compile_text(DB_ALLOW_API, PolicyEnforcementMode::Default);
+    assert_eq!(c.enforcement[&3], (true, false));
+    assert_eq!(c.enforcement[&2], (false, false));
+    let allow = key(3, Direction::Ingress, 1002, 6, 6379, POLICY_PREFIX_FULL);
+    assert_eq!(action_of(&c, allow), Some(action::ALLOW));
+    let host = key(3, Direction::Ingress, id::HOST, 0, 0, POLICY_PREFIX_L3);
+    assert_eq!(action_of(&c, host), Some(action::ALLOW));
+    // The frontend in another namespace has the same labels but is not selected.
+    assert_eq!(c.entries.len(), 2, "{:#?}", c.entries);
+    assert_eq!(c.selected["demo-app/db-allow-api-service"], vec![3]);
+}
+
+#[test]
+fn article_http_policy_marks_the_port_for_l7() {
+    let c = compile_text(API_ALLOW_FRONTEND, PolicyEnforcementMode::Default);
+    let k = key(2, Direction::Ingress, 1001, 6, 80, POLICY_PREFIX_FULL);
+    assert_eq!(c.entries[&k].flags, loupe_common::policy_flags::L7);
+    assert_eq!(c.l7.len(), 1);
+    assert!(matches!(&c.l7[0].spec, L7Spec::Http(r) if r[0].method.as_deref() == Some("GET")));
+}
+
+#[test]
+fn enforcement_modes() {
+    let never = compile_text(DB_ALLOW_API, PolicyEnforcementMode::Never);
+    assert!(never.entries.is_empty());
+    assert!(never.enforcement.values().all(|e| *e == (false, false)));
+    let always = compile_text(DB_ALLOW_API, PolicyEnforcementMode::Always);
+    assert!(always.enforcement.values().all(|e| *e == (true, true)));
+}
+
+#[test]
+fn deny_beats_allow_even_for_narrower_allows() {
+    let text = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: mixed, namespace: demo-app}
+spec:
+  endpointSelector: {matchLabels: {app: db-service}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts: [{ports: [{port: "6379", protocol: TCP}]}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+"#;
+    let c = compile_text(text, PolicyEnforcementMode::Default);
+    assert_eq!(
+        action_of(
+            &c,
+            key(3, Direction::Ingress, 1001, 6, 6379, POLICY_PREFIX_FULL)
+        ),
+        Some(action::DENY)
+    );
+    assert_eq!(
+        action_of(&c, key(3, Direction::Ingress, 1001, 0, 0, POLICY_PREFIX_L3)),
+        Some(action::DENY)
+    );
+}
+
+#[test]
+fn entities_cidrs_ranges_and_egress() {
+    let text = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: egress, namespace: demo-app}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toEntities: [host]
+  - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]
+    toPorts: [{ports: [{port: "8000", endPort: 8003, protocol: UDP}]}]
+  - toEndpoints: [{}]
+    toPorts: [{ports: [{port: "53", protocol: ANY}]}]
+  - icmps: [{fields: [{type: 8}]}]
+"#;
+    let c = compile_text(text, PolicyEnforcementMode::Default);
+    assert_eq!(c.enforcement[&1], (false, true));
+    assert!(
+        c.entries
+            .contains_key(&key(1, Direction::Egress, id::HOST, 0, 0, POLICY_PREFIX_L3))
+    );
+    let wide = c.cidrs[&"10.0.0.0/8".parse().unwrap()];
+    let except = c.cidrs[&"10.96.0.0/12".parse().unwrap()];
+    assert!(c.entries.contains_key(&key(
+        1,
+        Direction::Egress,
+        wide,
+        17,
+        8000,
+        POLICY_PREFIX_PROTO + 14
+    )));
+    assert!(!c.entries.keys().any(|k| k.identity == except));
+    // `{}` selects every endpoint of the namespace, on TCP, UDP and SCTP.
+    for identity in [1001, 1002, 1003] {
+        for proto in [6, 17, 132] {
+            assert!(c.entries.contains_key(&key(
+                1,
+                Direction::Egress,
+                identity,
+                proto,
+                53,
+                POLICY_PREFIX_FULL
+            )));
+        }
+    }
+    assert!(!c.entries.keys().any(|k| k.identity == 1004));
+    assert!(c.entries.contains_key(&key(
+        1,
+        Direction::Egress,
+        id::ANY,
+        1,
+        8,
+        POLICY_PREFIX_FULL
+    )));
+}
+
+#[test]
+fn world_and_all_entities() {
+    let text = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ents, namespace: demo-app}
+spec:
+  endpointSelector: {}
+  ingress:
+  - fromEntities: [world]
+  - fromEntities: [all]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+"#;
+    let c = compile_text(text, PolicyEnforcementMode::Default);
+    assert!(c.entries.contains_key(&key(
+        1,
+        Direction::Ingress,
+        id::WORLD,
+        0,
+        0,
+        POLICY_PREFIX_L3
+    )));
+    assert!(c.entries.contains_key(&key(
+        2,
+        Direction::Ingress,
+        id::ANY,
+        6,
+        443,
+        POLICY_PREFIX_FULL
+    )));
+    // Selecting `{}` in demo-app does not reach the other namespace.
+    assert!(!c.enforcement[&4].0);
+}
+
+#[test]
+fn empty_ingress_rule_is_default_deny() {
+    let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: deny, namespace: demo-app}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\n";
+    let c = compile_text(text, PolicyEnforcementMode::Default);
+    assert_eq!(c.enforcement[&1], (true, false));
+    // Only the host stays allowed.
+    assert!(c.entries.keys().all(|k| k.identity == id::HOST));
+}
+
+#[test]
+fn port_ranges_split_into_aligned_prefixes() {
+    let p = POLICY_PREFIX_PROTO;
+    assert_eq!(port_prefixes(80, 80), vec![(80, p + 16)]);
+    assert_eq!(port_prefixes(8000, 8003), vec![(8000, p + 14)]);
+    assert_eq!(port_prefixes(1, 3), vec![(1, p + 16), (2, p + 15)]);
+    assert_eq!(port_prefixes(1, 65535).len(), 16);
+    let covered: u32 = port_prefixes(1000, 2000)
+        .iter()
+        .map(|(_, l)| 1 << (p + 16 - l))
+        .sum();
+    assert_eq!(covered, 1001);
+}
+
+fn err(text: &str) -> String {
+    parse_policies("p.yaml", text).unwrap_err().to_string()
+}
+
+#[test]
+fn bad_input_is_refused_with_document_path_and_reason() {
+    let good = DB_ALLOW_API;
+    let cases = [
+        (
+            good.replace("port: \"6379\"", "port: \"70000\""),
+            "spec.ingress[0].toPorts[0].ports[0].port: 70000 is not a port",
+        ),
+        (
+            good.replace("protocol: TCP", "protocol: ICMPX"),
+            "spec.ingress[0].toPorts[0].ports[0].protocol: unknown protocol \"ICMPX\"",
+        ),
+        (
+            good.replace("fromEndpoints:", "fromEndpoint:"),
+            "unknown field `fromEndpoint`",
+        ),
+        (
+            good.replace(
+                "matchLabels:\n            app: api-service",
+                "matchExpressions: [{key: app, operator: In}]",
+            ),
+            "spec.ingress[0].fromEndpoints[0].matchExpressions[0].values: operator In needs at least one value",
+        ),
+        (
+            good.replace("cilium.io/v2", "cilium.io/v1"),
+            "apiVersion: \"cilium.io/v1\" is not supported",
+        ),
+        (
+            good.replace("port: \"6379\"", "port: \"redis\""),
+            "named ports are not supported",
+        ),
+        (
+            good.replace(
+                "      endpointSelector:\n        matchLabels:\n          app: db-service\n",
+                "",
+            ),
+            "spec.endpointSelector: is required",
+        ),
+        ("a: [unclosed".to_string(), "document 0"),
+    ];
+    for (text, want) in cases {
+        let e = err(&text);
+        assert!(e.contains(want), "want {want:?} in {e}");
+        assert!(e.starts_with("p.yaml: document 0"), "{e}");
+    }
+    let e = err(&format!(
+        "{good}\n---\n{}",
+        good.replace("namespace: demo-app", "namespace: Bad_NS")
+    ));
+    assert!(
+        e.contains("document 1") && e.contains("metadata.namespace"),
+        "{e}"
+    );
+    let e = err(&API_ALLOW_FRONTEND.replace("\"/get\"", "\"/get(\""));
+    assert!(e.contains("(demo-app/api-allow-frontend): spec.ingress[0].toPorts[0].rules.http[0].path: invalid regex"), "{e}");
+    let e = err(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec:\n  endpointSelector: {}\n  egress: [{toFQDNs: [{matchName: a.com}]}]\n",
+    );
+    assert!(
+        e.contains("spec.egress[0].toFQDNs: DNS-based rules are not supported yet"),
+        "{e}"
+    );
+}
+
+#[test]
+fn several_documents_and_empty_ones() {
+    let text = format!("{DB_ALLOW_API}\n---\n{API_ALLOW_FRONTEND}\n---\n");
+    let p = parse_policies("x.yaml", &text).unwrap();
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[1].key(), "demo-app/api-allow-frontend");
+    assert!(p[0].document.contains("db-allow-api-service"));
+}

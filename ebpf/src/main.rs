@@ -121,7 +121,9 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         Some(ep) => *ep,
         None => return TC_PASS,
     };
-    let enforced = ep.flags & enforce_flag(dir) != 0;
+    let config = CONFIG.get(0).copied().unwrap_or_default();
+    let generation = config.active_gen & 1;
+    let enforced = ep.flags & endpoint_flags::enforce(dir, generation) != 0;
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return TC_PASS;
     };
@@ -161,7 +163,7 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         return TC_PASS;
     }
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let policy_rev = CONFIG.get(0).map(|c| c.policy_rev).unwrap_or(0);
+    let policy_rev = config.policy_rev;
 
     // A reply to a connection this endpoint tracks in the other direction.
     reverse_key(pkt, opposite(dir), ep.ep_id, &mut scratch.key);
@@ -186,7 +188,7 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         if ct.policy_rev != policy_rev {
             // Policy changed since this connection was allowed: check it once more.
             let remote_identity = lookup_identity(remote_addr(pkt, dir));
-            match verdict(&ep, dir, remote_identity, pkt, enforced) {
+            match verdict(&ep, generation, dir, remote_identity, pkt, enforced) {
                 Ok(_) => {
                     ct.policy_rev = policy_rev;
                     ct.remote_identity = remote_identity;
@@ -217,7 +219,7 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
 
     // The first packet of a connection.
     let remote_identity = lookup_identity(remote_addr(pkt, dir));
-    let policy_flags = match verdict(&ep, dir, remote_identity, pkt, enforced) {
+    let policy_flags = match verdict(&ep, generation, dir, remote_identity, pkt, enforced) {
         Ok(flags) => flags,
         Err(reason) => return drop(ctx, &ep, dir, pkt, remote_identity, reason),
     };
@@ -268,15 +270,6 @@ fn ifindex(ctx: &TcContext) -> u32 {
 }
 
 #[inline(always)]
-fn enforce_flag(dir: u8) -> u16 {
-    if dir == direction::INGRESS {
-        endpoint_flags::ENFORCE_INGRESS
-    } else {
-        endpoint_flags::ENFORCE_EGRESS
-    }
-}
-
-#[inline(always)]
 fn opposite(dir: u8) -> u8 {
     if dir == direction::INGRESS {
         direction::EGRESS
@@ -320,22 +313,36 @@ fn lookup_identity(addr: &[u8; 16]) -> u32 {
 #[inline(always)]
 fn verdict(
     ep: &EndpointInfo,
+    generation: u8,
     dir: u8,
     remote: u32,
     pkt: &Packet,
     enforced: bool,
 ) -> Result<u8, u8> {
-    let specific = lookup_policy(ep.ep_id, dir, remote, pkt.proto, pkt.policy_port);
-    let any = lookup_policy(ep.ep_id, dir, identity::ANY, pkt.proto, pkt.policy_port);
     let mut flags = 0u8;
     let mut allowed = false;
-    for entry in [specific, any].into_iter().flatten() {
-        if entry.action == action::DENY {
-            return Err(drop_reason::POLICY_DENY);
-        }
-        if entry.action == action::ALLOW {
-            allowed = true;
-            flags |= entry.flags;
+    // Straight-line on purpose: an array of `Option`s leaves uninitialised bytes the
+    // verifier refuses to copy.
+    for identity in [remote, identity::ANY] {
+        let key = Key::new(
+            POLICY_PREFIX_FULL,
+            PolicyKey {
+                generation,
+                ep_id: ep.ep_id.to_be_bytes(),
+                dir,
+                identity: identity.to_be_bytes(),
+                proto: pkt.proto,
+                port: pkt.policy_port.to_be_bytes(),
+            },
+        );
+        if let Some(entry) = POLICY.get(&key) {
+            if entry.action == action::DENY {
+                return Err(drop_reason::POLICY_DENY);
+            }
+            if entry.action == action::ALLOW {
+                allowed = true;
+                flags |= entry.flags;
+            }
         }
     }
     if allowed || !enforced {
@@ -343,21 +350,6 @@ fn verdict(
     } else {
         Err(drop_reason::POLICY_DENIED)
     }
-}
-
-#[inline(always)]
-fn lookup_policy(ep_id: u16, dir: u8, remote: u32, proto: u8, port: u16) -> Option<PolicyValue> {
-    let key = Key::new(
-        POLICY_PREFIX_FULL,
-        PolicyKey {
-            ep_id: ep_id.to_be_bytes(),
-            dir,
-            identity: remote.to_be_bytes(),
-            proto,
-            port: port.to_be_bytes(),
-        },
-    );
-    POLICY.get(&key).copied()
 }
 
 #[inline(always)]

@@ -60,6 +60,8 @@ pub struct BpfConfig {
 pub struct EndpointsConfig {
     /// Register the pods of labs built by `loupe lab up`.
     pub lab: bool,
+    /// Only these labs (by name); empty: every lab on the machine.
+    pub lab_names: Vec<String>,
     /// How often the lab's state is re-read, in milliseconds.
     pub lab_poll_ms: u64,
 }
@@ -93,6 +95,7 @@ impl Default for EndpointsConfig {
     fn default() -> Self {
         Self {
             lab: true,
+            lab_names: Vec::new(),
             lab_poll_ms: 500,
         }
     }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod datapath;
 pub mod endpoint;
 pub mod identity;
 pub mod lab;

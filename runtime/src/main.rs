@@ -4,10 +4,14 @@ use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    // Die quietly on a closed pipe (`loupe observe | head`), like other CLI tools.
-    // SAFETY: setting a signal disposition before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    let cli = loupe_runtime::cli::Cli::parse();
+    if !matches!(cli.command, loupe_runtime::cli::Command::Agent { .. }) {
+        // A CLI command dies quietly on a closed pipe (`loupe observe | head`), like
+        // other tools. Never the agent: a client hanging up mid-reply would kill it.
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -15,7 +19,6 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = loupe_runtime::cli::Cli::parse();
     match loupe_runtime::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(err) => {

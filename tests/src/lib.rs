@@ -202,3 +202,158 @@ pub fn client(name: &str) -> String {
         .display()
         .to_string()
 }
+
+/// A `loupe agent` process with its own socket, state and pin path, stopped (and
+/// its pinned datapath removed) on drop.
+pub struct TestAgent {
+    /// Name (socket, state and pin directories derive from it).
+    pub name: String,
+    /// The API socket.
+    pub socket: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Pin path.
+    pub pin_path: PathBuf,
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl TestAgent {
+    /// Writes a config (`extra` is appended as YAML) and starts the agent; waits
+    /// until it serves its API and has registered `endpoints` endpoints.
+    pub fn start(name: &str, lab: &str, extra: &str, endpoints: usize) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("loupe-agent-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let pin_path = PathBuf::from(format!("/sys/fs/bpf/loupe-test-{name}"));
+        remove_pins(&pin_path);
+        let socket = dir.join("loupe.sock");
+        let state_dir = dir.join("state");
+        let config = dir.join("loupe.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "socketPath: {}\nstateDir: {}\nbpf:\n  pinPath: {}\nendpoints:\n  labNames: [{lab}]\n{extra}",
+                socket.display(),
+                state_dir.display(),
+                pin_path.display()
+            ),
+        )?;
+        let mut agent = Self {
+            name: name.to_string(),
+            socket,
+            config,
+            state_dir,
+            pin_path,
+            child: None,
+            log: dir.join("agent.log"),
+        };
+        agent.spawn(endpoints)?;
+        Ok(agent)
+    }
+
+    /// (Re)starts the process with the same config.
+    pub fn spawn(&mut self, endpoints: usize) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(loupe_bin())
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .env("LOUPE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let ready = wait_for(Duration::from_secs(20), || {
+            self.endpoints()
+                .map(|e| e.len() >= endpoints)
+                .unwrap_or(false)
+        });
+        if !ready {
+            bail!(
+                "agent {} did not come up with {endpoints} endpoints; log:\n{}",
+                self.name,
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `loupe --socket … ARGS…`.
+    pub fn loupe(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--socket", self.socket.to_str().unwrap_or_default()];
+        full.extend_from_slice(args);
+        loupe(&full)
+    }
+
+    /// Like [`TestAgent::loupe`], failing on a non-zero exit.
+    pub fn loupe_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["--socket", self.socket.to_str().unwrap_or_default()];
+        full.extend_from_slice(args);
+        loupe_ok(&full)
+    }
+
+    /// `loupe endpoint list --json`, parsed.
+    pub fn endpoints(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.loupe(&["endpoint", "list", "--json"]);
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).context("endpoint json"))
+            .collect()
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            if !wait_for(Duration::from_secs(5), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.stop();
+        remove_pins(&self.pin_path);
+    }
+}
+
+/// Removes a pin directory: links first (detaching the programs), then maps.
+pub fn remove_pins(pin_path: &Path) {
+    let _ = std::fs::remove_dir_all(pin_path.join("links"));
+    let _ = std::fs::remove_dir_all(pin_path);
+}
+
+/// Whether a TCP connection from a pod to `host:port` succeeds within `secs`.
+pub fn tcp_ok(lab: &TestLab, pod: &str, host: &str, port: u16, secs: u32) -> bool {
+    let script = format!(
+        "import socket,sys\ns=socket.create_connection(('{host}',{port}),timeout={secs})\ns.close()"
+    );
+    lab.exec(pod, &["python3", "-c", &script]).status.success()
+}

@@ -119,12 +119,23 @@ pub mod policy_flags {
     pub const L7: u8 = 1;
 }
 
-/// Flags of [`EndpointInfo::flags`].
+/// Flags of [`EndpointInfo::flags`]. Enforcement is kept per policy generation
+/// (shift by `2 * generation`), so switching generations switches enforcement too.
 pub mod endpoint_flags {
-    /// Ingress is under default-deny enforcement.
+    /// Ingress is under default-deny enforcement (generation 0).
     pub const ENFORCE_INGRESS: u16 = 1;
-    /// Egress is under default-deny enforcement.
+    /// Egress is under default-deny enforcement (generation 0).
     pub const ENFORCE_EGRESS: u16 = 2;
+
+    /// The enforcement flag for a direction in a policy generation.
+    pub const fn enforce(dir: u8, generation: u8) -> u16 {
+        let base = if dir == crate::direction::INGRESS {
+            ENFORCE_INGRESS
+        } else {
+            ENFORCE_EGRESS
+        };
+        base << (2 * (generation & 1))
+    }
 }
 
 /// Flags of [`CtValue::flags`].
@@ -165,12 +176,19 @@ pub struct EndpointInfo {
 }
 
 /// Data of an LPM policy key. Fields are in the order the trie compares them: the
-/// endpoint, the direction and the remote identity always fully, then the protocol and
-/// the destination port as far as the prefix length says, so "any protocol" and port
-/// ranges (split into aligned prefixes) are single entries.
+/// policy generation, the endpoint, the direction and the remote identity always
+/// fully, then the protocol and the destination port as far as the prefix length
+/// says, so "any protocol" and port ranges (split into aligned prefixes) are single
+/// entries.
+///
+/// Two generations share the map: the runtime writes a complete new policy under the
+/// inactive generation, then flips [`DatapathConfig::active_gen`] — one word — so a
+/// policy change is atomic for the datapath — then removes the old generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyKey {
+    /// Policy generation (0 or 1).
+    pub generation: u8,
     /// Endpoint number, big-endian.
     pub ep_id: [u8; 2],
     /// [`direction`] of the traffic relative to the endpoint.
@@ -184,7 +202,7 @@ pub struct PolicyKey {
 }
 
 /// Bits of a [`PolicyKey`] that are always matched exactly.
-pub const POLICY_PREFIX_L3: u32 = (2 + 1 + 4) * 8;
+pub const POLICY_PREFIX_L3: u32 = (1 + 2 + 1 + 4) * 8;
 /// Bits of a [`PolicyKey`] up to and including the protocol.
 pub const POLICY_PREFIX_PROTO: u32 = POLICY_PREFIX_L3 + 8;
 /// All bits of a [`PolicyKey`].
@@ -271,8 +289,10 @@ pub struct DatapathConfig {
     /// re-checked against policy once, so a policy change reaches open connections
     /// it no longer allows without touching those it still allows.
     pub policy_rev: u32,
+    /// The policy generation in force (0 or 1).
+    pub active_gen: u8,
     /// Reserved, zero.
-    pub flags: u32,
+    pub pad: [u8; 3],
 }
 
 /// A record on the event ring buffer.
@@ -322,7 +342,7 @@ pub struct FlowEvent {
 // The layout is the contract: a change in size is a change of the contract.
 const _: () = assert!(core::mem::size_of::<IpcacheValue>() == 8);
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<PolicyKey>() == 10);
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 11);
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 32);

@@ -5,11 +5,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{RwLock, mpsc};
+use tokio::sync::{Mutex, RwLock, mpsc};
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::api::{self, daemon::DaemonService, proto::daemon::daemon_server::DaemonServer};
+use crate::api::{
+    self, daemon::DaemonService, policy::PolicyService, proto::daemon::daemon_server::DaemonServer,
+    proto::policy::policies_server::PoliciesServer,
+};
 use crate::config::AgentConfig;
+use crate::datapath::{Datapath, controller::Controller, events};
 use crate::endpoint::{self, EndpointRegistry, SourceKind};
 
 /// Health of one component, for `loupe status`.
@@ -56,17 +60,20 @@ pub struct AgentState {
     pub registry: RwLock<EndpointRegistry>,
     /// Component health by name.
     pub components: RwLock<BTreeMap<String, ComponentStatus>>,
+    /// Identities, policies and the datapath's maps.
+    pub controller: Mutex<Controller>,
 }
 
 impl AgentState {
-    /// Fresh state for a configuration.
-    pub fn new(config: AgentConfig) -> Self {
+    /// Fresh state for a configuration and its controller.
+    pub fn new(config: AgentConfig, controller: Controller) -> Self {
         Self {
             node_name: config.node_name(),
             config,
             started: Instant::now(),
             registry: RwLock::new(EndpointRegistry::new()),
             components: RwLock::new(BTreeMap::new()),
+            controller: Mutex::new(controller),
         }
     }
 
@@ -92,14 +99,49 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = Arc::new(AgentState::new(config));
-    let listener = api::bind_socket(&state.config.socket_path)?;
+    let listener = api::bind_socket(&config.socket_path)?;
+    let mut datapath = if config.bpf.enabled {
+        Some(Datapath::load(&config.bpf)?)
+    } else {
+        None
+    };
+    let ring = datapath.as_mut().and_then(Datapath::take_events);
+    let (controller, stale_policies) = Controller::new(&config, datapath)?;
+    for err in &stale_policies {
+        tracing::error!(error = %err, "persisted policy no longer valid; not loaded");
+    }
+    let state = Arc::new(AgentState::new(config, controller));
     tracing::info!(socket = %state.config.socket_path.display(), node = %state.node_name, "agent starting");
+    if state.config.bpf.enabled {
+        state
+            .set_component(
+                "datapath",
+                ComponentState::Ok,
+                format!("loaded, pinned at {}", state.config.bpf.pin_path.display()),
+            )
+            .await;
+    } else {
+        state
+            .set_component("datapath", ComponentState::Disabled, "bpf.enabled: false")
+            .await;
+    }
+    if let Some(ring) = ring {
+        tokio::spawn(async move {
+            let result = events::read_events(ring, |event| {
+                tracing::debug!(?event, "datapath event");
+            })
+            .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "datapath event reader stopped");
+            }
+        });
+    }
 
     if state.config.endpoints.lab {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(endpoint::lab_source::watch(
             Duration::from_millis(state.config.endpoints.lab_poll_ms),
+            state.config.endpoints.lab_names.clone(),
             tx,
         ));
         tokio::spawn(apply_source(state.clone(), SourceKind::Lab, rx));
@@ -119,6 +161,7 @@ pub async fn run(
     let socket_path = state.config.socket_path.clone();
     let server = tonic::transport::Server::builder()
         .add_service(DaemonServer::new(DaemonService::new(state.clone())))
+        .add_service(PoliciesServer::new(PolicyService::new(state.clone())))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let result = server.await;
     let _ = std::fs::remove_file(&socket_path);
@@ -134,13 +177,32 @@ async fn apply_source(
 ) {
     while let Some(specs) = rx.recv().await {
         let count = specs.len();
-        let errors = state
-            .registry
-            .write()
-            .await
-            .sync_source(source, specs, |_| None);
+        let mut controller = state.controller.lock().await;
+        // Keep the endpoint numbers the pinned datapath already uses.
+        let pinned = controller.pinned_endpoint_ids();
+        let (errors, endpoints) = {
+            let mut registry = state.registry.write().await;
+            let errors =
+                registry.sync_source(source, specs, |spec| pinned.get(&spec.ifindex).copied());
+            (errors, registry.list().cloned().collect::<Vec<_>>())
+        };
         for err in &errors {
             tracing::warn!(?source, error = %err, "endpoint refused");
+        }
+        let result = controller.set_endpoints(endpoints);
+        drop(controller);
+        match result {
+            Ok(()) => {
+                state
+                    .set_component("policy", ComponentState::Ok, "endpoints regenerated")
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "endpoint regeneration failed");
+                state
+                    .set_component("policy", ComponentState::Error, e.to_string())
+                    .await;
+            }
         }
         tracing::info!(
             ?source,

@@ -30,6 +30,7 @@ impl Daemon for DaemonService {
         &self,
         _request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
+        let controller = self.state.controller.lock().await;
         let registry = self.state.registry.read().await;
         let endpoints = registry
             .list()
@@ -46,7 +47,7 @@ impl Daemon for DaemonService {
                 ips: ep.spec.ips().map(|ip| ip.to_string()).collect(),
                 interface: ep.spec.interface.clone(),
                 ifindex: ep.spec.ifindex,
-                identity: 0,
+                identity: controller.endpoint_identity(&ep.spec.key()).unwrap_or(0),
                 source: match ep.spec.source {
                     SourceKind::Lab => "lab".into(),
                     SourceKind::Kubernetes => "kubernetes".into(),

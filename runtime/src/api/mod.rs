@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod policy;
 
 /// Generated protobuf and gRPC code.
 pub mod proto {
@@ -10,6 +11,11 @@ pub mod proto {
     pub mod daemon {
         #![allow(missing_docs, unreachable_pub, clippy::all)]
         tonic::include_proto!("loupe.daemon.v1");
+    }
+    /// `loupe.policy.v1`: Loupe's policy API.
+    pub mod policy {
+        #![allow(missing_docs, unreachable_pub, clippy::all)]
+        tonic::include_proto!("loupe.policy.v1");
     }
 }
 

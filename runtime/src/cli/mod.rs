@@ -2,6 +2,7 @@
 
 mod endpoint;
 mod lab;
+mod policy;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,9 @@ pub enum Command {
     /// Endpoints known to the agent.
     #[command(subcommand)]
     Endpoint(endpoint::EndpointCommand),
+    /// CiliumNetworkPolicy: validate, apply, delete, list.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Runs the parsed command line; the process exit code.
@@ -54,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Lab(cmd) => lab::run(cmd),
         Command::Endpoint(cmd) => runtime()?.block_on(endpoint::run(cmd, &cli.socket)),
+        Command::Policy(cmd) => runtime()?.block_on(policy::run(cmd, &cli.socket)),
     }
 }
 

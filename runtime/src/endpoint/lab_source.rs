@@ -8,11 +8,11 @@ use tokio::sync::mpsc;
 use super::{EndpointSpec, SourceKind, Workload};
 use crate::lab::LabState;
 
-/// The endpoints of every lab that is up.
-pub fn list() -> Vec<EndpointSpec> {
+/// The endpoints of the labs that are up (all of them if `names` is empty).
+pub fn list(names: &[String]) -> Vec<EndpointSpec> {
     LabState::all()
         .into_iter()
-        .filter(|lab| lab.ready)
+        .filter(|lab| lab.ready && (names.is_empty() || names.contains(&lab.name)))
         .flat_map(|lab| {
             let namespace = lab.namespace.clone();
             lab.pods.into_iter().map(move |pod| EndpointSpec {
@@ -35,13 +35,14 @@ pub fn list() -> Vec<EndpointSpec> {
 
 /// Sends the full list whenever it changes (and once at start), polling every
 /// `interval`, until the receiver goes away.
-pub async fn watch(interval: Duration, tx: mpsc::Sender<Vec<EndpointSpec>>) {
+pub async fn watch(interval: Duration, names: Vec<String>, tx: mpsc::Sender<Vec<EndpointSpec>>) {
     let mut last: Option<Vec<EndpointSpec>> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = match tokio::task::spawn_blocking(list).await {
+        let names = names.clone();
+        let now = match tokio::task::spawn_blocking(move || list(&names)).await {
             Ok(now) => now,
             Err(err) => {
                 tracing::warn!(error = %err, "lab endpoint listing failed");

@@ -58,9 +58,10 @@ pub struct EntryKey {
 }
 
 impl EntryKey {
-    /// The kernel key.
-    pub fn datapath(&self) -> PolicyKey {
+    /// The kernel key in a policy generation.
+    pub fn datapath(&self, generation: u8) -> PolicyKey {
         PolicyKey {
+            generation,
             ep_id: self.ep.to_be_bytes(),
             dir: self.dir,
             identity: self.identity.to_be_bytes(),
@@ -427,13 +428,14 @@ fn deny_covered_allows(entries: &mut BTreeMap<EntryKey, PolicyValue>) {
 fn covers(broad: &EntryKey, narrow: &EntryKey) -> bool {
     let a = key_bits(broad);
     let b = key_bits(narrow);
-    let shift = 80 - broad.prefix_len;
+    let shift = 88 - broad.prefix_len;
     (a >> shift) == (b >> shift)
 }
 
 fn key_bits(k: &EntryKey) -> u128 {
     let mut bytes = [0u8; 16];
-    let key = k.datapath();
+    let key = k.datapath(0);
+    bytes[5] = key.generation;
     bytes[6..8].copy_from_slice(&key.ep_id);
     bytes[8] = key.dir;
     bytes[9..13].copy_from_slice(&key.identity);

@@ -173,7 +173,7 @@ fn validate_document(doc: PolicyDocument, source: &str) -> Result<Policy, Invali
     }
     let mut rules = Vec::new();
     for (field, spec) in specs {
-        rules.push(validate_rule(&field, spec).map_err(&named)?);
+        rules.push(validate_rule(&field, spec).map_err(named)?);
     }
     Ok(Policy {
         name: doc.metadata.name,

@@ -1,0 +1,179 @@
+//! `loupe policy validate | apply | delete | list`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use crate::api::{
+    client,
+    proto::policy::{
+        DeleteRequest, ListRequest, PolicyDocuments, PolicyFile, PolicyResult,
+        policies_client::PoliciesClient,
+    },
+};
+use crate::policy::parse_path;
+
+/// Policy subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check policy files (offline); with a running agent, also compile them against
+    /// its endpoints.
+    Validate {
+        /// Files or directories of CiliumNetworkPolicy YAML.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Only check the files, do not ask the agent.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Apply policies: all of them, or none if any is invalid.
+    Apply {
+        /// Files or directories (`-f` as in kubectl is accepted too).
+        #[arg(short = 'f', long = "file", required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Delete policies by `namespace/name` (or by the files that define them).
+    Delete {
+        /// `namespace/name` of each policy.
+        keys: Vec<String>,
+        /// Files whose policies to delete.
+        #[arg(short = 'f', long = "file")]
+        paths: Vec<PathBuf>,
+    },
+    /// List the policies in force.
+    List {
+        /// Print each policy's YAML too.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+}
+
+fn read_files(paths: &[PathBuf]) -> anyhow::Result<PolicyDocuments> {
+    let mut files = Vec::new();
+    for path in paths {
+        // Parse locally first: a bad file fails here with the same message.
+        parse_path(path)?;
+        let mut names = Vec::new();
+        if path.is_dir() {
+            for entry in
+                std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+            {
+                let p = entry?.path();
+                if matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                ) {
+                    names.push(p);
+                }
+            }
+            names.sort();
+        } else {
+            names.push(path.clone());
+        }
+        for name in names {
+            let text = std::fs::read_to_string(&name)
+                .with_context(|| format!("reading {}", name.display()))?;
+            files.push(PolicyFile {
+                name: name.display().to_string(),
+                text,
+            });
+        }
+    }
+    Ok(PolicyDocuments { files })
+}
+
+fn print_result(verb: &str, result: &PolicyResult) {
+    for (i, key) in result.policies.iter().enumerate() {
+        let selected = result
+            .selected
+            .get(i)
+            .map(|s| s.endpoints.join(", "))
+            .unwrap_or_default();
+        let selected = if selected.is_empty() {
+            "no endpoints".to_string()
+        } else {
+            selected
+        };
+        println!("{verb} {key} (selects: {selected})");
+    }
+    println!(
+        "policy revision {}, {} policy map entries",
+        result.revision, result.entries
+    );
+}
+
+pub(super) async fn run(cmd: PolicyCommand, socket: &Path) -> anyhow::Result<i32> {
+    match cmd {
+        PolicyCommand::Validate { paths, offline } => {
+            let mut count = 0;
+            for path in &paths {
+                count += parse_path(path)?.len();
+            }
+            if offline {
+                println!("{count} policies valid");
+                return Ok(0);
+            }
+            let docs = read_files(&paths)?;
+            match client::connect(socket).await {
+                Ok(channel) => {
+                    let result = PoliciesClient::new(channel)
+                        .validate(docs)
+                        .await?
+                        .into_inner();
+                    print_result("valid", &result);
+                }
+                Err(_) => println!(
+                    "{count} policies valid (no agent reachable: not compiled against endpoints)"
+                ),
+            }
+            Ok(0)
+        }
+        PolicyCommand::Apply { paths } => {
+            let docs = read_files(&paths)?;
+            let mut client = PoliciesClient::new(client::connect(socket).await?);
+            let result = client
+                .apply(docs)
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            print_result("applied", &result);
+            Ok(0)
+        }
+        PolicyCommand::Delete { mut keys, paths } => {
+            for path in &paths {
+                keys.extend(parse_path(path)?.iter().map(crate::policy::Policy::key));
+            }
+            if keys.is_empty() {
+                anyhow::bail!("name policies as namespace/name, or give -f FILE");
+            }
+            let mut client = PoliciesClient::new(client::connect(socket).await?);
+            let result = client
+                .delete(DeleteRequest { keys })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            for key in &result.policies {
+                println!("deleted {key}");
+            }
+            println!(
+                "policy revision {}, {} policy map entries",
+                result.revision, result.entries
+            );
+            Ok(0)
+        }
+        PolicyCommand::List { verbose } => {
+            let mut client = PoliciesClient::new(client::connect(socket).await?);
+            let list = client.list(ListRequest {}).await?.into_inner();
+            println!("{:<40} {:<40} SELECTS", "POLICY", "SOURCE");
+            for p in &list.policies {
+                println!("{:<40} {:<40} {}", p.key, p.source, p.selected.join(","));
+                if verbose {
+                    println!("{}", p.document);
+                }
+            }
+            println!("revision {}", list.revision);
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Where policy decisions are made: the controller turns endpoints and policies into
+//! the datapath's maps, and is the only writer of those maps.
+//!
+//! Every change goes through [`Controller::reconcile`]: identities for endpoints,
+//! compile, check capacity, then write — ipcache additions first, the complete new
+//! policy under the inactive generation, one flip of the active generation, then
+//! removal of what is no longer needed. A policy that fails any step changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use loupe_common::{DatapathConfig, EndpointInfo, endpoint_flags, identity as id};
+
+use super::{Datapath, DatapathError, mapped};
+use crate::config::{AgentConfig, PolicyEnforcementMode};
+use crate::endpoint::Endpoint;
+use crate::identity::{IdentityAllocator, IdentityError, LabelSet};
+use crate::policy::repository::{PolicyRepository, StoreError};
+use crate::policy::{Compiled, EndpointView, Policy, PolicyError, compile};
+
+/// A change the controller refused or could not make.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The datapath refused a write.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    /// No identity could be allocated.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The policy store could not be written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Policies named for deletion do not exist.
+    #[error("no such policy: {0}")]
+    NotFound(String),
+}
+
+/// Counters for `status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControllerStats {
+    /// Policy generations written.
+    pub regenerations: u64,
+    /// Duration of the last regeneration.
+    pub last_regeneration: Duration,
+    /// Regenerations refused (map full, identity exhaustion, write errors).
+    pub failures: u64,
+    /// Policy map entries in force.
+    pub policy_entries: usize,
+}
+
+/// What a policy change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Policy keys applied or deleted.
+    pub policies: Vec<String>,
+    /// Endpoints each selects.
+    pub selected: BTreeMap<String, Vec<u16>>,
+    /// Policy map entries in force afterwards.
+    pub entries: usize,
+}
+
+/// Owns identities, policies and the datapath's maps.
+pub struct Controller {
+    datapath: Option<Datapath>,
+    identities: IdentityAllocator,
+    policies: PolicyRepository,
+    mode: PolicyEnforcementMode,
+    allow_localhost: bool,
+    endpoints: Vec<(Endpoint, u32)>,
+    compiled: Option<Compiled>,
+    ipcache: BTreeMap<([u8; 16], u32), u32>,
+    stats: ControllerStats,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("datapath", &self.datapath)
+            .field("endpoints", &self.endpoints.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// A controller for `config`; with `datapath` `None` it validates and compiles
+    /// but writes nothing to the kernel. Returns persisted policies that no longer
+    /// parse.
+    pub fn new(
+        config: &AgentConfig,
+        datapath: Option<Datapath>,
+    ) -> Result<(Self, Vec<PolicyError>), ControllerError> {
+        let identities = IdentityAllocator::open(&config.state_dir.join("identities.json"))?;
+        let (policies, errors) = PolicyRepository::open(&config.state_dir.join("policies"));
+        let mut ipcache = BTreeMap::new();
+        if let Some(dp) = &datapath {
+            // Adopt what an earlier agent wrote, so stale entries get removed.
+            ipcache = dp.ipcache();
+        }
+        Ok((
+            Self {
+                datapath,
+                identities,
+                policies,
+                mode: config.policy_enforcement_mode,
+                allow_localhost: true,
+                endpoints: Vec::new(),
+                compiled: None,
+                ipcache,
+                stats: ControllerStats::default(),
+            },
+            errors,
+        ))
+    }
+
+    /// Endpoint numbers the pinned datapath already uses, by interface index, so a
+    /// restarted agent keeps them.
+    pub fn pinned_endpoint_ids(&self) -> BTreeMap<u32, u16> {
+        self.datapath
+            .as_ref()
+            .map(|dp| {
+                dp.endpoints()
+                    .into_iter()
+                    .map(|(i, e)| (i, e.ep_id))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether the kernel datapath is loaded.
+    pub fn has_datapath(&self) -> bool {
+        self.datapath.is_some()
+    }
+
+    /// The datapath, for readers (counters, events).
+    pub fn datapath_mut(&mut self) -> Option<&mut Datapath> {
+        self.datapath.as_mut()
+    }
+
+    /// The datapath, read-only.
+    pub fn datapath(&self) -> Option<&Datapath> {
+        self.datapath.as_ref()
+    }
+
+    /// Statistics.
+    pub fn stats(&self) -> &ControllerStats {
+        &self.stats
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> &PolicyRepository {
+        &self.policies
+    }
+
+    /// What the last successful compilation produced.
+    pub fn compiled(&self) -> Option<&Compiled> {
+        self.compiled.as_ref()
+    }
+
+    /// The identity of an endpoint (by `namespace/pod`).
+    pub fn endpoint_identity(&self, key: &str) -> Option<u32> {
+        self.endpoints
+            .iter()
+            .find(|(e, _)| e.spec.key() == key)
+            .map(|(_, i)| *i)
+    }
+
+    /// Labels of an identity, as `source:key=value`.
+    pub fn identity_labels(&self, identity: u32) -> Vec<String> {
+        self.identities
+            .labels(identity)
+            .map(|l| l.0)
+            .unwrap_or_default()
+    }
+
+    /// Number of identities allocated.
+    pub fn identity_count(&self) -> usize {
+        self.identities.len()
+    }
+
+    /// Replaces the endpoint set and re-applies policy.
+    pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) -> Result<(), ControllerError> {
+        let mut with_ids = Vec::with_capacity(endpoints.len());
+        for ep in endpoints {
+            let identity = self
+                .identities
+                .endpoint_identity(&LabelSet::from_k8s(&ep.spec.identity_labels()))?;
+            with_ids.push((ep, identity));
+        }
+        let previous = std::mem::replace(&mut self.endpoints, with_ids);
+        let policies = self.policies.to_vec();
+        if let Err(e) = self.reconcile(&policies) {
+            self.endpoints = previous;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Compiles `policies` as they would apply now, without writing anything.
+    pub fn validate(&mut self, policies: &[Policy]) -> Result<Compiled, ControllerError> {
+        let candidate = self.policies.with_applied(policies);
+        let compiled = self.compile(&candidate)?;
+        self.check_capacity(&compiled)?;
+        Ok(compiled)
+    }
+
+    /// Applies policies (replacing those with the same name). On any error nothing
+    /// changes: the previous policies stay in force.
+    pub fn apply(&mut self, policies: Vec<Policy>) -> Result<ApplyReport, ControllerError> {
+        let keys: Vec<String> = policies.iter().map(Policy::key).collect();
+        let candidate = self.policies.with_applied(&policies);
+        self.reconcile(&candidate)?;
+        self.policies.commit(candidate)?;
+        Ok(self.report(keys))
+    }
+
+    /// Deletes policies by `namespace/name`.
+    pub fn delete(&mut self, keys: &[String]) -> Result<ApplyReport, ControllerError> {
+        let (candidate, missing) = self.policies.with_deleted(keys);
+        if !missing.is_empty() {
+            return Err(ControllerError::NotFound(missing.join(", ")));
+        }
+        self.reconcile(&candidate)?;
+        self.policies.commit(candidate)?;
+        Ok(self.report(keys.to_vec()))
+    }
+
+    /// Re-applies the policies in force (after start-up, once endpoints are known).
+    pub fn resync(&mut self) -> Result<(), ControllerError> {
+        let policies = self.policies.to_vec();
+        self.reconcile(&policies).map(|_| ())
+    }
+
+    fn report(&self, policies: Vec<String>) -> ApplyReport {
+        let compiled = self.compiled.as_ref();
+        ApplyReport {
+            selected: policies
+                .iter()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        compiled
+                            .and_then(|c| c.selected.get(k).cloned())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect(),
+            policies,
+            entries: compiled.map(|c| c.entries.len()).unwrap_or(0),
+        }
+    }
+
+    fn views(&self) -> Vec<EndpointView> {
+        self.endpoints
+            .iter()
+            .map(|(ep, identity)| EndpointView {
+                id: ep.id,
+                namespace: ep.spec.namespace.clone(),
+                labels: ep.spec.labels.clone(),
+                identity: *identity,
+            })
+            .collect()
+    }
+
+    fn compile(&mut self, policies: &[Policy]) -> Result<Compiled, ControllerError> {
+        let views = self.views();
+        let identities = &mut self.identities;
+        Ok(compile(
+            policies,
+            &views,
+            self.mode,
+            self.allow_localhost,
+            &mut |p| identities.cidr_identity(p),
+        )?)
+    }
+
+    fn check_capacity(&self, compiled: &Compiled) -> Result<(), ControllerError> {
+        let capacity = self
+            .datapath
+            .as_ref()
+            .map(|d| d.sizes.policy as usize)
+            .unwrap_or(usize::MAX);
+        if compiled.entries.len() > capacity {
+            return Err(DatapathError::PolicyMapFull {
+                needed: compiled.entries.len(),
+                capacity,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn reconcile(&mut self, policies: &[Policy]) -> Result<(), ControllerError> {
+        let started = Instant::now();
+        let result = self.reconcile_inner(policies);
+        match &result {
+            Ok(()) => {
+                self.stats.regenerations += 1;
+                self.stats.last_regeneration = started.elapsed();
+                self.stats.policy_entries =
+                    self.compiled.as_ref().map(|c| c.entries.len()).unwrap_or(0);
+                tracing::info!(
+                    endpoints = self.endpoints.len(),
+                    policies = policies.len(),
+                    entries = self.stats.policy_entries,
+                    took = ?self.stats.last_regeneration,
+                    "regenerated"
+                );
+            }
+            Err(e) => {
+                self.stats.failures += 1;
+                tracing::warn!(error = %e, "policy regeneration refused; previous policy stays in force");
+            }
+        }
+        result
+    }
+
+    fn reconcile_inner(&mut self, policies: &[Policy]) -> Result<(), ControllerError> {
+        let compiled = self.compile(policies)?;
+        self.check_capacity(&compiled)?;
+        let Some(dp) = self.datapath.as_mut() else {
+            self.compiled = Some(compiled);
+            return Ok(());
+        };
+
+        // 1. The ipcache gains every address the new policy may look up.
+        let desired = desired_ipcache(&self.endpoints, &compiled.cidrs);
+        for (&(addr, len), &identity) in &desired {
+            if self.ipcache.get(&(addr, len)) != Some(&identity) {
+                dp.set_ipcache(addr, len, identity)?;
+                self.ipcache.insert((addr, len), identity);
+            }
+        }
+
+        // 2. Endpoints and enforcement, under the generation about to become active.
+        let config = dp.config();
+        let active = config.active_gen & 1;
+        let changed = self.compiled.as_ref() != Some(&compiled);
+        let next = if changed { active ^ 1 } else { active };
+        let existing = dp.endpoints();
+        for (ep, identity) in &self.endpoints {
+            let (ingress, egress) = compiled
+                .enforcement
+                .get(&ep.id)
+                .copied()
+                .unwrap_or((false, false));
+            let bits = |generation| {
+                let mut f = 0;
+                if ingress {
+                    f |= endpoint_flags::enforce(loupe_common::direction::INGRESS, generation);
+                }
+                if egress {
+                    f |= endpoint_flags::enforce(loupe_common::direction::EGRESS, generation);
+                }
+                f
+            };
+            let active_mask = endpoint_flags::enforce(loupe_common::direction::INGRESS, active)
+                | endpoint_flags::enforce(loupe_common::direction::EGRESS, active);
+            // Until the flip, an endpoint keeps the enforcement it has; a new one
+            // starts with the new policy's.
+            let keep = match existing.get(&ep.spec.ifindex) {
+                Some(old) if old.ep_id == ep.id && next != active => old.flags & active_mask,
+                _ => bits(active),
+            };
+            let info = EndpointInfo {
+                ep_id: ep.id,
+                flags: keep | bits(next),
+                identity: *identity,
+            };
+            if existing.get(&ep.spec.ifindex) != Some(&info) {
+                dp.set_endpoint(ep.spec.ifindex, info)?;
+            }
+            dp.attach(&ep.spec.interface, ep.spec.ifindex)?;
+        }
+
+        // 3. The complete new policy under the inactive generation, then one flip.
+        if changed {
+            let mut written = Vec::with_capacity(compiled.entries.len());
+            for (key, value) in &compiled.entries {
+                let k = key.datapath(next);
+                if let Err(e) = dp.set_policy(key.prefix_len, k, *value) {
+                    for (len, k) in written {
+                        dp.remove_policy(len, k);
+                    }
+                    return Err(e.into());
+                }
+                written.push((key.prefix_len, k));
+            }
+            dp.set_config(DatapathConfig {
+                policy_rev: config.policy_rev.wrapping_add(1),
+                active_gen: next,
+                pad: [0; 3],
+            })?;
+            for (len, key) in dp.policy_keys() {
+                if key.generation != next {
+                    dp.remove_policy(len, key);
+                }
+            }
+        }
+
+        // 4. What nothing needs any more.
+        let live: BTreeSet<u32> = self.endpoints.iter().map(|(e, _)| e.spec.ifindex).collect();
+        for ifindex in existing.keys().filter(|i| !live.contains(i)) {
+            dp.remove_endpoint(*ifindex);
+        }
+        let live_ifaces: BTreeSet<&str> = self
+            .endpoints
+            .iter()
+            .map(|(e, _)| e.spec.interface.as_str())
+            .collect();
+        for iface in dp.pinned_interfaces() {
+            if !live_ifaces.contains(iface.as_str()) {
+                dp.detach(&iface);
+            }
+        }
+        let stale: Vec<([u8; 16], u32)> = self
+            .ipcache
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for (addr, len) in stale {
+            dp.remove_ipcache(addr, len);
+            self.ipcache.remove(&(addr, len));
+        }
+        self.compiled = Some(compiled);
+        Ok(())
+    }
+}
+
+/// Every ipcache entry the datapath needs: endpoint addresses, this host's
+/// addresses, the prefixes policies name, and the world for everything else.
+fn desired_ipcache(
+    endpoints: &[(Endpoint, u32)],
+    cidrs: &BTreeMap<IpNet, u32>,
+) -> BTreeMap<([u8; 16], u32), u32> {
+    let mut out = BTreeMap::new();
+    out.insert(
+        mapped(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+        id::WORLD,
+    );
+    out.insert(
+        mapped(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
+        id::WORLD,
+    );
+    for (net, identity) in cidrs {
+        out.insert(mapped(net.network(), net.prefix_len()), *identity);
+    }
+    for addr in host_addresses() {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        out.insert(mapped(addr, len), id::HOST);
+    }
+    for (ep, identity) in endpoints {
+        for ip in ep.spec.ips() {
+            let len = if ip.is_ipv4() { 32 } else { 128 };
+            out.insert(mapped(ip, len), *identity);
+        }
+    }
+    out
+}
+
+/// Addresses of this host's own interfaces.
+fn host_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| a.address)
+        .filter_map(|s| {
+            s.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+        .collect()
+}

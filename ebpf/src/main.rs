@@ -76,6 +76,8 @@ const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_SCTP: u8 = 132;
 
 const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const TCP_RST: u8 = 0x04;
 
 /// A parsed packet, addresses as 16-byte (IPv4-mapped) arrays.
@@ -200,6 +202,18 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
             }
         }
         ct.last_seen_ns = now;
+        if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && ct.flags & (ct_flags::FIN_FWD | ct_flags::FIN_REV | ct_flags::RST) != 0
+        {
+            // The client reused the port of a closed connection: a new connection
+            // on the old entry. Start its life afresh (garbage collection must not
+            // take it for the closed one).
+            ct.flags &= ct_flags::L7;
+            ct.created_ns = now;
+            count(dir, drop_reason::NONE, pkt.len);
+            trace(ctx, &ep, dir, pkt, ct.remote_identity, ct_status::NEW, 0);
+            return TC_PASS;
+        }
         let closing = close_flags(pkt.tcp_flags, ct_flags::FIN_FWD, ct.flags);
         ct.flags |= closing;
         if closing != 0 {

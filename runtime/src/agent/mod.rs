@@ -158,6 +158,8 @@ pub async fn run(
             .await;
     }
 
+    tokio::spawn(collect_conntrack(state.clone()));
+
     let socket_path = state.config.socket_path.clone();
     let server = tonic::transport::Server::builder()
         .add_service(DaemonServer::new(DaemonService::new(state.clone())))
@@ -167,6 +169,30 @@ pub async fn run(
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("agent stopped");
     result.map_err(Into::into)
+}
+
+/// Garbage-collects conntrack every 30 seconds and warns when the table fills.
+async fn collect_conntrack(state: Arc<AgentState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut controller = state.controller.lock().await;
+        let Some(capacity) = controller.datapath().map(|d| d.sizes.conntrack) else {
+            return;
+        };
+        let (left, removed) = controller.gc_conntrack();
+        drop(controller);
+        let pressure = left as f64 / f64::from(capacity.max(1));
+        if pressure > 0.9 {
+            tracing::warn!(
+                entries = left,
+                capacity,
+                "conntrack map above 90%: oldest connections are being evicted; raise bpf.ctGlobalTcpMax"
+            );
+        }
+        tracing::debug!(entries = left, removed, "conntrack garbage collected");
+    }
 }
 
 /// Applies a source's successive full listings to the registry.

@@ -40,6 +40,16 @@ pub enum Command {
     /// CiliumNetworkPolicy: validate, apply, delete, list.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Remove the pinned datapath: detach every program and drop its maps (stop the
+    /// agent first). Enforcement ends.
+    Cleanup {
+        /// Pin path of the datapath.
+        #[arg(long, default_value = loupe_common::PIN_ROOT)]
+        pin_path: PathBuf,
+        /// Really do it.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Runs the parsed command line; the process exit code.
@@ -59,6 +69,30 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Lab(cmd) => lab::run(cmd),
         Command::Endpoint(cmd) => runtime()?.block_on(endpoint::run(cmd, &cli.socket)),
         Command::Policy(cmd) => runtime()?.block_on(policy::run(cmd, &cli.socket)),
+        Command::Cleanup { pin_path, force } => {
+            if !force {
+                anyhow::bail!(
+                    "this detaches Loupe from every endpoint and ends enforcement; add --force"
+                );
+            }
+            if std::os::unix::net::UnixStream::connect(&cli.socket).is_ok() {
+                anyhow::bail!(
+                    "an agent answers on {}; stop it first",
+                    cli.socket.display()
+                );
+            }
+            // Links first: unpinning the last reference detaches the program.
+            let links = pin_path.join("links");
+            let detached = std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0);
+            if links.exists() {
+                std::fs::remove_dir_all(&links)?;
+            }
+            if pin_path.exists() {
+                std::fs::remove_dir_all(&pin_path)?;
+            }
+            println!("removed {} ({detached} links)", pin_path.display());
+            Ok(0)
+        }
     }
 }
 

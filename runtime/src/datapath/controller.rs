@@ -48,7 +48,18 @@ pub struct ControllerStats {
     pub failures: u64,
     /// Policy map entries in force.
     pub policy_entries: usize,
+    /// Conntrack entries at the last garbage collection.
+    pub conntrack_entries: usize,
+    /// Conntrack entries removed by garbage collection, in total.
+    pub conntrack_collected: u64,
 }
+
+/// How long a closed connection's entry is kept (late retransmissions still match).
+const CT_CLOSED_GRACE: Duration = Duration::from_secs(10);
+/// Idle lifetime of a TCP entry (Cilium's default).
+const CT_TCP_LIFETIME: Duration = Duration::from_secs(21_600);
+/// Idle lifetime of a non-TCP entry.
+const CT_ANY_LIFETIME: Duration = Duration::from_secs(60);
 
 /// What a policy change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +236,40 @@ impl Controller {
         self.reconcile(&candidate)?;
         self.policies.commit(candidate)?;
         Ok(self.report(keys.to_vec()))
+    }
+
+    /// Removes conntrack entries of closed and idle connections; returns
+    /// (entries left, entries removed). The LRU map evicts on its own when full; this
+    /// keeps it from filling with the dead.
+    pub fn gc_conntrack(&mut self) -> (usize, usize) {
+        let Some(dp) = self.datapath.as_mut() else {
+            return (0, 0);
+        };
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| Duration::new(t.tv_sec().max(0) as u64, t.tv_nsec().max(0) as u32))
+            .unwrap_or_default();
+        let entries = dp.conntrack_entries();
+        let mut removed = 0;
+        for (key, value) in &entries {
+            let idle = now.saturating_sub(Duration::from_nanos(value.last_seen_ns));
+            let closed = value.flags & loupe_common::ct_flags::RST != 0
+                || value.flags
+                    & (loupe_common::ct_flags::FIN_FWD | loupe_common::ct_flags::FIN_REV)
+                    == (loupe_common::ct_flags::FIN_FWD | loupe_common::ct_flags::FIN_REV);
+            let lifetime = if key.proto == 6 {
+                CT_TCP_LIFETIME
+            } else {
+                CT_ANY_LIFETIME
+            };
+            if (closed && idle > CT_CLOSED_GRACE) || idle > lifetime {
+                dp.remove_conntrack(key);
+                removed += 1;
+            }
+        }
+        let left = entries.len() - removed;
+        self.stats.conntrack_entries = left;
+        self.stats.conntrack_collected += removed as u64;
+        (left, removed)
     }
 
     /// Re-applies the policies in force (after start-up, once endpoints are known).

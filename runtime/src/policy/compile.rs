@@ -377,6 +377,12 @@ fn peer_identities(
                 ids.insert(id::INGRESS);
             }
         },
+        Peer::Cidr { net, except } if net.prefix_len() == net.max_prefix_len() => {
+            // A host prefix contains only itself: no scan (10,000 /32 rules stay fast).
+            if let Some(identity) = cidrs.get(net).filter(|_| !except.contains(net)) {
+                ids.insert(*identity);
+            }
+        }
         Peer::Cidr { net, except } => {
             for (prefix, identity) in cidrs {
                 if net.contains(prefix) && !except.iter().any(|e| e.contains(prefix)) {

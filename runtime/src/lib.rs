@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod datapath;
@@ -11,6 +12,7 @@ pub mod identity;
 pub mod lab;
 pub mod labels;
 pub mod policy;
+pub mod reassembly;
 
 /// Loupe's version, as reported by the API and the CLI.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -17,13 +17,16 @@ use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_boot_ns,
     macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray, RingBuf, lpm_trie::Key,
+    },
     programs::TcContext,
 };
 use loupe_common::{
-    COUNTER_ENTRIES, Counter, CtKey, CtValue, DatapathConfig, EndpointInfo, FlowEvent,
-    IpcacheValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, action, counter_index, ct_flags,
-    ct_status, direction, drop_reason, endpoint_flags, event_kind, identity, sizes,
+    COUNTER_ENTRIES, COUNTER_PAYLOAD, Counter, CtKey, CtValue, DatapathConfig, EndpointInfo,
+    FlowEvent, IpcacheValue, MAX_PAYLOAD_COPY, POLICY_PREFIX_FULL, PayloadEvent, PolicyKey,
+    PolicyValue, action, counter_index, ct_flags, ct_status, direction, drop_reason,
+    endpoint_flags, event_kind, identity, sizes,
 };
 
 #[map(name = "LOUPE_IPCACHE")]
@@ -44,6 +47,9 @@ static EVENTS: RingBuf = RingBuf::pinned(sizes::EVENTS_BYTES, 0);
 #[map(name = "LOUPE_COUNTERS")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_ENTRIES, 0);
 
+#[map(name = "LOUPE_PAYLOAD")]
+static PAYLOAD: PerfEventArray<PayloadEvent> = PerfEventArray::pinned(0);
+
 #[map(name = "LOUPE_CONFIG")]
 static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 
@@ -63,8 +69,7 @@ const TC_PASS: i32 = TC_ACT_OK as i32;
 #[allow(clippy::unnecessary_cast)]
 const TC_DROP: i32 = TC_ACT_SHOT as i32;
 
-/// Counter slot for events lost because the ring buffer was full.
-const LOST_EVENTS: u32 = counter_index(0, 1);
+use loupe_common::COUNTER_LOST_EVENTS as LOST_EVENTS;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -91,6 +96,8 @@ struct Packet {
     /// Port used for the policy lookup (ICMP: the type).
     policy_port: u16,
     tcp_flags: u8,
+    /// TCP payload bytes.
+    payload_len: u32,
     /// ICMP error or neighbour discovery: never tracked, never policed.
     control: bool,
     /// A non-first fragment: no L4 header.
@@ -176,6 +183,9 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         let first_reply = ct.flags & ct_flags::SEEN_REPLY == 0;
         let closing = close_flags(pkt.tcp_flags, ct_flags::FIN_REV, ct.flags);
         ct.flags |= ct_flags::SEEN_REPLY | closing;
+        if ct.flags & ct_flags::L7 != 0 {
+            copy_payload(ctx, &ep, dir, pkt, ct.remote_identity);
+        }
         if first_reply || closing != 0 {
             trace(ctx, &ep, dir, pkt, ct.remote_identity, ct_status::REPLY, 0);
         }
@@ -216,6 +226,9 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         }
         let closing = close_flags(pkt.tcp_flags, ct_flags::FIN_FWD, ct.flags);
         ct.flags |= closing;
+        if ct.flags & ct_flags::L7 != 0 {
+            copy_payload(ctx, &ep, dir, pkt, ct.remote_identity);
+        }
         if closing != 0 {
             trace(
                 ctx,
@@ -399,6 +412,39 @@ fn reverse_key(pkt: &Packet, dir: u8, ep_id: u16, out: &mut CtKey) {
     };
 }
 
+/// Copies a packet of an L7-visible connection to the runtime (perf buffer: the
+/// kernel copies the packet bytes, so no length games with the verifier).
+#[inline(always)]
+fn copy_payload(ctx: &TcContext, ep: &EndpointInfo, dir: u8, pkt: &Packet, remote: u32) {
+    if pkt.payload_len == 0 {
+        return;
+    }
+    let len = if pkt.len < MAX_PAYLOAD_COPY {
+        pkt.len
+    } else {
+        MAX_PAYLOAD_COPY
+    };
+    let header = PayloadEvent {
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ifindex: ifindex(ctx),
+        len,
+        orig_len: pkt.len,
+        local_identity: ep.identity,
+        remote_identity: remote,
+        ep_id: ep.ep_id,
+        dir,
+        pad: 0,
+    };
+    PAYLOAD.output(ctx, &header, len);
+    if let Some(c) = COUNTERS.get_ptr_mut(COUNTER_PAYLOAD) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(pkt.payload_len);
+        }
+    }
+}
+
 #[inline(always)]
 fn count(dir: u8, reason: u8, len: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(counter_index(dir, reason)) {
@@ -509,6 +555,7 @@ fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ParseError> {
         dport: 0,
         policy_port: 0,
         tcp_flags: 0,
+        payload_len: 0,
         control: false,
         fragment: false,
         len: ctx.len(),
@@ -598,6 +645,9 @@ fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ParseError> {
             pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
             pkt.tcp_flags = ctx.load(l4_off + 13).map_err(bad)?;
             pkt.policy_port = pkt.dport;
+            let doff: u8 = ctx.load(l4_off + 12).map_err(bad)?;
+            let headers = (l4_off + usize::from(doff >> 4) * 4) as u32;
+            pkt.payload_len = pkt.len.saturating_sub(headers);
         }
         IPPROTO_UDP | IPPROTO_SCTP => {
             let ports: [u8; 4] = ctx.load(l4_off).map_err(bad)?;

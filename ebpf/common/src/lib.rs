@@ -33,6 +33,9 @@ pub mod maps {
     pub const COUNTERS: &str = "LOUPE_COUNTERS";
     /// Array with one [`crate::DatapathConfig`] at index 0.
     pub const CONFIG: &str = "LOUPE_CONFIG";
+    /// Perf event array of [`crate::PayloadEvent`] records, each followed by the
+    /// packet's bytes (from the Ethernet header).
+    pub const PAYLOAD: &str = "LOUPE_PAYLOAD";
 }
 
 /// Program names in the eBPF object.
@@ -268,6 +271,14 @@ pub const fn counter_index(dir: u8, reason: u8) -> u32 {
     (dir as u32) * 256 + reason as u32
 }
 
+/// Counter slot (direction 0) for events lost because the event ring was full.
+pub const COUNTER_LOST_EVENTS: u32 = counter_index(0, 1);
+/// Counter slot (direction 0) for packets copied to the L7 path.
+pub const COUNTER_PAYLOAD: u32 = counter_index(0, 2);
+
+/// Most bytes of one packet copied to the L7 path (a GSO super-packet fits).
+pub const MAX_PAYLOAD_COPY: u32 = 65_535;
+
 /// Entries of the counters array: directions 0..=2 times 256 reasons.
 pub const COUNTER_ENTRIES: u32 = 3 * 256;
 
@@ -339,6 +350,30 @@ pub struct FlowEvent {
     pub len: u32,
 }
 
+/// Header of a payload record; the packet's first `len` bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PayloadEvent {
+    /// `bpf_ktime_get_boot_ns` when the packet was seen.
+    pub ts_ns: u64,
+    /// Host-side interface.
+    pub ifindex: u32,
+    /// Bytes of the packet that follow (from the Ethernet header).
+    pub len: u32,
+    /// The packet's length.
+    pub orig_len: u32,
+    /// Identity of the endpoint owning the hook.
+    pub local_identity: u32,
+    /// Identity of the other side.
+    pub remote_identity: u32,
+    /// Endpoint number.
+    pub ep_id: u16,
+    /// [`direction`] of the packet relative to the endpoint.
+    pub dir: u8,
+    /// Reserved, zero.
+    pub pad: u8,
+}
+
 // The layout is the contract: a change in size is a change of the contract.
 const _: () = assert!(core::mem::size_of::<IpcacheValue>() == 8);
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 8);
@@ -349,6 +384,7 @@ const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -365,4 +401,5 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for DatapathConfig {}
     unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for PayloadEvent {}
 }

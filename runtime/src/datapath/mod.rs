@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod events;
+pub mod payload;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

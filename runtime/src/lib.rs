@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod endpoint;
+pub mod flow;
 pub mod lab;
 pub mod labels;
 

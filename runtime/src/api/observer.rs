@@ -1,0 +1,1 @@
+//! `observer.Observer`: Hubble's flow API over the flow store.

@@ -1,0 +1,1 @@
+//! `peer.Peer`: this node, for relays.

@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod flow;
 pub mod lab;
 pub mod labels;
+pub mod metrics;
 
 /// Loupe's version, as reported by the API and the CLI.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

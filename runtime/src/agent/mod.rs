@@ -1,6 +1,10 @@
 //! `loupe agent`: wires the endpoint sources, the registry and the API together and
 //! runs until SIGINT / SIGTERM.
 
+mod observability;
+
+pub use observability::ObservabilityError;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +15,8 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::api::{self, daemon::DaemonService, proto::daemon::daemon_server::DaemonServer};
 use crate::config::AgentConfig;
 use crate::endpoint::{self, EndpointRegistry, SourceKind};
+use crate::flow::FlowStore;
+use crate::metrics::MetricsRegistry;
 
 /// Health of one component, for `loupe status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,13 +62,27 @@ pub struct AgentState {
     pub registry: RwLock<EndpointRegistry>,
     /// Component health by name.
     pub components: RwLock<BTreeMap<String, ComponentStatus>>,
+    /// Recent flows and live subscribers: producers call `flows.push(flow)`.
+    pub flows: FlowStore,
+    /// The agent's metrics (`prometheus.port`): register datapath, policy and
+    /// plugin collectors here.
+    pub metrics: MetricsRegistry,
+    /// Flow-derived metrics (`hubble.metrics.port`).
+    pub hubble_metrics: MetricsRegistry,
 }
 
 impl AgentState {
     /// Fresh state for a configuration.
     pub fn new(config: AgentConfig) -> Self {
+        let node_name = config.node_name();
         Self {
-            node_name: config.node_name(),
+            flows: FlowStore::new(
+                config.hubble.event_buffer_capacity as usize,
+                node_name.clone(),
+            ),
+            metrics: MetricsRegistry::new(),
+            hubble_metrics: MetricsRegistry::new(),
+            node_name,
             config,
             started: Instant::now(),
             registry: RwLock::new(EndpointRegistry::new()),
@@ -92,7 +112,15 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = Arc::new(AgentState::new(config));
+    run_with_state(Arc::new(AgentState::new(config)), shutdown).await
+}
+
+/// Runs the agent on prepared state (embedders and tests keep a handle to
+/// `state.flows` and `state.metrics`) until `shutdown` resolves.
+pub async fn run_with_state(
+    state: Arc<AgentState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = api::bind_socket(&state.config.socket_path)?;
     tracing::info!(socket = %state.config.socket_path.display(), node = %state.node_name, "agent starting");
 
@@ -116,11 +144,16 @@ pub async fn run(
             .await;
     }
 
+    let observability = observability::start(&state).await?;
+
     let socket_path = state.config.socket_path.clone();
     let server = tonic::transport::Server::builder()
         .add_service(DaemonServer::new(DaemonService::new(state.clone())))
+        .add_optional_service(observability.observer())
+        .add_optional_service(observability.peer())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let result = server.await;
+    observability.stop();
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("agent stopped");
     result.map_err(Into::into)

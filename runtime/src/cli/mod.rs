@@ -2,6 +2,7 @@
 
 mod endpoint;
 mod lab;
+pub mod observe;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,8 @@ pub enum Command {
     /// Endpoints known to the agent.
     #[command(subcommand)]
     Endpoint(endpoint::EndpointCommand),
+    /// Print flows, as `hubble observe` does.
+    Observe(Box<observe::ObserveArgs>),
 }
 
 /// Runs the parsed command line; the process exit code.
@@ -54,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Lab(cmd) => lab::run(cmd),
         Command::Endpoint(cmd) => runtime()?.block_on(endpoint::run(cmd, &cli.socket)),
+        Command::Observe(args) => runtime()?.block_on(observe::run(*args, &cli.socket)),
     }
 }
 

@@ -9,7 +9,7 @@
 //! reports the drops the test pushes.
 
 // Test helpers panic on failure by design (the lint allows it only inside #[test]).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -193,10 +193,12 @@ async fn prometheus_scrapes_the_agent_and_evaluates_the_guide_queries() {
     let agent_port = free_port();
     let hubble_port = free_port();
     let prom_port = free_port();
-    let mut config = AgentConfig::default();
-    config.socket_path = dir.path().join("loupe.sock");
+    let mut config = AgentConfig {
+        socket_path: dir.path().join("loupe.sock"),
+        node_name: Some("test-node".into()),
+        ..AgentConfig::default()
+    };
     config.endpoints.lab = false;
-    config.node_name = Some("test-node".into());
     config.prometheus.enabled = true;
     config.prometheus.address = "127.0.0.1".into();
     config.prometheus.port = agent_port;

@@ -327,6 +327,23 @@ async fn get_flows_with_combined_filters() {
         .unwrap()
         .into_inner();
     assert_eq!(namespaces.namespaces[0].namespace, "demo-app");
+    // `loupe status` sees the same store through the control API.
+    let daemon = loupe_runtime::api::proto::daemon::daemon_client::DaemonClient::new(
+        client::connect(&agent.socket).await.unwrap(),
+    )
+    .status(loupe_runtime::api::proto::daemon::StatusRequest {})
+    .await
+    .unwrap()
+    .into_inner();
+    assert!(daemon.healthy);
+    let flows = daemon.flows.unwrap();
+    assert_eq!((flows.stored, flows.seen, flows.capacity), (5, 5, 4095));
+    assert!(
+        daemon
+            .components
+            .iter()
+            .any(|c| c.name == "hubble" && c.state == "ok")
+    );
     let mut peers = PeerClient::new(client::connect(&agent.socket).await.unwrap())
         .notify(NotifyRequest {})
         .await

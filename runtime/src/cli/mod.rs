@@ -3,6 +3,7 @@
 mod endpoint;
 mod lab;
 pub mod observe;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -39,6 +40,8 @@ pub enum Command {
     Endpoint(endpoint::EndpointCommand),
     /// Print flows, as `hubble observe` does.
     Observe(Box<observe::ObserveArgs>),
+    /// The agent's health (non-zero exit while unhealthy).
+    Status(status::StatusArgs),
 }
 
 /// Runs the parsed command line; the process exit code.
@@ -58,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Lab(cmd) => lab::run(cmd),
         Command::Endpoint(cmd) => runtime()?.block_on(endpoint::run(cmd, &cli.socket)),
         Command::Observe(args) => runtime()?.block_on(observe::run(*args, &cli.socket)),
+        Command::Status(args) => runtime()?.block_on(status::run(args, &cli.socket)),
     }
 }
 

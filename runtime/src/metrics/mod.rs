@@ -10,6 +10,7 @@ pub mod flow;
 pub mod options;
 pub mod registry;
 pub mod server;
+pub mod status;
 
 pub use flow::FlowMetrics;
 pub use options::MetricSpec;

@@ -49,7 +49,7 @@ fn flow(n: u64) -> Flow {
         ..Default::default()
     };
     Flow {
-        verdict: if n % 10 == 0 {
+        verdict: if n.is_multiple_of(10) {
             Verdict::Dropped
         } else {
             Verdict::Forwarded

@@ -327,6 +327,23 @@ async fn prometheus_scrapes_the_agent_and_evaluates_the_guide_queries() {
         .expect("demo-app ingress enforcement");
     assert!(value(ingress) > 0.0);
 
+    // Every query of the shipped Grafana dashboard parses and evaluates.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/loupe.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut exprs = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            query(prom_port, target["expr"].as_str().unwrap()).await;
+            exprs += 1;
+        }
+    }
+    assert!(exprs >= 10);
+
     // Both expositions are valid and carry the names users look for.
     let (status, agent_body) = http_get(agent_port, "/metrics").await;
     assert_eq!(status, 200);

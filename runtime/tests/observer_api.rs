@@ -288,6 +288,29 @@ async fn get_flows_with_combined_filters() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
+    let err = client
+        .get_flows(GetFlowsRequest {
+            first: true,
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = client
+        .get_flows(GetFlowsRequest {
+            since: Some(ts(200)),
+            until: Some(ts(100)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("since is after until"),
+        "{}",
+        err.message()
+    );
+
     // Field mask.
     let masked = collect(
         &mut client,

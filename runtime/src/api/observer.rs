@@ -57,6 +57,11 @@ impl Query {
     fn new(req: &GetFlowsRequest) -> Result<Self, Status> {
         let filters = FlowFilterSet::new(&req.whitelist, &req.blacklist)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if req.first && req.follow {
+            return Err(Status::invalid_argument(
+                "first and follow cannot be combined: first reads the oldest stored flows",
+            ));
+        }
         let since = req.since.as_ref().map(timestamp_ns);
         let until = req.until.as_ref().map(timestamp_ns);
         if let (Some(s), Some(u)) = (since, until)

@@ -23,6 +23,88 @@ pub struct AgentConfig {
     pub bpf: BpfConfig,
     /// Endpoint sources.
     pub endpoints: EndpointsConfig,
+    /// The flow store, the Observer API and flow metrics (`hubble.*`).
+    pub hubble: HubbleConfig,
+    /// The agent's own metrics listener (`prometheus.*`, Cilium's port 9962).
+    pub prometheus: PrometheusConfig,
+    /// Per-protocol L7 parsing switches (Cilium's `httpProtocol` and friends).
+    pub l7: L7Config,
+}
+
+/// `hubble.*`: flows, the Observer API and flow-derived metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct HubbleConfig {
+    /// Keep flows and serve `observer.Observer` (on the agent socket).
+    pub enabled: bool,
+    /// Flows kept in the ring (Hubble's default 4095).
+    pub event_buffer_capacity: u32,
+    /// Events queued per `GetFlows --follow` client before it starts losing
+    /// flows (and is told so with a LostEvent).
+    pub event_queue_size: u32,
+    /// Also serve the Observer and Peer APIs on TCP (`":4244"`, `"0.0.0.0:4244"`);
+    /// empty: unix socket only.
+    pub listen_address: String,
+    /// TLS for `listenAddress`.
+    pub tls: HubbleTlsConfig,
+    /// Flow-derived metrics.
+    pub metrics: HubbleMetricsConfig,
+}
+
+/// `hubble.tls.*` (off by default).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct HubbleTlsConfig {
+    /// Serve TLS on `hubble.listenAddress` (refused without certFile / keyFile).
+    pub enabled: bool,
+    /// PEM certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundles; when set, clients must present a certificate they sign (mTLS).
+    pub client_ca_files: Vec<PathBuf>,
+}
+
+/// `hubble.metrics.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct HubbleMetricsConfig {
+    /// Metric handlers with Hubble's option syntax (`"drop"`,
+    /// `"httpV2:exemplars=true;labelsContext=source_pod,destination_pod"`).
+    /// Empty: no flow metrics and no listener.
+    pub enabled: Vec<String>,
+    /// Port of the flow-metrics listener (`/metrics`).
+    pub port: u16,
+    /// Address the listener binds.
+    pub address: String,
+}
+
+/// `prometheus.*`: the agent's metrics (`cilium_*`, `loupe_*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PrometheusConfig {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// Port (Cilium's agent uses 9962).
+    pub port: u16,
+    /// Address the listener binds.
+    pub address: String,
+}
+
+/// `l7.*`: which built-in L7 protocols are parsed when policy asks for visibility.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct L7Config {
+    /// HTTP/1.x.
+    pub http_protocol: bool,
+    /// gRPC (over HTTP/2).
+    pub grpc_protocol: bool,
+    /// Kafka.
+    pub kafka_protocol: bool,
+    /// Redis (RESP).
+    pub redis_protocol: bool,
+    /// DNS.
+    pub dns_protocol: bool,
 }
 
 /// Cilium's policy enforcement modes.
@@ -75,6 +157,54 @@ impl Default for AgentConfig {
             policy_enforcement_mode: PolicyEnforcementMode::Default,
             bpf: BpfConfig::default(),
             endpoints: EndpointsConfig::default(),
+            hubble: HubbleConfig::default(),
+            prometheus: PrometheusConfig::default(),
+            l7: L7Config::default(),
+        }
+    }
+}
+
+impl Default for HubbleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            event_buffer_capacity: 4095,
+            event_queue_size: 4096,
+            listen_address: String::new(),
+            tls: HubbleTlsConfig::default(),
+            metrics: HubbleMetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for HubbleMetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: Vec::new(),
+            port: 9965,
+            address: "0.0.0.0".into(),
+        }
+    }
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            port: 9962,
+            address: "0.0.0.0".into(),
+        }
+    }
+}
+
+impl Default for L7Config {
+    fn default() -> Self {
+        Self {
+            http_protocol: true,
+            grpc_protocol: false,
+            kafka_protocol: true,
+            redis_protocol: true,
+            dns_protocol: true,
         }
     }
 }
@@ -184,7 +314,84 @@ impl AgentConfig {
         if self.node_name.as_ref().is_some_and(String::is_empty) {
             return Err(invalid("nodeName", "must not be empty".into()));
         }
+        self.validate_hubble(&invalid)?;
+        for (field, address) in [
+            ("prometheus.address", &self.prometheus.address),
+            ("hubble.metrics.address", &self.hubble.metrics.address),
+        ] {
+            if address.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(field, format!("{address:?} is not an IP address")));
+            }
+        }
+        if self.prometheus.enabled
+            && !self.hubble.metrics.enabled.is_empty()
+            && self.prometheus.port == self.hubble.metrics.port
+            && self.prometheus.port != 0
+        {
+            return Err(invalid(
+                "hubble.metrics.port",
+                format!("{} is also prometheus.port", self.prometheus.port),
+            ));
+        }
         Ok(())
+    }
+
+    fn validate_hubble(
+        &self,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let h = &self.hubble;
+        if !(1..=1 << 20).contains(&h.event_buffer_capacity) {
+            return Err(invalid(
+                "hubble.eventBufferCapacity",
+                format!("{} is outside 1..=1048576", h.event_buffer_capacity),
+            ));
+        }
+        if !(1..=1 << 20).contains(&h.event_queue_size) {
+            return Err(invalid(
+                "hubble.eventQueueSize",
+                format!("{} is outside 1..=1048576", h.event_queue_size),
+            ));
+        }
+        if !h.listen_address.is_empty() && self.hubble_listen_address().is_none() {
+            return Err(invalid(
+                "hubble.listenAddress",
+                format!("{:?} is not HOST:PORT or :PORT", h.listen_address),
+            ));
+        }
+        if h.tls.enabled {
+            if h.listen_address.is_empty() {
+                return Err(invalid(
+                    "hubble.tls.enabled",
+                    "needs hubble.listenAddress".into(),
+                ));
+            }
+            if h.tls.cert_file.is_none() {
+                return Err(invalid("hubble.tls.certFile", "required with TLS".into()));
+            }
+            if h.tls.key_file.is_none() {
+                return Err(invalid("hubble.tls.keyFile", "required with TLS".into()));
+            }
+        }
+        for (i, spec) in h.metrics.enabled.iter().enumerate() {
+            crate::metrics::options::MetricSpec::parse(spec)
+                .map_err(|e| invalid(&format!("hubble.metrics.enabled[{i}]"), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// `hubble.listenAddress` as a socket address (`:4244` means every address).
+    pub fn hubble_listen_address(&self) -> Option<std::net::SocketAddr> {
+        let text = self.hubble.listen_address.trim();
+        if text.is_empty() {
+            return None;
+        }
+        let text = if text.starts_with(':') {
+            format!("0.0.0.0{text}")
+        } else {
+            text.to_string()
+        };
+        text.parse().ok()
     }
 
     /// The node name: configured, or the hostname.
@@ -239,5 +446,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bpf.ctGlobalTcpMax: 10 is outside"), "{e}");
+    }
+
+    #[test]
+    fn hubble_and_prometheus_keys() {
+        let c = parse(
+            "hubble:\n  enabled: true\n  eventBufferCapacity: 8191\n  listenAddress: \":4244\"\n  metrics:\n    enabled:\n      - dns\n      - drop\n      - \"httpV2:exemplars=true;labelsContext=source_pod,destination_pod\"\n    port: 9965\nprometheus:\n  enabled: true\n  port: 9962\nl7:\n  httpProtocol: false\n",
+        )
+        .unwrap();
+        assert_eq!(c.hubble.event_buffer_capacity, 8191);
+        assert_eq!(c.hubble.metrics.enabled.len(), 3);
+        assert!(c.prometheus.enabled);
+        assert!(!c.l7.http_protocol);
+        assert_eq!(
+            c.hubble_listen_address(),
+            Some("0.0.0.0:4244".parse().unwrap())
+        );
+        // Defaults: Hubble's ring size, no metrics, no TCP listener.
+        let d = AgentConfig::default();
+        assert_eq!(d.hubble.event_buffer_capacity, 4095);
+        assert!(d.hubble.metrics.enabled.is_empty());
+        assert_eq!(d.hubble_listen_address(), None);
+    }
+
+    #[test]
+    fn bad_hubble_values_name_their_field() {
+        for (text, want) in [
+            (
+                "hubble:\n  eventBufferCapacity: 0\n",
+                "hubble.eventBufferCapacity",
+            ),
+            (
+                "hubble:\n  listenAddress: nowhere\n",
+                "hubble.listenAddress",
+            ),
+            (
+                "hubble:\n  listenAddress: \":4244\"\n  tls:\n    enabled: true\n",
+                "hubble.tls.certFile",
+            ),
+            (
+                "hubble:\n  metrics:\n    enabled: [drop, \"bogus\"]\n",
+                "hubble.metrics.enabled[1]",
+            ),
+            (
+                "hubble:\n  metrics:\n    enabled: [\"httpV2:labelsContext=nope\"]\n",
+                "hubble.metrics.enabled[0]",
+            ),
+            ("prometheus:\n  address: here\n", "prometheus.address"),
+            ("hubble:\n  metricz: {}\n", "hubble"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 }

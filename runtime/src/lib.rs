@@ -8,9 +8,11 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod endpoint;
+pub mod flow;
 pub mod identity;
 pub mod lab;
 pub mod labels;
+pub mod metrics;
 pub mod policy;
 pub mod reassembly;
 

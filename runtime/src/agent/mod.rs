@@ -1,6 +1,10 @@
 //! `loupe agent`: wires the endpoint sources, the registry and the API together and
 //! runs until SIGINT / SIGTERM.
 
+mod observability;
+
+pub use observability::ObservabilityError;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +17,12 @@ use crate::api::{
     proto::policy::policies_server::PoliciesServer,
 };
 use crate::config::AgentConfig;
-use crate::datapath::{Datapath, controller::Controller, events};
+use crate::datapath::{
+    Datapath, controller::Controller, events, flows as datapath_flows, metrics::DatapathCollector,
+};
 use crate::endpoint::{self, EndpointRegistry, SourceKind};
+use crate::flow::FlowStore;
+use crate::metrics::MetricsRegistry;
 
 /// Health of one component, for `loupe status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +70,34 @@ pub struct AgentState {
     pub components: RwLock<BTreeMap<String, ComponentStatus>>,
     /// Identities, policies and the datapath's maps.
     pub controller: Mutex<Controller>,
+    /// Recent flows and live subscribers: producers call `flows.push(flow)`.
+    pub flows: FlowStore,
+    /// The agent's metrics (`prometheus.port`): register datapath, policy and
+    /// plugin collectors here.
+    pub metrics: MetricsRegistry,
+    /// Flow-derived metrics (`hubble.metrics.port`).
+    pub hubble_metrics: MetricsRegistry,
 }
 
 impl AgentState {
-    /// Fresh state for a configuration and its controller.
-    pub fn new(config: AgentConfig, controller: Controller) -> Self {
+    /// Fresh state for a configuration, without a kernel datapath and with
+    /// identities and policies kept in memory (embedders and tests).
+    pub fn new(config: AgentConfig) -> Self {
+        let controller = Controller::in_memory(&config);
+        Self::with_controller(config, controller)
+    }
+
+    /// Fresh state around a controller (the agent's own).
+    pub fn with_controller(config: AgentConfig, controller: Controller) -> Self {
+        let node_name = config.node_name();
         Self {
-            node_name: config.node_name(),
+            flows: FlowStore::new(
+                config.hubble.event_buffer_capacity as usize,
+                node_name.clone(),
+            ),
+            metrics: MetricsRegistry::new(),
+            hubble_metrics: MetricsRegistry::new(),
+            node_name,
             config,
             started: Instant::now(),
             registry: RwLock::new(EndpointRegistry::new()),
@@ -99,18 +128,48 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = api::bind_socket(&config.socket_path)?;
     let mut datapath = if config.bpf.enabled {
         Some(Datapath::load(&config.bpf)?)
     } else {
         None
     };
-    let ring = datapath.as_mut().and_then(Datapath::take_events);
+    let io = datapath.as_mut().map(DatapathIo::take).unwrap_or_default();
     let (controller, stale_policies) = Controller::new(&config, datapath)?;
     for err in &stale_policies {
         tracing::error!(error = %err, "persisted policy no longer valid; not loaded");
     }
-    let state = Arc::new(AgentState::new(config, controller));
+    serve(Arc::new(AgentState::with_controller(config, controller)), io, shutdown).await
+}
+
+/// The maps the agent reads continuously, taken from the datapath.
+#[derive(Default)]
+struct DatapathIo {
+    events: Option<aya::maps::Map>,
+}
+
+impl DatapathIo {
+    fn take(datapath: &mut Datapath) -> Self {
+        Self {
+            events: datapath.take_events(),
+        }
+    }
+}
+
+/// Runs the agent on prepared state (embedders and tests keep a handle to
+/// `state.flows` and `state.metrics`) until `shutdown` resolves.
+pub async fn run_with_state(
+    state: Arc<AgentState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve(state, DatapathIo::default(), shutdown).await
+}
+
+async fn serve(
+    state: Arc<AgentState>,
+    io: DatapathIo,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = api::bind_socket(&state.config.socket_path)?;
     tracing::info!(socket = %state.config.socket_path.display(), node = %state.node_name, "agent starting");
     if state.config.bpf.enabled {
         state
@@ -125,16 +184,26 @@ pub async fn run(
             .set_component("datapath", ComponentState::Disabled, "bpf.enabled: false")
             .await;
     }
-    if let Some(ring) = ring {
+    if let Some(ring) = io.events {
+        let (snapshot, gauges) = {
+            let controller = state.controller.lock().await;
+            (controller.snapshot(), controller.gauges())
+        };
+        let collector = Arc::new(DatapathCollector::new(&state.config.bpf.pin_path, gauges));
+        state.metrics.register("datapath", collector);
+        let flows = state.flows.clone();
+        let node = state.node_name.clone();
         tokio::spawn(async move {
             let result = events::read_events(ring, |event| {
-                tracing::debug!(?event, "datapath event");
+                let snap = snapshot.read().map(|s| s.clone()).unwrap_or_default();
+                flows.push(datapath_flows::to_flow(&event, &snap, &node));
             })
             .await;
             if let Err(e) = result {
                 tracing::error!(error = %e, "datapath event reader stopped");
             }
         });
+        tokio::spawn(report_lost_events(state.clone()));
     }
 
     if state.config.endpoints.lab {
@@ -159,16 +228,41 @@ pub async fn run(
     }
 
     tokio::spawn(collect_conntrack(state.clone()));
+    let observability = observability::start(&state).await?;
 
     let socket_path = state.config.socket_path.clone();
     let server = tonic::transport::Server::builder()
         .add_service(DaemonServer::new(DaemonService::new(state.clone())))
         .add_service(PoliciesServer::new(PolicyService::new(state.clone())))
+        .add_optional_service(observability.observer())
+        .add_optional_service(observability.peer())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let result = server.await;
+    observability.stop();
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("agent stopped");
     result.map_err(Into::into)
+}
+
+/// Turns events the datapath could not queue (full ring) into LostEvents, once a
+/// second, so `observe` and `hubble_lost_events_total` show them.
+async fn report_lost_events(state: Arc<AgentState>) {
+    use crate::api::proto::flow::{LostEvent, LostEventSource};
+    let counters = DatapathCollector::new(&state.config.bpf.pin_path, Default::default());
+    let mut seen = counters.lost_events();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = counters.lost_events();
+        if now > seen {
+            state.flows.push_lost(LostEvent {
+                source: LostEventSource::PerfEventRingBuffer as i32,
+                num_events_lost: now - seen,
+                ..LostEvent::default()
+            });
+            seen = now;
+        }
+    }
 }
 
 /// Garbage-collects conntrack every 30 seconds and warns when the table fills.

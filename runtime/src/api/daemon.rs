@@ -74,7 +74,7 @@ impl Daemon for DaemonService {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let endpoints = self.state.registry.read().await.len();
-        let components = self
+        let components: Vec<pb::ComponentStatus> = self
             .state
             .components
             .read()
@@ -86,11 +86,35 @@ impl Daemon for DaemonService {
                 detail: c.detail.clone(),
             })
             .collect();
+        let healthy = components.iter().all(|c| c.state != "error");
+        let inventory = crate::metrics::status::inventory(&self.state.metrics);
+        let flows = self.state.config.hubble.enabled.then(|| {
+            let s = self.state.flows.stats();
+            pb::FlowStatus {
+                stored: s.stored,
+                capacity: s.capacity,
+                seen: s.seen,
+                lost_to_subscribers: s.lost_to_subscribers,
+                lost_upstream: s.lost_upstream,
+                subscribers: s.subscribers,
+                flows_per_second: self.state.flows.flows_rate(),
+            }
+        });
         Ok(Response::new(StatusResponse {
             version: crate::VERSION.into(),
             uptime_ns: u64::try_from(self.state.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
             endpoints: u32::try_from(endpoints).unwrap_or(u32::MAX),
             components,
+            flows,
+            map_pressure: inventory
+                .map_pressure
+                .into_iter()
+                .map(|(map_name, pressure)| pb::MapPressure { map_name, pressure })
+                .collect(),
+            identities: inventory.identities,
+            policies: inventory.policies,
+            plugins: inventory.plugins,
+            healthy,
         }))
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod client;
 pub mod daemon;
+pub mod observer;
+pub mod peer;
 pub mod policy;
 
 /// Generated protobuf and gRPC code.
@@ -17,6 +19,35 @@ pub mod proto {
         #![allow(missing_docs, unreachable_pub, clippy::all)]
         tonic::include_proto!("loupe.policy.v1");
     }
+    /// `flow`: Hubble's flow model (wire-compatible subset).
+    pub mod flow {
+        #![allow(missing_docs, unreachable_pub, clippy::all)]
+        tonic::include_proto!("flow");
+    }
+    /// `observer`: Hubble's Observer service.
+    pub mod observer {
+        #![allow(missing_docs, unreachable_pub, clippy::all)]
+        tonic::include_proto!("observer");
+    }
+    /// `peer`: Hubble's Peer service.
+    pub mod peer {
+        #![allow(missing_docs, unreachable_pub, clippy::all)]
+        tonic::include_proto!("peer");
+    }
+    /// `relay`: node status messages used by `observer`.
+    pub mod relay {
+        #![allow(missing_docs, unreachable_pub, clippy::all)]
+        tonic::include_proto!("relay");
+    }
+    /// `loupe.flow.v1`: what plugins add to flows (`Flow.extensions`).
+    pub mod extension {
+        #![allow(missing_docs, unreachable_pub, clippy::all)]
+        tonic::include_proto!("loupe.flow.v1");
+    }
+
+    /// The descriptors of every message above, for canonical JSON output.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/loupe_descriptor.bin"));
 }
 
 use std::os::unix::fs::PermissionsExt as _;

@@ -3,6 +3,8 @@
 mod endpoint;
 mod lab;
 mod policy;
+pub mod observe;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -50,6 +52,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print flows, as `hubble observe` does.
+    Observe(Box<observe::ObserveArgs>),
+    /// The agent's health (non-zero exit while unhealthy).
+    Status(status::StatusArgs),
 }
 
 /// Runs the parsed command line; the process exit code.
@@ -93,6 +99,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("removed {} ({detached} links)", pin_path.display());
             Ok(0)
         }
+        Command::Observe(args) => runtime()?.block_on(observe::run(*args, &cli.socket)),
+        Command::Status(args) => runtime()?.block_on(status::run(args, &cli.socket)),
     }
 }
 

@@ -8,11 +8,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use loupe_common::{DatapathConfig, EndpointInfo, endpoint_flags, identity as id};
 
+use super::flows::EndpointSnapshot;
+use super::metrics::DatapathGauges;
 use super::{Datapath, DatapathError, mapped};
 use crate::config::{AgentConfig, PolicyEnforcementMode};
 use crate::endpoint::Endpoint;
@@ -83,7 +87,12 @@ pub struct Controller {
     compiled: Option<Compiled>,
     ipcache: BTreeMap<([u8; 16], u32), u32>,
     stats: ControllerStats,
+    gauges: Arc<DatapathGauges>,
+    snapshot: SnapshotHandle,
 }
+
+/// The endpoint snapshot flows are enriched from, swapped after every change.
+pub type SnapshotHandle = Arc<std::sync::RwLock<Arc<EndpointSnapshot>>>;
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,9 +130,59 @@ impl Controller {
                 compiled: None,
                 ipcache,
                 stats: ControllerStats::default(),
+                gauges: Arc::default(),
+                snapshot: SnapshotHandle::default(),
             },
             errors,
         ))
+    }
+
+    /// A controller with nothing on disk and no kernel datapath (embedders, tests).
+    pub fn in_memory(config: &AgentConfig) -> Self {
+        Self {
+            datapath: None,
+            identities: IdentityAllocator::in_memory(),
+            policies: PolicyRepository::in_memory(),
+            mode: config.policy_enforcement_mode,
+            allow_localhost: true,
+            endpoints: Vec::new(),
+            compiled: None,
+            ipcache: BTreeMap::new(),
+            stats: ControllerStats::default(),
+            gauges: Arc::default(),
+            snapshot: SnapshotHandle::default(),
+        }
+    }
+
+    /// Gauges for the metrics collector.
+    pub fn gauges(&self) -> Arc<DatapathGauges> {
+        self.gauges.clone()
+    }
+
+    /// The endpoint snapshot handle for flow enrichment.
+    pub fn snapshot(&self) -> SnapshotHandle {
+        self.snapshot.clone()
+    }
+
+    fn publish(&self) {
+        let cidrs = self.compiled.iter().flat_map(|c| c.cidrs.values().copied());
+        let snap = EndpointSnapshot::build(&self.endpoints, |id| self.identity_labels(id), cidrs);
+        if let Ok(mut guard) = self.snapshot.write() {
+            *guard = Arc::new(snap);
+        }
+        let g = &self.gauges;
+        g.policy_entries.store(self.stats.policy_entries as u64, Ordering::Relaxed);
+        g.policy_capacity.store(
+            self.datapath.as_ref().map(|d| u64::from(d.sizes.policy)).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        g.ct_capacity.store(
+            self.datapath.as_ref().map(|d| u64::from(d.sizes.conntrack)).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        g.identities.store(self.identities.len() as u64, Ordering::Relaxed);
+        g.policies.store(self.policies.policies().count() as u64, Ordering::Relaxed);
+        g.endpoints.store(self.endpoints.len() as u64, Ordering::Relaxed);
     }
 
     /// Endpoint numbers the pinned datapath already uses, by interface index, so a
@@ -224,6 +283,7 @@ impl Controller {
         let candidate = self.policies.with_applied(&policies);
         self.reconcile(&candidate)?;
         self.policies.commit(candidate)?;
+        self.publish();
         Ok(self.report(keys))
     }
 
@@ -235,6 +295,7 @@ impl Controller {
         }
         self.reconcile(&candidate)?;
         self.policies.commit(candidate)?;
+        self.publish();
         Ok(self.report(keys.to_vec()))
     }
 
@@ -268,6 +329,7 @@ impl Controller {
         }
         let left = entries.len() - removed;
         self.stats.conntrack_entries = left;
+        self.gauges.ct_entries.store(left as u64, Ordering::Relaxed);
         self.stats.conntrack_collected += removed as u64;
         (left, removed)
     }
@@ -346,6 +408,8 @@ impl Controller {
                 self.stats.last_regeneration = started.elapsed();
                 self.stats.policy_entries =
                     self.compiled.as_ref().map(|c| c.entries.len()).unwrap_or(0);
+                self.gauges.observe_regeneration(self.stats.last_regeneration.as_secs_f64());
+                self.publish();
                 tracing::info!(
                     endpoints = self.endpoints.len(),
                     policies = policies.len(),

@@ -8,6 +8,8 @@
 
 pub mod controller;
 pub mod events;
+pub mod flows;
+pub mod metrics;
 pub mod payload;
 
 use std::collections::BTreeMap;
@@ -89,6 +91,7 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, Counter>,
     config: Array<MapData, DatapathConfig>,
     events: Option<Map>,
+    payload: Option<Map>,
     /// Sizes the maps were created with.
     pub sizes: MapSizes,
 }
@@ -163,6 +166,7 @@ impl Datapath {
             PerCpuArray::try_from(take(maps::COUNTERS)?).map_err(map_err(maps::COUNTERS))?;
         let config_map = Array::try_from(take(maps::CONFIG)?).map_err(map_err(maps::CONFIG))?;
         let events = take(maps::EVENTS).ok();
+        let payload = take(maps::PAYLOAD).ok();
         Ok(Self {
             ebpf,
             pin_path,
@@ -173,6 +177,7 @@ impl Datapath {
             counters,
             config: config_map,
             events,
+            payload,
             sizes,
         })
     }
@@ -180,6 +185,11 @@ impl Datapath {
     /// The event ring buffer (taken once, by the event reader).
     pub fn take_events(&mut self) -> Option<Map> {
         self.events.take()
+    }
+
+    /// The payload perf array (taken once, by the payload reader).
+    pub fn take_payload(&mut self) -> Option<Map> {
+        self.payload.take()
     }
 
     fn link_pin(&self, interface: &str, hook: TcAttachType) -> PathBuf {

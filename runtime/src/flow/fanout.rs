@@ -1,0 +1,185 @@
+//! Per-subscriber bounded queues.
+//!
+//! The producer side never waits: a full queue counts the flow as lost instead.
+//! Losses are kept in order as a single marker at the tail of the queue, so the
+//! subscriber reads the flows it had, then one `LostEvent` saying how many came
+//! after them and were dropped, then newer flows — what Hubble's clients expect.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::api::proto::flow::{Flow, LostEvent, LostEventSource};
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A stored flow with its store sequence number (increasing).
+    Flow {
+        /// Sequence number in the store; later flows have larger numbers.
+        seq: u64,
+        /// The flow, shared with the ring and other subscribers.
+        flow: Arc<Flow>,
+    },
+    /// Events were lost: by this subscriber's queue (`OBSERVER_EVENTS_QUEUE`) or
+    /// upstream (reported with [`super::FlowStore::push_lost`]).
+    Lost(LostEvent),
+}
+
+#[derive(Debug)]
+enum Entry {
+    Flow(u64, Arc<Flow>),
+    /// Our own overflow marker, merged while it is at the tail.
+    Overflow(LostEvent),
+    /// A loss reported by a producer, passed on as is.
+    Upstream(LostEvent),
+}
+
+/// Decides whether a flow goes to a subscriber; runs on the producer's thread,
+/// so it must be cheap.
+pub type FlowPredicate = Box<dyn Fn(&Flow) -> bool + Send + Sync>;
+
+pub(super) struct Slot {
+    queue: Mutex<VecDeque<Entry>>,
+    capacity: usize,
+    notify: Notify,
+    closed: AtomicBool,
+    predicate: Option<FlowPredicate>,
+    lost: AtomicU64,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("capacity", &self.capacity)
+            .field("lost", &self.lost)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(queue: &Mutex<VecDeque<Entry>>) -> MutexGuard<'_, VecDeque<Entry>> {
+    // A panic while holding the lock leaves a consistent queue: keep using it.
+    queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Slot {
+    pub(super) fn new(capacity: usize, predicate: Option<FlowPredicate>) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            capacity: capacity.max(1),
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+            predicate,
+            lost: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Offers a flow; returns false when it was lost to overflow.
+    pub(super) fn offer(&self, seq: u64, flow: &Arc<Flow>) -> bool {
+        if self.predicate.as_ref().is_some_and(|p| !p(flow)) {
+            return true;
+        }
+        let mut queue = lock(&self.queue);
+        let used = queue.len();
+        if let Some(Entry::Overflow(lost)) = queue.back_mut() {
+            // Still no room since the last loss: merge.
+            if used > self.capacity {
+                lost.num_events_lost += 1;
+                lost.last = flow.time;
+                drop(queue);
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+        if used >= self.capacity {
+            queue.push_back(Entry::Overflow(LostEvent {
+                source: LostEventSource::ObserverEventsQueue as i32,
+                num_events_lost: 1,
+                cpu: None,
+                first: flow.time,
+                last: flow.time,
+            }));
+            drop(queue);
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            self.notify.notify_one();
+            return false;
+        }
+        queue.push_back(Entry::Flow(seq, flow.clone()));
+        drop(queue);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Passes on a producer's loss report (never dropped: it is merged into the
+    /// tail marker when the queue is full, so the count survives).
+    pub(super) fn offer_lost(&self, event: &LostEvent) {
+        let mut queue = lock(&self.queue);
+        if queue.len() >= self.capacity {
+            if let Some(Entry::Overflow(lost)) = queue.back_mut() {
+                lost.num_events_lost += event.num_events_lost;
+            } else {
+                queue.push_back(Entry::Overflow(LostEvent {
+                    source: LostEventSource::ObserverEventsQueue as i32,
+                    num_events_lost: event.num_events_lost,
+                    cpu: None,
+                    first: event.first,
+                    last: event.last,
+                }));
+            }
+        } else {
+            queue.push_back(Entry::Upstream(*event));
+        }
+        drop(queue);
+        self.notify.notify_one();
+    }
+}
+
+/// A live feed of the store's new flows, with its own bounded queue.
+///
+/// Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    pub(super) slot: Arc<Slot>,
+}
+
+impl Subscription {
+    /// The next event; waits while the queue is empty.
+    pub async fn recv(&mut self) -> Event {
+        let slot = self.slot.clone();
+        loop {
+            let notified = slot.notify.notified();
+            if let Some(event) = self.try_recv() {
+                return event;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next event, if one is queued.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        let entry = lock(&self.slot.queue).pop_front()?;
+        Some(match entry {
+            Entry::Flow(seq, flow) => Event::Flow { seq, flow },
+            Entry::Overflow(lost) | Entry::Upstream(lost) => Event::Lost(lost),
+        })
+    }
+
+    /// Flows this subscriber lost to its full queue so far.
+    pub fn lost(&self) -> u64 {
+        self.slot.lost.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.slot.closed.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,364 @@
+//! The flow store: a bounded ring of recent flows and the subscribers fed from it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use super::fanout::{FlowPredicate, Slot, Subscription};
+use crate::api::proto::flow::{Flow, LostEvent, LostEventSource};
+
+/// Hubble's default ring size (`hubble.eventBufferCapacity`).
+pub const DEFAULT_CAPACITY: usize = 4095;
+
+/// Counters for status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Flows in the ring now.
+    pub stored: u64,
+    /// Ring capacity.
+    pub capacity: u64,
+    /// Flows pushed since start.
+    pub seen: u64,
+    /// Flows lost by subscribers whose queue was full (`OBSERVER_EVENTS_QUEUE`).
+    pub lost_to_subscribers: u64,
+    /// Events producers reported lost before they became flows
+    /// (`PERF_EVENT_RING_BUFFER` and the like).
+    pub lost_upstream: u64,
+    /// Live subscribers.
+    pub subscribers: u64,
+}
+
+#[derive(Debug)]
+struct Ring {
+    flows: VecDeque<(u64, Arc<Flow>)>,
+    next_seq: u64,
+}
+
+/// The store of recent flows and the fan-out to live subscribers.
+///
+/// Cheap to clone (a handle). All methods are synchronous and never wait on a
+/// reader: producers call [`push`](Self::push) from any thread, including a
+/// datapath reader loop, and pay one short lock plus one non-blocking queue
+/// offer per subscriber.
+#[derive(Debug, Clone)]
+pub struct FlowStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ring: Mutex<Ring>,
+    capacity: usize,
+    subscribers: RwLock<Vec<Arc<Slot>>>,
+    has_closed: AtomicBool,
+    seen: AtomicU64,
+    lost_to_subscribers: AtomicU64,
+    lost_upstream: AtomicU64,
+    /// Upstream losses by `LostEventSource`, for `hubble_lost_events_total`.
+    lost_by_source: [AtomicU64; 4],
+    node_name: String,
+    started: Instant,
+    uuid_seed: u64,
+}
+
+impl FlowStore {
+    /// A store keeping the last `capacity` flows (at least 1), stamping flows
+    /// that have no node name with `node_name`.
+    pub fn new(capacity: usize, node_name: impl Into<String>) -> Self {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let capacity = capacity.max(1);
+        Self {
+            inner: Arc::new(Inner {
+                ring: Mutex::new(Ring {
+                    flows: VecDeque::with_capacity(capacity),
+                    next_seq: 1,
+                }),
+                capacity,
+                subscribers: RwLock::new(Vec::new()),
+                has_closed: AtomicBool::new(false),
+                seen: AtomicU64::new(0),
+                lost_to_subscribers: AtomicU64::new(0),
+                lost_upstream: AtomicU64::new(0),
+                lost_by_source: Default::default(),
+                node_name: node_name.into(),
+                started: Instant::now(),
+                uuid_seed: h.finish(),
+            }),
+        }
+    }
+
+    /// Stores a flow and offers it to every subscriber. Never blocks on readers.
+    ///
+    /// Fills what the producer left empty: `time` (now), `uuid`, `node_name`.
+    /// The oldest flow leaves the ring when it is full.
+    pub fn push(&self, mut flow: Flow) {
+        if flow.time.is_none() {
+            flow.time = Some(super::now_timestamp());
+        }
+        if flow.node_name.is_empty() {
+            flow.node_name.clone_from(&self.inner.node_name);
+        }
+        let (seq, flow) = {
+            let mut ring = lock(&self.inner.ring);
+            let seq = ring.next_seq;
+            ring.next_seq += 1;
+            if flow.uuid.is_empty() {
+                flow.uuid = self.uuid(seq);
+            }
+            let flow = Arc::new(flow);
+            if ring.flows.len() >= self.inner.capacity {
+                ring.flows.pop_front();
+            }
+            ring.flows.push_back((seq, flow.clone()));
+            (seq, flow)
+        };
+        self.inner.seen.fetch_add(1, Ordering::Relaxed);
+        let subscribers = read(&self.inner.subscribers);
+        let mut lost = 0;
+        for slot in subscribers.iter() {
+            if slot.is_closed() {
+                self.inner.has_closed.store(true, Ordering::Relaxed);
+            } else if !slot.offer(seq, &flow) {
+                lost += 1;
+            }
+        }
+        drop(subscribers);
+        if lost > 0 {
+            self.inner
+                .lost_to_subscribers
+                .fetch_add(lost, Ordering::Relaxed);
+        }
+        if self.inner.has_closed.swap(false, Ordering::Relaxed) {
+            write(&self.inner.subscribers).retain(|s| !s.is_closed());
+        }
+    }
+
+    /// Records events a producer lost before they became flows (a full perf
+    /// ring, a parser queue…) and tells every subscriber. Never blocks.
+    pub fn push_lost(&self, event: LostEvent) {
+        self.inner
+            .lost_upstream
+            .fetch_add(event.num_events_lost, Ordering::Relaxed);
+        let index = usize::try_from(event.source).unwrap_or(0).min(3);
+        self.inner.lost_by_source[index].fetch_add(event.num_events_lost, Ordering::Relaxed);
+        for slot in read(&self.inner.subscribers).iter() {
+            if !slot.is_closed() {
+                slot.offer_lost(&event);
+            }
+        }
+    }
+
+    /// A live feed of flows pushed from now on that pass `predicate` (all when
+    /// `None`), queued up to `queue_capacity` events.
+    pub fn subscribe(
+        &self,
+        queue_capacity: usize,
+        predicate: Option<FlowPredicate>,
+    ) -> Subscription {
+        let slot = Arc::new(Slot::new(queue_capacity, predicate));
+        write(&self.inner.subscribers).push(slot.clone());
+        Subscription { slot }
+    }
+
+    /// The flows in the ring, oldest first, with their sequence numbers.
+    pub fn snapshot(&self) -> Vec<(u64, Arc<Flow>)> {
+        lock(&self.inner.ring).flows.iter().cloned().collect()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> StoreStats {
+        let stored = lock(&self.inner.ring).flows.len();
+        let subscribers = read(&self.inner.subscribers)
+            .iter()
+            .filter(|s| !s.is_closed())
+            .count();
+        StoreStats {
+            stored: stored as u64,
+            capacity: self.inner.capacity as u64,
+            seen: self.inner.seen.load(Ordering::Relaxed),
+            lost_to_subscribers: self.inner.lost_to_subscribers.load(Ordering::Relaxed),
+            lost_upstream: self.inner.lost_upstream.load(Ordering::Relaxed),
+            subscribers: subscribers as u64,
+        }
+    }
+
+    /// Events lost, by source: upstream reports plus subscriber overflow
+    /// (`OBSERVER_EVENTS_QUEUE`).
+    pub fn lost_by_source(&self) -> Vec<(LostEventSource, u64)> {
+        let mut out: Vec<(LostEventSource, u64)> = [
+            LostEventSource::UnknownLostEventSource,
+            LostEventSource::PerfEventRingBuffer,
+            LostEventSource::ObserverEventsQueue,
+            LostEventSource::HubbleRingBuffer,
+        ]
+        .into_iter()
+        .zip(&self.inner.lost_by_source)
+        .map(|(s, n)| (s, n.load(Ordering::Relaxed)))
+        .collect();
+        if let Some(entry) = out
+            .iter_mut()
+            .find(|(s, _)| *s == LostEventSource::ObserverEventsQueue)
+        {
+            entry.1 += self.inner.lost_to_subscribers.load(Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// Flows per second over the last minute (from the ring's timestamps).
+    pub fn flows_rate(&self) -> f64 {
+        let now = super::timestamp_ns(&super::now_timestamp());
+        let window = 60_000_000_000_i128;
+        let ring = lock(&self.inner.ring);
+        let recent = ring
+            .flows
+            .iter()
+            .rev()
+            .take_while(|(_, f)| now - super::time_ns(f) <= window)
+            .count();
+        let secs = self.inner.started.elapsed().as_secs_f64().clamp(1.0, 60.0);
+        recent as f64 / secs
+    }
+
+    /// The node name flows are stamped with.
+    pub fn node_name(&self) -> &str {
+        &self.inner.node_name
+    }
+
+    /// Time since the store was created.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.inner.started.elapsed()
+    }
+
+    fn uuid(&self, seq: u64) -> String {
+        // Unique per node and run: a per-run random seed and the sequence number,
+        // laid out as a version-4-shaped UUID.
+        let a = self.inner.uuid_seed;
+        format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            (a >> 32) as u32,
+            (a >> 16) as u16,
+            (a & 0xfff) as u16,
+            0x8000 | ((seq >> 48) as u16 & 0x3fff),
+            seq & 0xffff_ffff_ffff
+        )
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Event;
+
+    fn flow(n: u32) -> Flow {
+        Flow {
+            policy_match_type: n,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ring_keeps_the_last_capacity_flows() {
+        let store = FlowStore::new(3, "node");
+        for n in 0..5 {
+            store.push(flow(n));
+        }
+        let kept: Vec<u32> = store
+            .snapshot()
+            .iter()
+            .map(|(_, f)| f.policy_match_type)
+            .collect();
+        assert_eq!(kept, vec![2, 3, 4]);
+        let stats = store.stats();
+        assert_eq!((stats.stored, stats.capacity, stats.seen), (3, 3, 5));
+        let (_, f) = &store.snapshot()[0];
+        assert_eq!(f.node_name, "node");
+        assert!(f.time.is_some());
+        assert_eq!(f.uuid.len(), 36);
+    }
+
+    #[test]
+    fn full_queue_loses_in_order_and_counts() {
+        let store = FlowStore::new(16, "node");
+        let mut slow = store.subscribe(2, None);
+        let mut fast = store.subscribe(100, None);
+        for n in 0..10 {
+            store.push(flow(n));
+        }
+        let mut got = Vec::new();
+        while let Some(e) = slow.try_recv() {
+            got.push(match e {
+                Event::Flow { flow, .. } => format!("f{}", flow.policy_match_type),
+                Event::Lost(l) => format!("lost{}", l.num_events_lost),
+            });
+        }
+        assert_eq!(got, vec!["f0", "f1", "lost8"]);
+        assert_eq!(slow.lost(), 8);
+        let mut fast_count = 0;
+        while let Some(e) = fast.try_recv() {
+            assert!(matches!(e, Event::Flow { .. }));
+            fast_count += 1;
+        }
+        assert_eq!(fast_count, 10);
+        assert_eq!(store.stats().lost_to_subscribers, 8);
+        // Room again: new flows flow.
+        store.push(flow(10));
+        assert!(matches!(slow.try_recv(), Some(Event::Flow { .. })));
+    }
+
+    #[test]
+    fn predicate_and_unsubscribe() {
+        let store = FlowStore::new(16, "node");
+        let mut odd = store.subscribe(16, Some(Box::new(|f: &Flow| f.policy_match_type % 2 == 1)));
+        for n in 0..4 {
+            store.push(flow(n));
+        }
+        let mut got = Vec::new();
+        while let Some(Event::Flow { flow, .. }) = odd.try_recv() {
+            got.push(flow.policy_match_type);
+        }
+        assert_eq!(got, vec![1, 3]);
+        drop(odd);
+        store.push(flow(5));
+        assert_eq!(store.stats().subscribers, 0);
+    }
+
+    #[test]
+    fn upstream_losses_reach_subscribers_and_counters() {
+        let store = FlowStore::new(4, "node");
+        let mut sub = store.subscribe(4, None);
+        store.push_lost(LostEvent {
+            source: LostEventSource::PerfEventRingBuffer as i32,
+            num_events_lost: 7,
+            ..Default::default()
+        });
+        match sub.try_recv() {
+            Some(Event::Lost(l)) => assert_eq!(l.num_events_lost, 7),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.stats().lost_upstream, 7);
+        assert!(
+            store
+                .lost_by_source()
+                .contains(&(LostEventSource::PerfEventRingBuffer, 7))
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! The `loupe` binary end to end: `loupe agent --config` with Hubble and
+//! Prometheus keys, then `loupe status`, `loupe observe` (formats, a refused
+//! filter) and `/metrics` served by the agent process.
+
+// Test helpers panic on failure by design (the lint allows it only inside #[test]).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn loupe(socket: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loupe"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn agent_status_observe_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("loupe.sock");
+    let metrics_port = free_port();
+    let config = dir.path().join("loupe.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "nodeName: cli-node\nsocketPath: {}\nstateDir: {}\nbpf:\n  enabled: false\nendpoints:\n  lab: false\nhubble:\n  enabled: true\n  eventBufferCapacity: 1023\n  metrics:\n    enabled: [drop, flow]\n    address: 127.0.0.1\n    port: {}\nprometheus:\n  enabled: true\n  address: 127.0.0.1\n  port: {}\n",
+            socket.display(),
+            dir.path().join("state").display(),
+            free_port(),
+            metrics_port
+        ),
+    )
+    .unwrap();
+    let _agent = Agent(
+        Command::new(env!("CARGO_BIN_EXE_loupe"))
+            .args(["agent", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // `status --wait` returns once the agent answers and is healthy.
+    let out = loupe(&socket, &["status", "--wait", "--wait-duration", "30"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Loupe:          Ok"), "{text}");
+    assert!(text.contains("Current/Max Flows: 0/1023"), "{text}");
+    assert!(text.contains("metrics/prometheus"), "{text}");
+
+    for format in ["compact", "json", "jsonpb", "dict", "table"] {
+        let out = loupe(
+            &socket,
+            &[
+                "observe",
+                "-o",
+                format,
+                "--namespace",
+                "demo-app",
+                "--verdict",
+                "DROPPED",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "{format}: no flows were pushed");
+    }
+    let out = loupe(&socket, &["observe", "--http-status", "9+"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http_status_code"), "{err}");
+
+    let start = Instant::now();
+    let body = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", metrics_port)) {
+            use std::io::{Read as _, Write as _};
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            break body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no metrics listener"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.contains("loupe_flow_store_capacity 1023"), "{body}");
+
+    // Without an agent: a clear error and a non-zero exit.
+    let out = loupe(&dir.path().join("nobody.sock"), &["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Loupe agent"));
+}

@@ -1,0 +1,562 @@
+//! The Observer API end to end in-process: the agent library on a temp unix
+//! socket, flows pushed through `FlowStore::push`, queried with a client
+//! generated from Loupe's protos.
+
+// Test helpers panic on failure by design (the lint allows it only inside #[test]).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loupe_runtime::agent::{self, AgentState};
+use loupe_runtime::api::client;
+use loupe_runtime::api::proto::flow::{
+    DropReason, Endpoint, Flow, FlowFilter, FlowType, Http, Ip, IpVersion, L7FlowType, Layer4,
+    Layer7, LostEventSource, Tcp, TrafficDirection, Verdict, layer4, layer7,
+};
+use loupe_runtime::api::proto::observer::{
+    GetFlowsRequest, GetNamespacesRequest, GetNodesRequest, ServerStatusRequest,
+    get_flows_response::ResponseTypes, observer_client::ObserverClient,
+};
+use loupe_runtime::api::proto::peer::{NotifyRequest, peer_client::PeerClient};
+use loupe_runtime::config::AgentConfig;
+
+struct Agent {
+    state: Arc<AgentState>,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn start_agent(mut config: AgentConfig) -> Agent {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("loupe.sock");
+    config.socket_path = socket.clone();
+    config.endpoints.lab = false;
+    config.node_name = Some("test-node".into());
+    let state = Arc::new(AgentState::new(config));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(agent::run_with_state(state.clone(), async move {
+        let _ = rx.await;
+    }));
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Agent {
+        state,
+        socket,
+        _dir: dir,
+        stop: Some(tx),
+    }
+}
+
+fn ts(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}
+
+fn http_flow(t: i64, src_pod: &str, dst_pod: &str, method: &str, code: u32) -> Flow {
+    Flow {
+        time: Some(ts(t)),
+        verdict: Verdict::Forwarded as i32,
+        r#type: FlowType::L7 as i32,
+        traffic_direction: TrafficDirection::Ingress as i32,
+        ip: Some(Ip {
+            source: "10.0.1.5".into(),
+            destination: "10.0.2.7".into(),
+            ip_version: IpVersion::IPv4 as i32,
+            ..Default::default()
+        }),
+        source: Some(Endpoint {
+            namespace: "demo-app".into(),
+            pod_name: src_pod.into(),
+            labels: vec![format!("k8s:app={}", src_pod.split('-').next().unwrap())],
+            identity: 1001,
+            ..Default::default()
+        }),
+        destination: Some(Endpoint {
+            namespace: "demo-app".into(),
+            pod_name: dst_pod.into(),
+            labels: vec!["k8s:app=api".into()],
+            identity: 1002,
+            ..Default::default()
+        }),
+        l4: Some(Layer4 {
+            protocol: Some(layer4::Protocol::Tcp(Tcp {
+                source_port: 40000,
+                destination_port: 80,
+                flags: None,
+            })),
+        }),
+        l7: Some(Layer7 {
+            r#type: if code == 0 {
+                L7FlowType::Request as i32
+            } else {
+                L7FlowType::Response as i32
+            },
+            latency_ns: if code == 0 { 0 } else { 2_000_000 },
+            record: Some(layer7::Record::Http(Http {
+                code,
+                method: method.into(),
+                url: format!("http://api-service/{}", method.to_lowercase()),
+                protocol: "HTTP/1.1".into(),
+                headers: vec![],
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
+fn drop_flow(t: i64) -> Flow {
+    Flow {
+        time: Some(ts(t)),
+        verdict: Verdict::Dropped as i32,
+        drop_reason_desc: DropReason::PolicyDenied as i32,
+        r#type: FlowType::L3L4 as i32,
+        traffic_direction: TrafficDirection::Ingress as i32,
+        source: Some(Endpoint {
+            namespace: "demo-app".into(),
+            pod_name: "frontend-abc".into(),
+            ..Default::default()
+        }),
+        destination: Some(Endpoint {
+            namespace: "demo-app".into(),
+            pod_name: "api-service-xyz".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn collect(
+    client: &mut ObserverClient<tonic::transport::Channel>,
+    req: GetFlowsRequest,
+) -> Vec<Flow> {
+    let mut stream = client.get_flows(req).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        if let Some(ResponseTypes::Flow(f)) = msg.response_types {
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_flows_with_combined_filters() {
+    let agent = start_agent(AgentConfig::default()).await;
+    let store = &agent.state.flows;
+    store.push(http_flow(100, "frontend-abc", "api-service-xyz", "GET", 0));
+    store.push(http_flow(
+        101,
+        "frontend-abc",
+        "api-service-xyz",
+        "GET",
+        200,
+    ));
+    store.push(http_flow(
+        102,
+        "frontend-abc",
+        "api-service-xyz",
+        "POST",
+        503,
+    ));
+    store.push(drop_flow(103));
+    store.push(http_flow(104, "loadgen-1", "api-service-xyz", "GET", 404));
+    let mut client = ObserverClient::new(client::connect(&agent.socket).await.unwrap());
+
+    // Whitelist: frontend's flows OR any dropped flow; blacklist: HTTP 5xx.
+    let flows = collect(
+        &mut client,
+        GetFlowsRequest {
+            whitelist: vec![
+                FlowFilter {
+                    source_pod: vec!["demo-app/frontend".into()],
+                    protocol: vec!["http".into()],
+                    ..Default::default()
+                },
+                FlowFilter {
+                    verdict: vec![Verdict::Dropped as i32],
+                    ..Default::default()
+                },
+            ],
+            blacklist: vec![FlowFilter {
+                http_status_code: vec!["5+".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let times: Vec<i64> = flows.iter().map(|f| f.time.unwrap().seconds).collect();
+    assert_eq!(times, vec![100, 101, 103]);
+
+    // number = last N; first = first N; since/until bound.
+    let last2 = collect(
+        &mut client,
+        GetFlowsRequest {
+            number: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        last2
+            .iter()
+            .map(|f| f.time.unwrap().seconds)
+            .collect::<Vec<_>>(),
+        vec![103, 104]
+    );
+    let first2 = collect(
+        &mut client,
+        GetFlowsRequest {
+            number: 2,
+            first: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        first2
+            .iter()
+            .map(|f| f.time.unwrap().seconds)
+            .collect::<Vec<_>>(),
+        vec![100, 101]
+    );
+    let window = collect(
+        &mut client,
+        GetFlowsRequest {
+            since: Some(ts(101)),
+            until: Some(ts(103)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(window.len(), 3);
+
+    // Labels with selector syntax, and node names.
+    let by_label = collect(
+        &mut client,
+        GetFlowsRequest {
+            whitelist: vec![FlowFilter {
+                source_label: vec!["app in (loadgen)".into()],
+                node_name: vec!["test-*".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(by_label.len(), 1);
+    assert_eq!(by_label[0].source.as_ref().unwrap().pod_name, "loadgen-1");
+
+    // Invalid requests are refused with the reason.
+    let err = client
+        .get_flows(GetFlowsRequest {
+            whitelist: vec![FlowFilter {
+                http_status_code: vec!["9+".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("http_status_code"),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .get_flows(GetFlowsRequest {
+            field_mask: Some(prost_types::FieldMask {
+                paths: vec!["nonsense".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let err = client
+        .get_flows(GetFlowsRequest {
+            first: true,
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = client
+        .get_flows(GetFlowsRequest {
+            since: Some(ts(200)),
+            until: Some(ts(100)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("since is after until"),
+        "{}",
+        err.message()
+    );
+
+    // Field mask.
+    let masked = collect(
+        &mut client,
+        GetFlowsRequest {
+            number: 1,
+            field_mask: Some(prost_types::FieldMask {
+                paths: vec!["time".into(), "source.pod_name".into()],
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(masked[0].source.as_ref().unwrap().pod_name, "loadgen-1");
+    assert_eq!(masked[0].source.as_ref().unwrap().namespace, "");
+    assert!(masked[0].l7.is_none());
+
+    // Status, nodes, namespaces, peers.
+    let status = client
+        .server_status(ServerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (status.num_flows, status.max_flows, status.seen_flows),
+        (5, 4095, 5)
+    );
+    let nodes = client
+        .get_nodes(GetNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(nodes[0].name, "test-node");
+    let namespaces = client
+        .get_namespaces(GetNamespacesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(namespaces.namespaces[0].namespace, "demo-app");
+    // `loupe status` sees the same store through the control API.
+    let daemon = loupe_runtime::api::proto::daemon::daemon_client::DaemonClient::new(
+        client::connect(&agent.socket).await.unwrap(),
+    )
+    .status(loupe_runtime::api::proto::daemon::StatusRequest {})
+    .await
+    .unwrap()
+    .into_inner();
+    assert!(daemon.healthy);
+    let flows = daemon.flows.unwrap();
+    assert_eq!((flows.stored, flows.seen, flows.capacity), (5, 5, 4095));
+    assert!(
+        daemon
+            .components
+            .iter()
+            .any(|c| c.name == "hubble" && c.state == "ok")
+    );
+    let mut peers = PeerClient::new(client::connect(&agent.socket).await.unwrap())
+        .notify(NotifyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(peers.message().await.unwrap().unwrap().name, "test-node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_with_since_streams_history_then_live_flows() {
+    let agent = start_agent(AgentConfig::default()).await;
+    let store = agent.state.flows.clone();
+    store.push(http_flow(
+        100,
+        "frontend-abc",
+        "api-service-xyz",
+        "GET",
+        200,
+    ));
+    store.push(http_flow(
+        200,
+        "frontend-abc",
+        "api-service-xyz",
+        "GET",
+        200,
+    ));
+    let mut client = ObserverClient::new(client::connect(&agent.socket).await.unwrap());
+    let mut stream = client
+        .get_flows(GetFlowsRequest {
+            follow: true,
+            since: Some(ts(150)),
+            whitelist: vec![FlowFilter {
+                http_method: vec!["GET".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let Some(ResponseTypes::Flow(f)) = first.response_types else {
+        panic!("{first:?}")
+    };
+    assert_eq!(f.time.unwrap().seconds, 200);
+    assert_eq!(first.node_name, "test-node");
+    // Live: a POST (filtered out), an old GET (before since), then a new GET.
+    store.push(http_flow(
+        300,
+        "frontend-abc",
+        "api-service-xyz",
+        "POST",
+        201,
+    ));
+    store.push(http_flow(
+        120,
+        "frontend-abc",
+        "api-service-xyz",
+        "GET",
+        200,
+    ));
+    store.push(http_flow(
+        301,
+        "frontend-abc",
+        "api-service-xyz",
+        "GET",
+        200,
+    ));
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(ResponseTypes::Flow(f)) = next.response_types else {
+        panic!("{next:?}")
+    };
+    assert_eq!(f.time.unwrap().seconds, 301);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_gets_lost_events_and_stalls_nobody() {
+    let mut config = AgentConfig::default();
+    config.hubble.event_queue_size = 1000;
+    let agent = start_agent(config).await;
+    let store = agent.state.flows.clone();
+
+    let mut slow_client = ObserverClient::new(client::connect(&agent.socket).await.unwrap());
+    let mut slow = slow_client
+        .get_flows(GetFlowsRequest {
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut fast_client = ObserverClient::new(client::connect(&agent.socket).await.unwrap());
+    let mut fast = fast_client
+        .get_flows(GetFlowsRequest {
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Both subscriptions are registered once the store has two subscribers.
+    for _ in 0..100 {
+        if store.stats().subscribers == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.stats().subscribers, 2);
+
+    // The fast client reads concurrently; the slow one reads nothing. The test
+    // paces the producer to the fast client (never more than 500 flows ahead,
+    // half its queue), so the fast client must get every flow; the slow client
+    // is never waited for.
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen_by_reader = received.clone();
+    let reader = tokio::spawn(async move {
+        let mut flows = 0_u64;
+        let mut lost = 0_u64;
+        while flows + lost < 100_000 {
+            match fast.message().await {
+                Ok(Some(m)) => match m.response_types {
+                    Some(ResponseTypes::Flow(_)) => flows += 1,
+                    Some(ResponseTypes::LostEvents(l)) => lost += l.num_events_lost,
+                    _ => {}
+                },
+                _ => break,
+            }
+            seen_by_reader.store(flows + lost, std::sync::atomic::Ordering::Relaxed);
+        }
+        (flows, lost)
+    });
+    let pushed = tokio::task::spawn_blocking(move || {
+        let mut pushing = Duration::ZERO;
+        let mut slowest = Duration::ZERO;
+        for n in 0..100_000_u64 {
+            let flow = http_flow(n as i64, "frontend-abc", "api-service-xyz", "GET", 200);
+            let start = std::time::Instant::now();
+            store.push(flow);
+            let took = start.elapsed();
+            pushing += took;
+            slowest = slowest.max(took);
+            if n % 500 == 499 {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while received.load(std::sync::atomic::Ordering::Relaxed) + 500 < n + 1
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+        (pushing, slowest, store)
+    })
+    .await
+    .unwrap();
+    let (pushing, slowest, store) = pushed;
+    // The pipeline never waited on the slow reader: 100k pushes took little
+    // time in total and no single push stalled.
+    assert!(pushing < Duration::from_secs(5), "{pushing:?}");
+    assert!(slowest < Duration::from_millis(200), "{slowest:?}");
+    assert_eq!(store.stats().seen, 100_000);
+
+    let (fast_flows, fast_lost) = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((fast_flows, fast_lost), (100_000, 0));
+
+    // Now the slow client reads: some flows, then a LostEvent from its queue.
+    let mut slow_flows = 0_u64;
+    let mut slow_lost = 0_u64;
+    while slow_flows + slow_lost < 100_000 {
+        let m = tokio::time::timeout(Duration::from_secs(5), slow.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match m.response_types {
+            Some(ResponseTypes::Flow(_)) => slow_flows += 1,
+            Some(ResponseTypes::LostEvents(l)) => {
+                assert_eq!(l.source, LostEventSource::ObserverEventsQueue as i32);
+                slow_lost += l.num_events_lost;
+            }
+            _ => {}
+        }
+    }
+    assert!(slow_lost > 50_000, "slow client lost only {slow_lost}");
+    assert!(slow_flows < 50_000);
+    assert!(store.stats().lost_to_subscribers >= slow_lost);
+}

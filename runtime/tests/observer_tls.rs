@@ -1,0 +1,195 @@
+//! The Observer API on TCP with TLS (`hubble.listenAddress` + `hubble.tls`),
+//! with a certificate made by `openssl` for the test, and mutual TLS refusing a
+//! client without a certificate.
+
+// Test helpers panic on failure by design (the lint allows it only inside #[test]).
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use loupe_runtime::agent::{self, AgentState};
+use loupe_runtime::api::proto::flow::{Flow, Verdict};
+use loupe_runtime::api::proto::observer::{
+    GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes,
+    observer_client::ObserverClient,
+};
+use loupe_runtime::config::AgentConfig;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A CA, a server certificate for `localhost`, and a client certificate.
+fn make_pki(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=loupe-test-ca",
+        ],
+    );
+    // Version 3 certificates (extensions) for both: webpki refuses version 1.
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for name in ["server", "client"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+        ];
+        let ext = format!("{name}.ext");
+        args.extend(["-extfile", &ext]);
+        openssl(dir, &args);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn connect(port: u16, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path());
+    let port = free_port();
+    let mut config = AgentConfig {
+        socket_path: dir.path().join("loupe.sock"),
+        node_name: Some("tls-node".into()),
+        ..AgentConfig::default()
+    };
+    config.endpoints.lab = false;
+    config.hubble.listen_address = format!("127.0.0.1:{port}");
+    config.hubble.tls.enabled = true;
+    config.hubble.tls.cert_file = Some(dir.path().join("server.pem"));
+    config.hubble.tls.key_file = Some(dir.path().join("server.key"));
+    config.hubble.tls.client_ca_files = vec![dir.path().join("ca.pem")];
+    config.validate(Path::new("test")).unwrap();
+    let state = Arc::new(AgentState::new(config));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent_task = tokio::spawn(agent::run_with_state(state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    state.flows.push(Flow {
+        verdict: Verdict::Dropped as i32,
+        ..Default::default()
+    });
+
+    let ca = Certificate::from_pem(std::fs::read(dir.path().join("ca.pem")).unwrap());
+    let identity = Identity::from_pem(
+        std::fs::read(dir.path().join("client.pem")).unwrap(),
+        std::fs::read(dir.path().join("client.key")).unwrap(),
+    );
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(ca.clone())
+        .domain_name("localhost");
+
+    let mut channel = None;
+    for _ in 0..50 {
+        match connect(port, tls.clone().identity(identity.clone())).await {
+            Ok(c) => {
+                channel = Some(c);
+                break;
+            }
+            Err(_) => {
+                if agent_task.is_finished() {
+                    panic!("agent stopped: {:?}", agent_task.await);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let mut client = ObserverClient::new(channel.expect("TLS listener never came up"));
+    let status = client
+        .server_status(ServerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.seen_flows, 1);
+    let mut stream = client
+        .get_flows(GetFlowsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = stream.message().await.unwrap().unwrap();
+    assert_eq!(msg.node_name, "tls-node");
+    assert!(
+        matches!(msg.response_types, Some(ResponseTypes::Flow(f)) if f.verdict == Verdict::Dropped as i32)
+    );
+
+    // Without a client certificate the server refuses (mTLS is on).
+    let refused = match connect(port, tls.clone()).await {
+        Err(_) => true,
+        Ok(ch) => ObserverClient::new(ch)
+            .server_status(ServerStatusRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+    let _ = stop.send(());
+}

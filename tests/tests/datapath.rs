@@ -78,24 +78,61 @@ fn article_db_policy_is_enforced_in_the_kernel() {
     assert_eq!(pong.trim(), "PONG");
     // The agent records the drop as Hubble would show it.
     let dropped = agent
-        .loupe_ok(&["observe", "--namespace", "demo-app", "--verdict", "DROPPED", "--last", "100"])
+        .loupe_ok(&[
+            "observe",
+            "--namespace",
+            "demo-app",
+            "--verdict",
+            "DROPPED",
+            "--last",
+            "100",
+        ])
         .unwrap();
     let line = dropped
         .lines()
-        .find(|l| l.contains(": demo-app/frontend-") && l.contains("-> demo-app/db-service-") && l.contains(":6379 "))
+        .find(|l| {
+            l.contains(": demo-app/frontend-")
+                && l.contains("-> demo-app/db-service-")
+                && l.contains(":6379 ")
+        })
         .unwrap_or_else(|| panic!("no frontend -> db-service drop in:\n{dropped}"));
-    assert!(line.contains("Policy denied DROPPED (TCP Flags: SYN)"), "{line}");
+    assert!(
+        line.contains("Policy denied DROPPED (TCP Flags: SYN)"),
+        "{line}"
+    );
     let json = agent
-        .loupe_ok(&["observe", "--verdict", "DROPPED", "--last", "1", "-o", "json"])
+        .loupe_ok(&[
+            "observe",
+            "--verdict",
+            "DROPPED",
+            "--last",
+            "1",
+            "-o",
+            "json",
+        ])
         .unwrap();
     let flow: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
     assert_eq!(flow["flow"]["dropReasonDesc"], "POLICY_DENIED", "{json}");
     assert_eq!(flow["flow"]["trafficDirection"], "INGRESS", "{json}");
     assert_eq!(flow["flow"]["Type"], "L3_L4", "{json}");
-    assert!(flow["flow"]["source"]["labels"].as_array().unwrap().contains(&"k8s:app=frontend".into()), "{json}");
+    assert!(
+        flow["flow"]["source"]["labels"]
+            .as_array()
+            .unwrap()
+            .contains(&"k8s:app=frontend".into()),
+        "{json}"
+    );
     // Allowed connections are policy verdicts and traces, not drops.
     let allowed = agent
-        .loupe_ok(&["observe", "--from-pod", "demo-app/api-service", "--to-port", "6379", "--last", "100"])
+        .loupe_ok(&[
+            "observe",
+            "--from-pod",
+            "demo-app/api-service",
+            "--to-port",
+            "6379",
+            "--last",
+            "100",
+        ])
         .unwrap();
     assert!(allowed.contains("INGRESS ALLOWED FORWARDED"), "{allowed}");
     assert!(!allowed.contains("DROPPED"), "{allowed}");

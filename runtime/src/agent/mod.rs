@@ -138,7 +138,12 @@ pub async fn run(
     for err in &stale_policies {
         tracing::error!(error = %err, "persisted policy no longer valid; not loaded");
     }
-    serve(Arc::new(AgentState::with_controller(config, controller)), io, shutdown).await
+    serve(
+        Arc::new(AgentState::with_controller(config, controller)),
+        io,
+        shutdown,
+    )
+    .await
 }
 
 /// The maps the agent reads continuously, taken from the datapath.

@@ -2,8 +2,8 @@
 
 mod endpoint;
 mod lab;
-mod policy;
 pub mod observe;
+mod policy;
 pub mod status;
 
 use std::path::PathBuf;

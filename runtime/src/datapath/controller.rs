@@ -89,6 +89,8 @@ pub struct Controller {
     stats: ControllerStats,
     gauges: Arc<DatapathGauges>,
     snapshot: SnapshotHandle,
+    /// Policy map entries one generation may hold (`bpf.policyMapEntries`).
+    policy_capacity: usize,
 }
 
 /// The endpoint snapshot flows are enriched from, swapped after every change.
@@ -132,6 +134,7 @@ impl Controller {
                 stats: ControllerStats::default(),
                 gauges: Arc::default(),
                 snapshot: SnapshotHandle::default(),
+                policy_capacity: config.bpf.policy_map_entries as usize,
             },
             errors,
         ))
@@ -151,6 +154,7 @@ impl Controller {
             stats: ControllerStats::default(),
             gauges: Arc::default(),
             snapshot: SnapshotHandle::default(),
+            policy_capacity: config.bpf.policy_map_entries as usize,
         }
     }
 
@@ -171,18 +175,28 @@ impl Controller {
             *guard = Arc::new(snap);
         }
         let g = &self.gauges;
-        g.policy_entries.store(self.stats.policy_entries as u64, Ordering::Relaxed);
+        g.policy_entries
+            .store(self.stats.policy_entries as u64, Ordering::Relaxed);
         g.policy_capacity.store(
-            self.datapath.as_ref().map(|d| u64::from(d.sizes.policy)).unwrap_or(0),
+            self.datapath
+                .as_ref()
+                .map(|d| u64::from(d.sizes.policy))
+                .unwrap_or(0),
             Ordering::Relaxed,
         );
         g.ct_capacity.store(
-            self.datapath.as_ref().map(|d| u64::from(d.sizes.conntrack)).unwrap_or(0),
+            self.datapath
+                .as_ref()
+                .map(|d| u64::from(d.sizes.conntrack))
+                .unwrap_or(0),
             Ordering::Relaxed,
         );
-        g.identities.store(self.identities.len() as u64, Ordering::Relaxed);
-        g.policies.store(self.policies.policies().count() as u64, Ordering::Relaxed);
-        g.endpoints.store(self.endpoints.len() as u64, Ordering::Relaxed);
+        g.identities
+            .store(self.identities.len() as u64, Ordering::Relaxed);
+        g.policies
+            .store(self.policies.policies().count() as u64, Ordering::Relaxed);
+        g.endpoints
+            .store(self.endpoints.len() as u64, Ordering::Relaxed);
     }
 
     /// Endpoint numbers the pinned datapath already uses, by interface index, so a
@@ -384,11 +398,7 @@ impl Controller {
     }
 
     fn check_capacity(&self, compiled: &Compiled) -> Result<(), ControllerError> {
-        let capacity = self
-            .datapath
-            .as_ref()
-            .map(|d| d.sizes.policy as usize)
-            .unwrap_or(usize::MAX);
+        let capacity = self.policy_capacity;
         if compiled.entries.len() > capacity {
             return Err(DatapathError::PolicyMapFull {
                 needed: compiled.entries.len(),
@@ -408,7 +418,8 @@ impl Controller {
                 self.stats.last_regeneration = started.elapsed();
                 self.stats.policy_entries =
                     self.compiled.as_ref().map(|c| c.entries.len()).unwrap_or(0);
-                self.gauges.observe_regeneration(self.stats.last_regeneration.as_secs_f64());
+                self.gauges
+                    .observe_regeneration(self.stats.last_regeneration.as_secs_f64());
                 self.publish();
                 tracing::info!(
                     endpoints = self.endpoints.len(),
@@ -584,4 +595,70 @@ fn host_addresses() -> Vec<IpAddr> {
         })
         .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{EndpointSpec, SourceKind};
+    use crate::policy::parse_policies;
+
+    fn endpoint(id: u16, app: &str) -> Endpoint {
+        Endpoint {
+            id,
+            spec: EndpointSpec {
+                source: SourceKind::Lab,
+                namespace: "demo-app".into(),
+                pod_name: format!("{app}-x"),
+                labels: [("app".to_string(), app.to_string())].into(),
+                ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, id as u8)),
+                ipv6: None,
+                interface: format!("lxc{id}"),
+                ifindex: u32::from(id),
+                workload: None,
+            },
+        }
+    }
+
+    fn policy(name: &str, ports: std::ops::Range<u16>) -> Vec<Policy> {
+        let mut text = format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: demo-app}}\n\
+             spec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: api}}}}]\n    toPorts:\n    - ports:\n"
+        );
+        for p in ports {
+            text.push_str(&format!("      - {{port: \"{p}\", protocol: TCP}}\n"));
+        }
+        parse_policies("t.yaml", &text).unwrap()
+    }
+
+    #[test]
+    fn a_policy_that_does_not_fit_is_refused_and_the_old_one_stays() {
+        let mut config = AgentConfig::default();
+        config.bpf.policy_map_entries = 256;
+        let mut c = Controller::in_memory(&config);
+        c.set_endpoints(vec![endpoint(1, "api"), endpoint(2, "db")])
+            .unwrap();
+        let small = c.apply(policy("small", 1..11)).unwrap();
+        // 10 ports + the host allow.
+        assert_eq!(small.entries, 11);
+        let err = c.apply(policy("big", 1000..1300)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("policy needs 301 policy map entries but bpf.policyMapEntries is 256"),
+            "{err}"
+        );
+        assert_eq!(
+            c.policies().policies().map(Policy::key).collect::<Vec<_>>(),
+            vec!["demo-app/small"]
+        );
+        assert_eq!(c.compiled().unwrap().entries.len(), 11);
+        assert_eq!(c.stats().failures, 1);
+    }
+
+    #[test]
+    fn deleting_an_unknown_policy_names_it() {
+        let mut c = Controller::in_memory(&AgentConfig::default());
+        let err = c.delete(&["demo-app/nope".to_string()]).unwrap_err();
+        assert_eq!(err.to_string(), "no such policy: demo-app/nope");
+    }
 }

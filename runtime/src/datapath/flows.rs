@@ -9,11 +9,11 @@ use std::time::SystemTime;
 use loupe_common::{ct_status, direction, event_kind, identity as id};
 
 use super::events::DatapathEvent;
+use crate::api::proto::flow::Flow;
 use crate::api::proto::flow::{
     CiliumEventType, Endpoint, FlowType, IcmPv4, IcmPv6, Ip, IpVersion, Layer4, Sctp, Tcp,
     TcpFlags, TraceObservationPoint, TrafficDirection, Udp, Verdict, Workload, layer4,
 };
-use crate::api::proto::flow::Flow;
 use crate::endpoint;
 
 /// Cilium's monitor message types, as Hubble reports them in `event_type.type`.
@@ -98,7 +98,11 @@ impl EndpointSnapshot {
         }
         Endpoint {
             identity,
-            labels: self.identity_labels.get(&identity).cloned().unwrap_or_default(),
+            labels: self
+                .identity_labels
+                .get(&identity)
+                .cloned()
+                .unwrap_or_default(),
             ..Endpoint::default()
         }
     }
@@ -160,27 +164,50 @@ pub fn to_flow(event: &DatapathEvent, snap: &EndpointSnapshot, node_name: &str) 
         })),
         // Echo: the datapath keys by identifier; policy saw the request type.
         1 => Some(layer4::Protocol::IcmPv4(IcmPv4 { r#type: 8, code: 0 })),
-        58 => Some(layer4::Protocol::IcmPv6(IcmPv6 { r#type: 128, code: 0 })),
+        58 => Some(layer4::Protocol::IcmPv6(IcmPv6 {
+            r#type: 128,
+            code: 0,
+        })),
         _ => None,
     };
     let dropped = raw.kind == event_kind::DROP;
     let (event_type, point) = if dropped {
-        ((monitor::DROP, i32::from(raw.reason)), TraceObservationPoint::UnknownPoint)
+        (
+            (monitor::DROP, i32::from(raw.reason)),
+            TraceObservationPoint::UnknownPoint,
+        )
     } else if raw.ct_status == ct_status::NEW {
-        ((monitor::POLICY_VERDICT, 0), TraceObservationPoint::UnknownPoint)
+        (
+            (monitor::POLICY_VERDICT, 0),
+            TraceObservationPoint::UnknownPoint,
+        )
     } else if ingress {
-        ((monitor::TRACE, monitor::TRACE_TO_LXC), TraceObservationPoint::ToEndpoint)
+        (
+            (monitor::TRACE, monitor::TRACE_TO_LXC),
+            TraceObservationPoint::ToEndpoint,
+        )
     } else {
-        ((monitor::TRACE, monitor::TRACE_FROM_LXC), TraceObservationPoint::FromEndpoint)
+        (
+            (monitor::TRACE, monitor::TRACE_FROM_LXC),
+            TraceObservationPoint::FromEndpoint,
+        )
     };
     Flow {
         time: Some(timestamp(event.time)),
-        verdict: if dropped { Verdict::Dropped } else { Verdict::Forwarded } as i32,
+        verdict: if dropped {
+            Verdict::Dropped
+        } else {
+            Verdict::Forwarded
+        } as i32,
         drop_reason_desc: if dropped { i32::from(raw.reason) } else { 0 },
         ip: Some(Ip {
             source: event.src.to_string(),
             destination: event.dst.to_string(),
-            ip_version: if raw.family == 6 { IpVersion::IPv6 } else { IpVersion::IPv4 } as i32,
+            ip_version: if raw.family == 6 {
+                IpVersion::IPv6
+            } else {
+                IpVersion::IPv4
+            } as i32,
             ..Ip::default()
         }),
         l4: Some(Layer4 { protocol: l4 }),
@@ -192,7 +219,11 @@ pub fn to_flow(event: &DatapathEvent, snap: &EndpointSnapshot, node_name: &str) 
             r#type: event_type.0,
             sub_type: event_type.1,
         }),
-        traffic_direction: if ingress { TrafficDirection::Ingress } else { TrafficDirection::Egress } as i32,
+        traffic_direction: if ingress {
+            TrafficDirection::Ingress
+        } else {
+            TrafficDirection::Egress
+        } as i32,
         trace_observation_point: point as i32,
         is_reply: Some(raw.ct_status == ct_status::REPLY),
         ..Flow::default()

@@ -124,7 +124,11 @@ impl DatapathCollector {
 }
 
 fn dir_name(dir: u8) -> &'static str {
-    if dir == direction::INGRESS { "INGRESS" } else { "EGRESS" }
+    if dir == direction::INGRESS {
+        "INGRESS"
+    } else {
+        "EGRESS"
+    }
 }
 
 impl Collector for DatapathCollector {
@@ -152,14 +156,18 @@ impl Collector for DatapathCollector {
         );
         for dir in [direction::INGRESS, direction::EGRESS] {
             for reason in 0..=255u8 {
-                let Some(c) = counters.get(loupe_common::counter_index(dir, reason) as usize) else {
+                let Some(c) = counters.get(loupe_common::counter_index(dir, reason) as usize)
+                else {
                     continue;
                 };
                 if reason == 0 {
                     fwd_count = fwd_count.value(&[("direction", dir_name(dir))], c.packets as f64);
                     fwd_bytes = fwd_bytes.value(&[("direction", dir_name(dir))], c.bytes as f64);
                 } else if c.packets > 0 {
-                    let labels = [("reason", drop_reason_text(reason)), ("direction", dir_name(dir))];
+                    let labels = [
+                        ("reason", drop_reason_text(reason)),
+                        ("direction", dir_name(dir)),
+                    ];
                     drop_count = drop_count.value(&labels, c.packets as f64);
                     drop_bytes = drop_bytes.value(&labels, c.bytes as f64);
                 }
@@ -171,7 +179,10 @@ impl Collector for DatapathCollector {
             let cap = load(cap);
             if cap > 0.0 { load(used) / cap } else { 0.0 }
         };
-        let payload = counters.get(COUNTER_PAYLOAD as usize).copied().unwrap_or_default();
+        let payload = counters
+            .get(COUNTER_PAYLOAD as usize)
+            .copied()
+            .unwrap_or_default();
         let lost_events = counters
             .get(loupe_common::COUNTER_LOST_EVENTS as usize)
             .map(|c| c.packets)
@@ -203,11 +214,21 @@ impl Collector for DatapathCollector {
                 "Fill level of datapath maps (0 to 1).",
                 MetricKind::Gauge,
             )
-            .value(&[("map_name", "cilium_ct_global")], pressure(&g.ct_entries, &g.ct_capacity))
-            .value(&[("map_name", "cilium_policy")], pressure(&g.policy_entries, &g.policy_capacity)),
+            .value(
+                &[("map_name", "cilium_ct_global")],
+                pressure(&g.ct_entries, &g.ct_capacity),
+            )
+            .value(
+                &[("map_name", "cilium_policy")],
+                pressure(&g.policy_entries, &g.policy_capacity),
+            ),
             regen,
-            MetricFamily::new("cilium_identity", "Security identities allocated.", MetricKind::Gauge)
-                .value(&[("type", "cluster_local")], load(&g.identities)),
+            MetricFamily::new(
+                "cilium_identity",
+                "Security identities allocated.",
+                MetricKind::Gauge,
+            )
+            .value(&[("type", "cluster_local")], load(&g.identities)),
             MetricFamily::new("cilium_policy", "Policies in force.", MetricKind::Gauge)
                 .value(&[], load(&g.policies)),
             MetricFamily::new("cilium_endpoint", "Endpoints managed.", MetricKind::Gauge)

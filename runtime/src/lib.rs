@@ -8,6 +8,7 @@ pub mod config;
 pub mod endpoint;
 pub mod lab;
 pub mod labels;
+pub mod plugin;
 
 /// Loupe's version, as reported by the API and the CLI.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

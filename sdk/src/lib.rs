@@ -63,7 +63,7 @@ mod types;
 #[cfg(feature = "harness")]
 pub mod harness;
 
-#[cfg(all(target_arch = "wasm32", not(feature = "std")))]
+#[cfg(target_arch = "wasm32")]
 mod wasm_rt;
 
 pub use stream::{Feed, Message, Stream, StreamError};

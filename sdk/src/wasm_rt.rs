@@ -1,12 +1,16 @@
 //! What a `no_std` component needs from its runtime — and nothing that would
 //! import from the host: memory comes from `memory.grow`, a panic is a trap, and
-//! the few libc symbols the compiler emits calls to are defined here.
+//! the few libc symbols the compiler emits calls to are defined here. A guest that
+//! links `std` (feature `std`) brings its own allocator, panic handler and libc.
 
+#[cfg(not(feature = "std"))]
 use core::ffi::c_void;
 
+#[cfg(not(feature = "std"))]
 #[global_allocator]
 static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
+#[cfg(not(feature = "std"))]
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     core::arch::wasm32::unreachable()
@@ -53,6 +57,7 @@ unsafe extern "C" fn cabi_realloc(
 ///
 /// # Safety
 /// `a` and `b` must be valid for reads of `n` bytes.
+#[cfg(not(feature = "std"))]
 #[unsafe(no_mangle)]
 unsafe extern "C" fn memcmp(a: *const c_void, b: *const c_void, n: usize) -> i32 {
     let (a, b) = (a.cast::<u8>(), b.cast::<u8>());
@@ -72,6 +77,7 @@ unsafe extern "C" fn memcmp(a: *const c_void, b: *const c_void, n: usize) -> i32
 ///
 /// # Safety
 /// As [`memcmp`].
+#[cfg(not(feature = "std"))]
 #[unsafe(no_mangle)]
 unsafe extern "C" fn bcmp(a: *const c_void, b: *const c_void, n: usize) -> i32 {
     // SAFETY: same contract.

@@ -182,6 +182,8 @@ pub(crate) fn new_store(engine: &Engine, limits: &Limits) -> Store<StoreData> {
     );
     store.limiter(|data| &mut data.limiter);
     store.epoch_deadline_trap();
+    // Instantiation runs guest code too (initialisers): it gets a deadline.
+    store.set_epoch_deadline(Limits::TICKS_PER_DEADLINE);
     store
 }
 

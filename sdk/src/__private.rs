@@ -17,19 +17,23 @@ impl<P: Parser> wit::GuestConnection for Connection<P> {
         Self(RefCell::new(Stream::new()))
     }
 
-    fn feed(&self, direction: wit::Direction, bytes: Vec<u8>) -> Result<wit::Frames, wit::ParseError> {
-        let feed = self
-            .0
-            .borrow_mut()
-            .feed(direction_from(direction), &bytes)
-            .map_err(|e| wit::ParseError {
-                offset: e.offset,
-                reason: e.reason,
-            })?;
-        Ok(wit::Frames {
-            messages: feed.messages.into_iter().map(message).collect(),
-            pending: feed.pending,
-        })
+    fn feed(&self, direction: wit::Direction, bytes: Vec<u8>) -> wit::Frames {
+        let error = |e: crate::StreamError| wit::ParseError {
+            offset: e.offset,
+            reason: e.reason,
+        };
+        match self.0.borrow_mut().feed(direction_from(direction), &bytes) {
+            Ok(feed) => wit::Frames {
+                messages: feed.messages.into_iter().map(message).collect(),
+                pending: feed.pending,
+                error: feed.error.map(error),
+            },
+            Err(e) => wit::Frames {
+                messages: Vec::new(),
+                pending: 0,
+                error: Some(error(e)),
+            },
+        }
     }
 }
 

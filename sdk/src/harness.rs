@@ -194,6 +194,10 @@ fn native<P: Parser>(feeds: &[(Direction, &[u8])]) -> Outcome {
                             .collect(),
                     });
                 }
+                if let Some(e) = feed.error {
+                    out.error = Some((e.offset, e.reason));
+                    break;
+                }
             }
             Err(e) => {
                 out.error = Some((e.offset, e.reason));
@@ -244,6 +248,10 @@ fn component(worker: &mut host::Worker, feeds: &[(Direction, &[u8])]) -> anyhow:
                             })
                             .collect(),
                     });
+                }
+                if let Some(host::ConnError::Parse { offset, reason }) = worker.error(conn) {
+                    out.error = Some((*offset, reason.clone()));
+                    break;
                 }
             }
             Err(host::ConnError::Parse { offset, reason }) => {

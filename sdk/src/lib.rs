@@ -51,6 +51,7 @@
 //! let out = stream.feed(Direction::ToServer, b"PING\nPI").unwrap();
 //! assert_eq!(out.messages.len(), 1);
 //! assert_eq!(out.pending, 2);
+//! assert!(out.error.is_none());
 //! ```
 #![no_std]
 #![deny(missing_docs)]

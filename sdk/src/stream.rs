@@ -30,6 +30,9 @@ pub struct Feed {
     pub messages: Vec<Message>,
     /// Bytes buffered awaiting the rest of a message.
     pub pending: u32,
+    /// The error that stopped parsing after `messages` (the stream then stays
+    /// failed).
+    pub error: Option<StreamError>,
 }
 
 /// Parsing stopped for good on this connection.
@@ -73,6 +76,8 @@ impl<P: Parser> Stream<P> {
     }
 
     /// Feeds the next `bytes` of `direction`; frames every message they complete.
+    /// A parse error comes after the messages framed before it ([`Feed::error`]);
+    /// `Err` means the stream had already failed.
     pub fn feed(&mut self, direction: Direction, bytes: &[u8]) -> Result<Feed, StreamError> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
@@ -97,16 +102,14 @@ impl<P: Parser> Stream<P> {
             }
             result
         };
-        match result {
-            Ok(_) => Ok(Feed {
-                messages,
-                pending: u32::try_from(half.buf.len()).unwrap_or(u32::MAX),
-            }),
-            Err(err) => {
-                self.failed = Some(err.clone());
-                Err(err)
-            }
-        }
+        let pending = u32::try_from(half.buf.len()).unwrap_or(u32::MAX);
+        let error = result.err();
+        self.failed.clone_from(&error);
+        Ok(Feed {
+            messages,
+            pending,
+            error,
+        })
     }
 }
 

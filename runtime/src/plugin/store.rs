@@ -140,7 +140,9 @@ impl Worker {
     }
 
     /// Feeds the next `bytes` of one direction of a connection; returns the
-    /// messages they complete. After an error the connection stays failed.
+    /// messages they complete. A parse error after some messages returns those
+    /// messages and marks the connection ([`Worker::error`]); after any error the
+    /// connection stays failed and later feeds return the error.
     pub fn feed(
         &mut self,
         id: ConnId,
@@ -171,16 +173,21 @@ impl Worker {
                 .call_feed(store, resource, direction.to_wit(), bytes)
         });
         match result {
-            Ok(Ok(frames)) => self.accept(id.0, direction, frames),
-            Ok(Err(e)) => {
-                self.plugin.metrics.parse_error();
-                Err(self.fail(
-                    id.0,
-                    ConnError::Parse {
+            Ok(mut frames) => {
+                let error = frames.error.take();
+                let messages = self.accept(id.0, direction, frames)?;
+                if let Some(e) = error {
+                    self.plugin.metrics.parse_error();
+                    let err = ConnError::Parse {
                         offset: e.offset.saturating_add(self.origin(id.0, direction)),
                         reason: e.reason.chars().take(200).collect(),
-                    },
-                ))
+                    };
+                    if messages.is_empty() {
+                        return Err(self.fail(id.0, err));
+                    }
+                    self.fail(id.0, err);
+                }
+                Ok(messages)
             }
             Err(CallError::Fault(fault)) => Err(self.fault(id.0, fault)),
         }
@@ -321,14 +328,14 @@ impl Worker {
                 });
                 match r {
                     // Bytes that framed nothing before frame nothing now.
-                    Ok(Ok(frames)) if frames.messages.is_empty() => {}
-                    Ok(Ok(_)) => {
+                    Ok(frames) if frames.messages.is_empty() && frames.error.is_none() => {}
+                    Ok(wit::Frames { error: None, .. }) => {
                         self.plugin.metrics.violation();
                         self.fail(id, self.violation("replayed bytes framed differently"));
                         replay_failed = true;
                         break;
                     }
-                    Ok(Err(e)) => {
+                    Ok(wit::Frames { error: Some(e), .. }) => {
                         self.plugin.metrics.parse_error();
                         let offset = e.offset.saturating_add(self.origin(id, d));
                         self.fail(id, ConnError::Parse { offset, reason: e.reason });

@@ -72,7 +72,7 @@ impl GuestConnection for Conn {
         Self(RefCell::new([Half::default(), Half::default()]))
     }
 
-    fn feed(&self, direction: Direction, bytes: Vec<u8>) -> Result<Frames, ParseError> {
+    fn feed(&self, direction: Direction, bytes: Vec<u8>) -> Frames {
         let mut halves = self.0.borrow_mut();
         let half = &mut halves[match direction {
             Direction::ToServer => 0,
@@ -104,10 +104,11 @@ impl GuestConnection for Conn {
                         correlation: Correlation::None,
                         fields: Vec::new(),
                     };
-                    return Ok(Frames {
+                    return Frames {
                         messages: vec![one; 50_000],
                         pending: 0,
-                    });
+                        error: None,
+                    };
                 }
                 b"span" => {
                     messages.push(Message {
@@ -131,10 +132,14 @@ impl GuestConnection for Conn {
                     });
                 }
                 b"bad" => {
-                    return Err(ParseError {
-                        offset: start,
-                        reason: "asked to refuse".to_string(),
-                    });
+                    return Frames {
+                        messages,
+                        pending: 0,
+                        error: Some(ParseError {
+                            offset: start,
+                            reason: "asked to refuse".to_string(),
+                        }),
+                    };
                 }
                 _ => messages.push(Message {
                     kind: match direction {
@@ -154,10 +159,11 @@ impl GuestConnection for Conn {
         }
         half.buf.drain(..used);
         half.base += used as u64;
-        Ok(Frames {
+        Frames {
             messages,
             pending: half.buf.len() as u32,
-        })
+            error: None,
+        }
     }
 }
 

@@ -15,7 +15,13 @@ fn compile_protos() -> anyhow::Result<()> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
-        .compile_protos(&["proto/loupe/daemon/v1/daemon.proto"], &["proto"])
+        .compile_protos(
+            &[
+                "proto/loupe/daemon/v1/daemon.proto",
+                "proto/loupe/plugin/v1/plugin.proto",
+            ],
+            &["proto"],
+        )
         .context("compiling protos")?;
     Ok(())
 }

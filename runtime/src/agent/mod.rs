@@ -116,9 +116,18 @@ pub async fn run(
             .await;
     }
 
+    let plugin_dir = state.config.plugins.dir(&state.config.state_dir);
+    let plugins = Arc::new(crate::plugin::PluginManager::open(
+        &plugin_dir,
+        state.config.plugins.limits(),
+    )?);
+    let detail = format!("{} installed in {}", plugins.list().len(), plugin_dir.display());
+    state.set_component("plugins", ComponentState::Ok, detail).await;
+
     let socket_path = state.config.socket_path.clone();
     let server = tonic::transport::Server::builder()
         .add_service(DaemonServer::new(DaemonService::new(state.clone())))
+        .add_service(api::plugin::PluginService::server(plugins))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let result = server.await;
     let _ = std::fs::remove_file(&socket_path);

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod plugin;
 
 /// Generated protobuf and gRPC code.
 pub mod proto {
@@ -10,6 +11,11 @@ pub mod proto {
     pub mod daemon {
         #![allow(missing_docs, unreachable_pub, clippy::all)]
         tonic::include_proto!("loupe.daemon.v1");
+    }
+    /// `loupe.plugin.v1`: plugin lifecycle.
+    pub mod plugin {
+        #![allow(missing_docs, unreachable_pub, clippy::all)]
+        tonic::include_proto!("loupe.plugin.v1");
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod endpoint;
 mod lab;
+mod plugin;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,9 @@ pub enum Command {
     /// Endpoints known to the agent.
     #[command(subcommand)]
     Endpoint(endpoint::EndpointCommand),
+    /// L7 parser plugins in the running agent.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 /// Runs the parsed command line; the process exit code.
@@ -54,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Lab(cmd) => lab::run(cmd),
         Command::Endpoint(cmd) => runtime()?.block_on(endpoint::run(cmd, &cli.socket)),
+        Command::Plugin(cmd) => runtime()?.block_on(plugin::run(cmd, &cli.socket)),
     }
 }
 

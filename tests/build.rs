@@ -20,9 +20,19 @@ const ZERO_IMPORT: &[&str] = &[
 const WITH_STD: &[&str] = &["loupe-hostile-imports-wasi"];
 
 fn main() -> anyhow::Result<()> {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
-    let root = manifest.parent().context("tests/ has a parent")?.to_path_buf();
-    for dir in ["wit", "sdk/src", "sdk/Cargo.toml", "plugins", "tests/plugins"] {
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let root = manifest
+        .parent()
+        .context("tests/ has a parent")?
+        .to_path_buf();
+    for dir in [
+        "wit",
+        "sdk/src",
+        "sdk/Cargo.toml",
+        "plugins",
+        "tests/plugins",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -40,7 +50,14 @@ fn build(root: &Path, target: &Path, packages: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(target);
     for p in packages {
         cmd.args(["-p", p]);

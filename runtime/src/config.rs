@@ -231,9 +231,21 @@ impl AgentConfig {
         }
         for (field, value, range) in [
             ("plugins.deadlineMs", self.plugins.deadline_ms, 1..=10_000),
-            ("plugins.memoryLimitMib", self.plugins.memory_limit_mib.into(), 1..=4096),
-            ("plugins.instances", self.plugins.instances.into(), 1..=10_000),
-            ("plugins.maxMessageKib", self.plugins.max_message_kib.into(), 1..=65_536),
+            (
+                "plugins.memoryLimitMib",
+                self.plugins.memory_limit_mib.into(),
+                1..=4096,
+            ),
+            (
+                "plugins.instances",
+                self.plugins.instances.into(),
+                1..=10_000,
+            ),
+            (
+                "plugins.maxMessageKib",
+                self.plugins.max_message_kib.into(),
+                1..=65_536,
+            ),
         ] {
             if !range.contains(&value) {
                 let (lo, hi) = (range.start(), range.end());
@@ -310,8 +322,13 @@ mod tests {
             PathBuf::from("/srv/loupe/plugins")
         );
         assert_eq!(c.plugins.limits().memory_bytes, 32 << 20);
-        let e = parse("plugins:\n  deadlineMs: 0\n").unwrap_err().to_string();
-        assert!(e.contains("plugins.deadlineMs: 0 is outside 1..=10000"), "{e}");
+        let e = parse("plugins:\n  deadlineMs: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("plugins.deadlineMs: 0 is outside 1..=10000"),
+            "{e}"
+        );
         let e = parse("plugins:\n  memoryLimitMib: 9000\n")
             .unwrap_err()
             .to_string();

@@ -6,7 +6,9 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use crate::__bindings::exports::loupe::plugin::parser as wit;
-use crate::{Correlation, Direction, FieldType, MessageKind, Parser, Sniff, Stream, Transport, Value};
+use crate::{
+    Correlation, Direction, FieldType, MessageKind, Parser, Sniff, Stream, Transport, Value,
+};
 
 /// The resource behind `connection`: a [`Stream`] (the component model hands out
 /// shared references, hence the cell; calls never re-enter).

@@ -87,10 +87,28 @@ impl<P: Parser> Harness<P> {
             .load(&bytes, None)
             .with_context(|| format!("loading {}", wasm.display()))?;
         let info = &plugin.info;
-        ensure!(info.name == P::INFO.name, "component describes itself as {:?}, the parser as {:?}", info.name, P::INFO.name);
-        ensure!(info.version == P::INFO.version, "version {} vs {}", info.version, P::INFO.version);
-        ensure!(info.protocol == P::INFO.protocol, "protocol {} vs {}", info.protocol, P::INFO.protocol);
-        ensure!(info.default_ports == P::INFO.default_ports, "default ports differ");
+        ensure!(
+            info.name == P::INFO.name,
+            "component describes itself as {:?}, the parser as {:?}",
+            info.name,
+            P::INFO.name
+        );
+        ensure!(
+            info.version == P::INFO.version,
+            "version {} vs {}",
+            info.version,
+            P::INFO.version
+        );
+        ensure!(
+            info.protocol == P::INFO.protocol,
+            "protocol {} vs {}",
+            info.protocol,
+            P::INFO.protocol
+        );
+        ensure!(
+            info.default_ports == P::INFO.default_ports,
+            "default ports differ"
+        );
         let names: Vec<&str> = info.fields.iter().map(|f| f.name.as_str()).collect();
         let native: Vec<&str> = P::INFO.fields.iter().map(|f| f.name).collect();
         ensure!(names == native, "field schema {names:?} vs {native:?}");
@@ -108,17 +126,25 @@ impl<P: Parser> Harness<P> {
         let reference = native::<P>(conversation);
         let mut worker = host::Worker::new(self.plugin.clone());
         let mut splits = 0;
-        let cuts = conversation.iter().enumerate().flat_map(|(i, (_, bytes))| {
-            (1..bytes.len()).map(move |at| (i, at))
-        });
-        for feeds in whole.into_iter().chain(cuts.map(|(i, at)| cut(conversation, i, at))) {
+        let cuts = conversation
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, bytes))| (1..bytes.len()).map(move |at| (i, at)));
+        for feeds in whole
+            .into_iter()
+            .chain(cuts.map(|(i, at)| cut(conversation, i, at)))
+        {
             let native = native::<P>(&feeds);
             let component = component(&mut worker, &feeds)?;
             if native != reference {
-                bail!("native parsing depends on how the bytes are cut: {feeds:?}\n{native:#?}\nvs whole\n{reference:#?}");
+                bail!(
+                    "native parsing depends on how the bytes are cut: {feeds:?}\n{native:#?}\nvs whole\n{reference:#?}"
+                );
             }
             if component != native {
-                bail!("component and native differ for {feeds:?}\ncomponent: {component:#?}\nnative: {native:#?}");
+                bail!(
+                    "component and native differ for {feeds:?}\ncomponent: {component:#?}\nnative: {native:#?}"
+                );
             }
             splits += 1;
         }
@@ -238,7 +264,9 @@ fn component(worker: &mut host::Worker, feeds: &[(Direction, &[u8])]) -> anyhow:
                             .iter()
                             .map(|f| {
                                 let v = match &f.value {
-                                    host::Value::Slice { offset, len } => format!("slice {offset}+{len}"),
+                                    host::Value::Slice { offset, len } => {
+                                        format!("slice {offset}+{len}")
+                                    }
                                     host::Value::Text(s) => format!("text {s}"),
                                     host::Value::Unsigned(v) => format!("unsigned {v}"),
                                     host::Value::Signed(v) => format!("signed {v}"),

@@ -95,7 +95,13 @@ impl<P: Parser> Stream<P> {
             result
         } else {
             half.buf.extend_from_slice(bytes);
-            let result = frame_all(&mut self.parser, direction, half.base, &half.buf, &mut messages);
+            let result = frame_all(
+                &mut self.parser,
+                direction,
+                half.base,
+                &half.buf,
+                &mut messages,
+            );
             if let Ok(used) = result {
                 half.buf.drain(..used);
                 half.base += used as u64;

@@ -27,9 +27,11 @@ fn agent(config: &std::path::Path, socket: &str) -> Agent {
         .expect("start loupe agent");
     let agent = Agent(child);
     assert!(
-        wait_for(Duration::from_secs(20), || loupe(&["--socket", socket, "plugin", "list"])
-            .status
-            .success()),
+        wait_for(Duration::from_secs(20), || loupe(&[
+            "--socket", socket, "plugin", "list"
+        ])
+        .status
+        .success()),
         "the agent did not answer"
     );
     agent
@@ -52,23 +54,52 @@ fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
     let s = socket.as_str();
 
     let running = agent(&config, s);
-    let out = loupe_ok(&["--socket", s, "plugin", "install", &memcached, "--ports", "11211,11311"]).unwrap();
-    assert!(out.starts_with("installed memcached 0.1.0 (memcached) on ports 11211,11311 sha256:"), "{out}");
+    let out = loupe_ok(&[
+        "--socket",
+        s,
+        "plugin",
+        "install",
+        &memcached,
+        "--ports",
+        "11211,11311",
+    ])
+    .unwrap();
+    assert!(
+        out.starts_with("installed memcached 0.1.0 (memcached) on ports 11211,11311 sha256:"),
+        "{out}"
+    );
     let list = loupe_ok(&["--socket", s, "plugin", "list"]).unwrap();
-    assert!(list.contains("memcached") && list.contains("active"), "{list}");
+    assert!(
+        list.contains("memcached") && list.contains("active"),
+        "{list}"
+    );
     let json = loupe_ok(&["--socket", s, "plugin", "list", "--json"]).unwrap();
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["ports"], serde_json::json!([11211, 11311]));
     assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(v["contract"], "0.1");
     let inspect = loupe_ok(&["--socket", s, "plugin", "inspect", "memcached"]).unwrap();
-    assert!(inspect.contains("command") && inspect.contains("text"), "{inspect}");
-    assert!(inspect.contains("hits") && inspect.contains("unsigned"), "{inspect}");
+    assert!(
+        inspect.contains("command") && inspect.contains("text"),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains("hits") && inspect.contains("unsigned"),
+        "{inspect}"
+    );
 
     for (file, name, expected) in [
-        (guest("loupe_hostile_imports_wasi"), None, "forbidden import \"wasi:"),
+        (
+            guest("loupe_hostile_imports_wasi"),
+            None,
+            "forbidden import \"wasi:",
+        ),
         (guest("loupe_hostile_old_wit"), None, "unsupported contract"),
-        (guest("loupe_plugin_memcached"), Some("../../etc/x"), "invalid plugin name"),
+        (
+            guest("loupe_plugin_memcached"),
+            Some("../../etc/x"),
+            "invalid plugin name",
+        ),
         (config.clone(), None, "corrupt plugin file"),
     ] {
         let mut args = vec!["--socket", s, "plugin", "install"];
@@ -87,7 +118,10 @@ fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
     drop(running);
     let _running = agent(&config, s);
     let list = loupe_ok(&["--socket", s, "plugin", "list"]).unwrap();
-    assert!(list.contains("memcached") && list.contains("active"), "{list}");
+    assert!(
+        list.contains("memcached") && list.contains("active"),
+        "{list}"
+    );
     loupe_ok(&["--socket", s, "plugin", "remove", "memcached"]).unwrap();
     let list = loupe_ok(&["--socket", s, "plugin", "list", "--json"]).unwrap();
     assert!(list.trim().is_empty(), "{list}");

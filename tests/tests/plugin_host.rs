@@ -40,13 +40,20 @@ fn contained(misdeed: &str, check: impl Fn(&ConnError)) -> (Arc<Plugin>, Duratio
     let first = worker.feed(good, Direction::ToServer, b"one\npar").unwrap();
     assert_eq!(first.len(), 1);
     let started = Instant::now();
-    let err = match worker.feed(bad, Direction::ToServer, format!("ok\n{misdeed}\n").as_bytes()) {
+    let err = match worker.feed(
+        bad,
+        Direction::ToServer,
+        format!("ok\n{misdeed}\n").as_bytes(),
+    ) {
         Err(err) => err,
         // A parse error after a message: the message is delivered, the
         // connection marked.
         Ok(messages) => {
             assert_eq!(messages.len(), 1);
-            worker.error(bad).cloned().expect("the connection is marked")
+            worker
+                .error(bad)
+                .cloned()
+                .expect("the connection is marked")
         }
     };
     let took = started.elapsed();
@@ -68,18 +75,42 @@ fn contained(misdeed: &str, check: impl Fn(&ConnError)) -> (Arc<Plugin>, Duratio
 #[test]
 fn hostile_loop_is_stopped_within_twice_the_deadline() {
     let (plugin, took) = contained("loop", |e| {
-        assert!(matches!(e, ConnError::Fault { kind: "hit its deadline", .. }), "{e}")
+        assert!(
+            matches!(
+                e,
+                ConnError::Fault {
+                    kind: "hit its deadline",
+                    ..
+                }
+            ),
+            "{e}"
+        )
     });
-    assert!(took < DEADLINE * 2, "stopped after {took:?} (deadline {DEADLINE:?})");
+    assert!(
+        took < DEADLINE * 2,
+        "stopped after {took:?} (deadline {DEADLINE:?})"
+    );
     let m = plugin.metrics.snapshot();
     assert_eq!((m.traps, m.deadline_kills), (1, 1));
-    assert_eq!(m.instances_created, 3, "install check, first instance, re-created");
+    assert_eq!(
+        m.instances_created, 3,
+        "install check, first instance, re-created"
+    );
 }
 
 #[test]
 fn hostile_memory_hog_hits_the_cap_and_is_contained() {
     let (plugin, _) = contained("oom", |e| {
-        assert!(matches!(e, ConnError::Fault { kind: "ran out of memory", .. }), "{e}")
+        assert!(
+            matches!(
+                e,
+                ConnError::Fault {
+                    kind: "ran out of memory",
+                    ..
+                }
+            ),
+            "{e}"
+        )
     });
     let m = plugin.metrics.snapshot();
     assert_eq!((m.traps, m.memory_kills), (1, 1));
@@ -89,7 +120,16 @@ fn hostile_memory_hog_hits_the_cap_and_is_contained() {
 fn hostile_trap_and_panic_are_contained() {
     for misdeed in ["trap", "panic"] {
         let (plugin, _) = contained(misdeed, |e| {
-            assert!(matches!(e, ConnError::Fault { kind: "trapped", .. }), "{e}")
+            assert!(
+                matches!(
+                    e,
+                    ConnError::Fault {
+                        kind: "trapped",
+                        ..
+                    }
+                ),
+                "{e}"
+            )
         });
         let m = plugin.metrics.snapshot();
         assert_eq!((m.traps, m.deadline_kills, m.memory_kills), (1, 0, 0));
@@ -175,7 +215,10 @@ fn install_refuses_bad_plugins_with_clear_messages() {
         assert!(e.to_string().contains("invalid plugin name"), "{e}");
     }
     assert!(manager.list().is_empty());
-    let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(entries, vec!["cache"], "nothing written but the cache dir");
     assert!(!dir.parent().unwrap().join("escape.wasm").exists());
 }
@@ -187,13 +230,20 @@ fn install_activates_without_restart_and_old_connections_finish_on_the_old_versi
     let lines = std::fs::read(guest("loupe_hostile_misbehave")).unwrap();
     let manager = PluginManager::open(&dir, limits()).unwrap();
 
-    let v1 = manager.install(&memcached, None, Some(vec![11211, 21211])).unwrap();
-    assert_eq!((v1.name.as_str(), v1.protocol.as_str()), ("memcached", "memcached"));
+    let v1 = manager
+        .install(&memcached, None, Some(vec![11211, 21211]))
+        .unwrap();
+    assert_eq!(
+        (v1.name.as_str(), v1.protocol.as_str()),
+        ("memcached", "memcached")
+    );
     assert_eq!(v1.ports, [11211, 21211]);
     let old = manager.active("memcached").unwrap();
     let mut old_worker = Worker::new(old.clone());
     let old_conn = old_worker.open();
-    old_worker.feed(old_conn, Direction::ToServer, b"get a\r\n").unwrap();
+    old_worker
+        .feed(old_conn, Direction::ToServer, b"get a\r\n")
+        .unwrap();
 
     // Replace it (same name, other component) while the connection is open.
     let v2 = manager.install(&lines, Some("memcached"), None).unwrap();
@@ -202,13 +252,21 @@ fn install_activates_without_restart_and_old_connections_finish_on_the_old_versi
     assert_eq!(new.info.protocol, "lines");
     assert_eq!(manager.for_port(9999).unwrap().sha256, v2.sha256);
     // The old connection finishes on the old version…
-    let m = old_worker.feed(old_conn, Direction::ToClient, b"END\r\n").unwrap();
+    let m = old_worker
+        .feed(old_conn, Direction::ToClient, b"END\r\n")
+        .unwrap();
     assert_eq!(m[0].correlation, Correlation::Order(0));
     assert_eq!(old_worker.plugin().sha256, v1.sha256);
     // …new ones use the new one.
     let mut new_worker = Worker::new(new);
     let c = new_worker.open();
-    assert_eq!(new_worker.feed(c, Direction::ToServer, b"hi\n").unwrap().len(), 1);
+    assert_eq!(
+        new_worker
+            .feed(c, Direction::ToServer, b"hi\n")
+            .unwrap()
+            .len(),
+        1
+    );
 
     let list = manager.list();
     assert_eq!(list.len(), 1);
@@ -226,9 +284,14 @@ fn install_activates_without_restart_and_old_connections_finish_on_the_old_versi
     manager.remove("memcached").unwrap();
     assert!(manager.list().is_empty());
     assert!(!dir.join("memcached.wasm").exists());
-    assert!(matches!(manager.remove("memcached"), Err(InstallError::NotInstalled(_))));
+    assert!(matches!(
+        manager.remove("memcached"),
+        Err(InstallError::NotInstalled(_))
+    ));
     // The old version keeps working for its last connection.
-    old_worker.feed(old_conn, Direction::ToServer, b"get b\r\n").unwrap();
+    old_worker
+        .feed(old_conn, Direction::ToServer, b"get b\r\n")
+        .unwrap();
 }
 
 #[test]
@@ -241,6 +304,12 @@ fn a_tampered_plugin_file_is_listed_as_failed_not_fatal() {
     std::fs::write(dir.join("memcached.wasm"), b"\0asm\x0d\0\x01\0garbage").unwrap();
     let manager = PluginManager::open(&dir, limits()).unwrap();
     let s = manager.get("memcached").unwrap();
-    assert!(s.state.describe().starts_with("failed: corrupt plugin file"), "{}", s.state.describe());
+    assert!(
+        s.state
+            .describe()
+            .starts_with("failed: corrupt plugin file"),
+        "{}",
+        s.state.describe()
+    );
     assert!(manager.active("memcached").is_none());
 }

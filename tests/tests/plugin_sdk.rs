@@ -30,10 +30,19 @@ fn memcached_component_matches_native_at_every_split() {
                 ToClient,
                 b"VALUE greeting 0 5\r\nhello\r\nEND\r\nVALUE a 1 2 99\r\nhi\r\nEND\r\n",
             ),
-            (ToServer, b"delete greeting noreply\r\nincr n 5\r\nstats\r\n"),
-            (ToClient, b"NOT_FOUND\r\nSTAT pid 1\r\nSTAT uptime 2\r\nEND\r\n"),
+            (
+                ToServer,
+                b"delete greeting noreply\r\nincr n 5\r\nstats\r\n",
+            ),
+            (
+                ToClient,
+                b"NOT_FOUND\r\nSTAT pid 1\r\nSTAT uptime 2\r\nEND\r\n",
+            ),
             (ToServer, b"cas k 0 0 1 7\r\nx\r\nversion\r\n"),
-            (ToClient, b"EXISTS\r\nVERSION 1.6.18\r\nSERVER_ERROR out of memory\r\n"),
+            (
+                ToClient,
+                b"EXISTS\r\nVERSION 1.6.18\r\nSERVER_ERROR out of memory\r\n",
+            ),
         ])
         .unwrap();
     assert_eq!(report.messages, 16);
@@ -43,8 +52,11 @@ fn memcached_component_matches_native_at_every_split() {
 #[test]
 fn memcached_parse_errors_match_too() {
     let h = harness();
-    h.check(&[(ToServer, b"get a\r\nGET / HTTP/1.1\r\n")]).unwrap();
-    let outcome = h.component(&[(ToServer, b"get a\r\nGET / HTTP/1.1\r\n")]).unwrap();
+    h.check(&[(ToServer, b"get a\r\nGET / HTTP/1.1\r\n")])
+        .unwrap();
+    let outcome = h
+        .component(&[(ToServer, b"get a\r\nGET / HTTP/1.1\r\n")])
+        .unwrap();
     assert_eq!(outcome.messages.len(), 1);
     assert_eq!(outcome.error, Some((7, "unknown command".into())));
     h.check(&[(ToServer, b"set k 0 0 2\r\nabcd\r\n")]).unwrap();
@@ -66,7 +78,18 @@ fn memcached_server() -> Server {
         .unwrap()
         .port();
     let child = Command::new("memcached")
-        .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-u", "root", "-m", "16"])
+        .args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-u",
+            "root",
+            "-m",
+            "16",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -106,7 +129,10 @@ fn memcached_parses_real_traffic_from_a_real_server() {
         (b"get big nothere\r\n".to_vec(), b"END\r\n"),
         (b"add big 0 0 1\r\nx\r\n".to_vec(), b"\r\n"),
         (b"incr counter 1\r\n".to_vec(), b"\r\n"),
-        (b"set counter 0 0 1\r\n5\r\nincr counter 10\r\n".to_vec(), b"15\r\n"),
+        (
+            b"set counter 0 0 1\r\n5\r\nincr counter 10\r\n".to_vec(),
+            b"15\r\n",
+        ),
         (b"gets counter\r\n".to_vec(), b"END\r\n"),
         (b"bogus\r\n".to_vec(), b"\r\n"),
         (b"version\r\n".to_vec(), b"\r\n"),
@@ -123,7 +149,12 @@ fn memcached_parses_real_traffic_from_a_real_server() {
 
     // The component, as the agent runs it: every request paired with its reply.
     let host = PluginHost::new(Limits::default()).unwrap();
-    let plugin = host.load(&std::fs::read(guest("loupe_plugin_memcached")).unwrap(), None).unwrap();
+    let plugin = host
+        .load(
+            &std::fs::read(guest("loupe_plugin_memcached")).unwrap(),
+            None,
+        )
+        .unwrap();
     let mut worker = Worker::new(std::sync::Arc::new(plugin));
     let c = worker.open();
     let mut requests_seen = Vec::new();
@@ -171,6 +202,8 @@ fn memcached_parses_real_traffic_from_a_real_server() {
 
     // And natively vs component at every cut of the real bytes (the big value
     // makes this ~7000 runs each way; the stats reply is left out to keep it short).
-    let report = harness().check(&conversation[..conversation.len() - 2]).unwrap();
+    let report = harness()
+        .check(&conversation[..conversation.len() - 2])
+        .unwrap();
     assert_eq!(report.messages, 18);
 }

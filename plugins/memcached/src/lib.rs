@@ -5,7 +5,8 @@
 //! (`set`, `add`, `replace`, `append`, `prepend`, `cas`). Responses are one line,
 //! except retrievals (`VALUE …` blocks up to `END`) and `stats` (`STAT …` lines up
 //! to `END`). Requests sent with `noreply` get no response, so they are not paired.
-#![no_std]
+// no_std in the component (zero imports); std natively, so tests and a cdylib link.
+#![cfg_attr(target_arch = "wasm32", no_std)]
 
 use loupe_sdk::{
     Correlation, Direction, FieldSpec, FieldType, Frame, Info, ParseError, Parser, Sniff, Vec,
@@ -38,12 +39,40 @@ const MAX_VALUE: usize = 1 << 20;
 
 const STORAGE: [&[u8]; 6] = [b"set", b"add", b"replace", b"append", b"prepend", b"cas"];
 const COMMANDS: [&[u8]; 18] = [
-    b"get", b"gets", b"gat", b"gats", b"set", b"add", b"replace", b"append", b"prepend", b"cas",
-    b"delete", b"incr", b"decr", b"touch", b"stats", b"version", b"flush_all", b"quit",
+    b"get",
+    b"gets",
+    b"gat",
+    b"gats",
+    b"set",
+    b"add",
+    b"replace",
+    b"append",
+    b"prepend",
+    b"cas",
+    b"delete",
+    b"incr",
+    b"decr",
+    b"touch",
+    b"stats",
+    b"version",
+    b"flush_all",
+    b"quit",
 ];
 const REPLIES: [&[u8]; 14] = [
-    b"VALUE", b"END", b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED", b"TOUCHED",
-    b"OK", b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR", b"STAT", b"VERSION",
+    b"VALUE",
+    b"END",
+    b"STORED",
+    b"NOT_STORED",
+    b"EXISTS",
+    b"NOT_FOUND",
+    b"DELETED",
+    b"TOUCHED",
+    b"OK",
+    b"ERROR",
+    b"CLIENT_ERROR",
+    b"SERVER_ERROR",
+    b"STAT",
+    b"VERSION",
 ];
 
 /// The memcached text protocol parser (stateless between messages).
@@ -57,14 +86,46 @@ impl Parser for Memcached {
         protocol: "memcached",
         default_ports: &[11211],
         fields: &[
-            FieldSpec { name: "command", ty: FieldType::Text, description: "request command verb (get, set, delete…)" },
-            FieldSpec { name: "key", ty: FieldType::Text, description: "first key of the request" },
-            FieldSpec { name: "keys", ty: FieldType::Unsigned, description: "number of keys in the request" },
-            FieldSpec { name: "value-bytes", ty: FieldType::Unsigned, description: "bytes of data stored or returned" },
-            FieldSpec { name: "noreply", ty: FieldType::Flag, description: "the request asked for no reply" },
-            FieldSpec { name: "status", ty: FieldType::Text, description: "first word of the response (STORED, END, ERROR…)" },
-            FieldSpec { name: "hits", ty: FieldType::Unsigned, description: "values returned by a retrieval" },
-            FieldSpec { name: "error", ty: FieldType::Text, description: "message of CLIENT_ERROR / SERVER_ERROR" },
+            FieldSpec {
+                name: "command",
+                ty: FieldType::Text,
+                description: "request command verb (get, set, delete…)",
+            },
+            FieldSpec {
+                name: "key",
+                ty: FieldType::Text,
+                description: "first key of the request",
+            },
+            FieldSpec {
+                name: "keys",
+                ty: FieldType::Unsigned,
+                description: "number of keys in the request",
+            },
+            FieldSpec {
+                name: "value-bytes",
+                ty: FieldType::Unsigned,
+                description: "bytes of data stored or returned",
+            },
+            FieldSpec {
+                name: "noreply",
+                ty: FieldType::Flag,
+                description: "the request asked for no reply",
+            },
+            FieldSpec {
+                name: "status",
+                ty: FieldType::Text,
+                description: "first word of the response (STORED, END, ERROR…)",
+            },
+            FieldSpec {
+                name: "hits",
+                ty: FieldType::Unsigned,
+                description: "values returned by a retrieval",
+            },
+            FieldSpec {
+                name: "error",
+                ty: FieldType::Text,
+                description: "message of CLIENT_ERROR / SERVER_ERROR",
+            },
         ],
     };
 
@@ -73,11 +134,22 @@ impl Parser for Memcached {
             Direction::ToServer => &COMMANDS,
             Direction::ToClient => &REPLIES,
         };
-        let first = bytes.split(|&b| b == b' ' || b == b'\r').next().unwrap_or(bytes);
+        let first = bytes
+            .split(|&b| b == b' ' || b == b'\r')
+            .next()
+            .unwrap_or(bytes);
         if first.len() < bytes.len() {
-            return if words.contains(&first) { Sniff::Yes } else { Sniff::No };
+            return if words.contains(&first) {
+                Sniff::Yes
+            } else {
+                Sniff::No
+            };
         }
-        if words.iter().any(|w| w.starts_with(first)) { Sniff::Maybe } else { Sniff::No }
+        if words.iter().any(|w| w.starts_with(first)) {
+            Sniff::Maybe
+        } else {
+            Sniff::No
+        }
     }
 
     fn parse(&mut self, direction: Direction, buf: &[u8]) -> Result<Option<Frame>, ParseError> {
@@ -100,7 +172,9 @@ fn line_end(buf: &[u8], from: usize) -> Result<Option<usize>, ParseError> {
     let window = &buf[from..buf.len().min(from + MAX_LINE)];
     match window.windows(2).position(|w| w == b"\r\n") {
         Some(i) => Ok(Some(from + i)),
-        None if window.len() >= MAX_LINE => Err(ParseError::new(from, "line longer than 2048 bytes")),
+        None if window.len() >= MAX_LINE => {
+            Err(ParseError::new(from, "line longer than 2048 bytes"))
+        }
         None => Ok(None),
     }
 }
@@ -117,12 +191,16 @@ fn words(buf: &[u8], start: usize, end: usize) -> impl Iterator<Item = (usize, &
 }
 
 fn number(word: &[u8], at: usize) -> Result<usize, ParseError> {
-    let text = core::str::from_utf8(word).map_err(|_| ParseError::new(at, "number is not ASCII"))?;
-    text.parse().map_err(|_| ParseError::new(at, "not a number"))
+    let text =
+        core::str::from_utf8(word).map_err(|_| ParseError::new(at, "number is not ASCII"))?;
+    text.parse()
+        .map_err(|_| ParseError::new(at, "not a number"))
 }
 
 fn request(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
-    let Some(eol) = line_end(buf, 0)? else { return Ok(None) };
+    let Some(eol) = line_end(buf, 0)? else {
+        return Ok(None);
+    };
     let mut ws = words(buf, 0, eol);
     let Some((_, verb)) = ws.next() else {
         return Err(ParseError::new(0, "empty command line"));
@@ -170,13 +248,17 @@ fn request(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
     }
     frame.len = len;
     if noreply {
-        frame = frame.field(field::NOREPLY, loupe_sdk::Value::Flag(true)).correlation(Correlation::None);
+        frame = frame
+            .field(field::NOREPLY, loupe_sdk::Value::Flag(true))
+            .correlation(Correlation::None);
     }
     Ok(Some(frame))
 }
 
 fn response(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
-    let Some(eol) = line_end(buf, 0)? else { return Ok(None) };
+    let Some(eol) = line_end(buf, 0)? else {
+        return Ok(None);
+    };
     let first = words(buf, 0, eol).next().map_or(&b""[..], |(_, w)| w);
     let mut frame = Frame::new(Direction::ToClient, 0).slice(field::STATUS, 0..first.len());
     match first {
@@ -213,7 +295,9 @@ fn response(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
                     _ => return Err(ParseError::new(at, "expected VALUE or END")),
                 }
             }
-            frame = frame.unsigned(field::HITS, hits).unsigned(field::VALUE_BYTES, total as u64);
+            frame = frame
+                .unsigned(field::HITS, hits)
+                .unsigned(field::VALUE_BYTES, total as u64);
             frame.len = eol + 2;
         }
         b"STAT" => {
@@ -278,9 +362,18 @@ mod tests {
 
     #[test]
     fn sniffs() {
-        assert_eq!(Memcached::sniff(Direction::ToServer, b"get foo\r\n"), Sniff::Yes);
+        assert_eq!(
+            Memcached::sniff(Direction::ToServer, b"get foo\r\n"),
+            Sniff::Yes
+        );
         assert_eq!(Memcached::sniff(Direction::ToServer, b"ge"), Sniff::Maybe);
-        assert_eq!(Memcached::sniff(Direction::ToServer, b"GET / HTTP"), Sniff::No);
-        assert_eq!(Memcached::sniff(Direction::ToClient, b"STORED\r\n"), Sniff::Yes);
+        assert_eq!(
+            Memcached::sniff(Direction::ToServer, b"GET / HTTP"),
+            Sniff::No
+        );
+        assert_eq!(
+            Memcached::sniff(Direction::ToClient, b"STORED\r\n"),
+            Sniff::Yes
+        );
     }
 }

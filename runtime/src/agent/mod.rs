@@ -121,8 +121,14 @@ pub async fn run(
         &plugin_dir,
         state.config.plugins.limits(),
     )?);
-    let detail = format!("{} installed in {}", plugins.list().len(), plugin_dir.display());
-    state.set_component("plugins", ComponentState::Ok, detail).await;
+    let detail = format!(
+        "{} installed in {}",
+        plugins.list().len(),
+        plugin_dir.display()
+    );
+    state
+        .set_component("plugins", ComponentState::Ok, detail)
+        .await;
 
     let socket_path = state.config.socket_path.clone();
     let server = tonic::transport::Server::builder()

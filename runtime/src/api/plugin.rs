@@ -9,7 +9,9 @@ use super::proto::plugin::{
     ListResponse, RemoveRequest, RemoveResponse,
     plugins_server::{Plugins, PluginsServer},
 };
-use crate::plugin::{InstallError, PluginManager, PluginSummary, Transport, host::MAX_PLUGIN_BYTES};
+use crate::plugin::{
+    InstallError, PluginManager, PluginSummary, Transport, host::MAX_PLUGIN_BYTES,
+};
 
 /// The service, over the agent's plugin manager.
 #[derive(Debug, Clone)]
@@ -81,12 +83,11 @@ impl Plugins for PluginService {
         let name = (!req.name.is_empty()).then_some(req.name);
         let manager = self.manager.clone();
         // Compiling a component takes tens of milliseconds of CPU: off the reactor.
-        let summary = tokio::task::spawn_blocking(move || {
-            manager.install(&req.wasm, name.as_deref(), ports)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("install task: {e}")))?
-        .map_err(status)?;
+        let summary =
+            tokio::task::spawn_blocking(move || manager.install(&req.wasm, name.as_deref(), ports))
+                .await
+                .map_err(|e| Status::internal(format!("install task: {e}")))?
+                .map_err(status)?;
         Ok(Response::new(InstallResponse {
             plugin: Some(plugin(&summary)),
         }))

@@ -48,7 +48,8 @@ pub(super) async fn run(cmd: PluginCommand, socket: &Path) -> anyhow::Result<i32
     let mut client = PluginsClient::new(client::connect(socket).await?);
     match cmd {
         PluginCommand::Install { file, name, ports } => {
-            let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let reply = client
                 .install(InstallRequest {
                     wasm,
@@ -92,7 +93,15 @@ pub(super) async fn run(cmd: PluginCommand, socket: &Path) -> anyhow::Result<i32
             }
             println!(
                 "{:<16} {:<10} {:<12} {:<14} {:<14} {:<10} {:>8} {:>8} {:>6} STATE",
-                "NAME", "VERSION", "PROTOCOL", "PORTS", "SHA256", "CALLS", "MESSAGES", "BYTES", "TRAPS"
+                "NAME",
+                "VERSION",
+                "PROTOCOL",
+                "PORTS",
+                "SHA256",
+                "CALLS",
+                "MESSAGES",
+                "BYTES",
+                "TRAPS"
             );
             for p in &plugins {
                 let c = p.counters.unwrap_or_default();
@@ -146,5 +155,9 @@ fn ports_text(ports: &[u32]) -> String {
     if ports.is_empty() {
         return "-".into();
     }
-    ports.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    ports
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }

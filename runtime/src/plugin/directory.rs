@@ -69,9 +69,8 @@ impl PluginDir {
     /// Stores a plugin's component and manifest (atomically each).
     pub fn write(&self, manifest: &Manifest, wasm: &[u8]) -> Result<(), InstallError> {
         check_name(&manifest.name)?;
-        let json = serde_json::to_vec_pretty(manifest).map_err(|e| {
-            self.error(&manifest.name, std::io::Error::other(e))
-        })?;
+        let json = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| self.error(&manifest.name, std::io::Error::other(e)))?;
         self.write_file(&format!("{}.wasm", manifest.name), wasm)?;
         self.write_file(&format!("{}.json", manifest.name), &json)
     }

@@ -20,7 +20,9 @@ pub enum InstallError {
         max: usize,
     },
     /// The component imports something; plugins get no ambient authority.
-    #[error("forbidden import {import:?}: plugins may import nothing (no filesystem, network, clocks or environment){more}")]
+    #[error(
+        "forbidden import {import:?}: plugins may import nothing (no filesystem, network, clocks or environment){more}"
+    )]
     ForbiddenImport {
         /// The first import.
         import: String,
@@ -28,7 +30,9 @@ pub enum InstallError {
         more: String,
     },
     /// No `loupe:plugin/parser` export at a version this host speaks.
-    #[error("unsupported contract: the component exports {found}; this host supports loupe:plugin/parser@{{{supported}}}")]
+    #[error(
+        "unsupported contract: the component exports {found}; this host supports loupe:plugin/parser@{{{supported}}}"
+    )]
     UnsupportedContract {
         /// What it exports.
         found: String,

@@ -34,7 +34,9 @@ pub struct PluginHost {
 
 impl std::fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginHost").field("limits", &self.limits).finish()
+        f.debug_struct("PluginHost")
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
@@ -85,7 +87,9 @@ impl PluginHost {
     pub fn compatibility_key(&self) -> String {
         use std::hash::{Hash as _, Hasher as _};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         format!("{:016x}", hasher.finish())
     }
 

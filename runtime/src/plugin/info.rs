@@ -80,8 +80,7 @@ pub fn is_identifier(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
@@ -90,24 +89,45 @@ impl PluginInfo {
     pub(crate) fn from_wit(info: wit::PluginInfo) -> Result<Self, InstallError> {
         let insane = |what: String| InstallError::Describe(what);
         if !is_identifier(&info.name) {
-            return Err(insane(format!("name {:?} is not [a-z0-9][a-z0-9_-]{{0,63}}", info.name)));
+            return Err(insane(format!(
+                "name {:?} is not [a-z0-9][a-z0-9_-]{{0,63}}",
+                info.name
+            )));
         }
         if !is_identifier(&info.protocol) {
-            return Err(insane(format!("protocol {:?} is not [a-z0-9][a-z0-9_-]{{0,63}}", info.protocol)));
+            return Err(insane(format!(
+                "protocol {:?} is not [a-z0-9][a-z0-9_-]{{0,63}}",
+                info.protocol
+            )));
         }
-        if info.version.is_empty() || info.version.len() > 64 || info.version.contains(char::is_whitespace) {
-            return Err(insane(format!("version {:?} is not a version", info.version)));
+        if info.version.is_empty()
+            || info.version.len() > 64
+            || info.version.contains(char::is_whitespace)
+        {
+            return Err(insane(format!(
+                "version {:?} is not a version",
+                info.version
+            )));
         }
         if info.default_ports.len() > MAX_PORTS || info.default_ports.contains(&0) {
-            return Err(insane(format!("default ports {:?}: at most {MAX_PORTS}, none 0", info.default_ports)));
+            return Err(insane(format!(
+                "default ports {:?}: at most {MAX_PORTS}, none 0",
+                info.default_ports
+            )));
         }
         if info.fields.len() > MAX_FIELDS {
-            return Err(insane(format!("{} fields (at most {MAX_FIELDS})", info.fields.len())));
+            return Err(insane(format!(
+                "{} fields (at most {MAX_FIELDS})",
+                info.fields.len()
+            )));
         }
         let mut fields = Vec::with_capacity(info.fields.len());
         for f in info.fields {
             if !is_identifier(&f.name) {
-                return Err(insane(format!("field name {:?} is not [a-z0-9][a-z0-9_-]{{0,63}}", f.name)));
+                return Err(insane(format!(
+                    "field name {:?} is not [a-z0-9][a-z0-9_-]{{0,63}}",
+                    f.name
+                )));
             }
             if fields.iter().any(|g: &FieldSpec| g.name == f.name) {
                 return Err(insane(format!("field {:?} declared twice", f.name)));
@@ -127,7 +147,9 @@ impl PluginInfo {
         let transport = match info.transport {
             wit::Transport::Stream => Transport::Stream,
             wit::Transport::Datagram => {
-                return Err(insane("datagram plugins need contract 0.2 (this host speaks 0.1)".into()));
+                return Err(insane(
+                    "datagram plugins need contract 0.2 (this host speaks 0.1)".into(),
+                ));
             }
         };
         Ok(Self {

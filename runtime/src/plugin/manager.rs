@@ -204,13 +204,29 @@ impl PluginManager {
 fn summary(e: &Installed) -> PluginSummary {
     PluginSummary {
         name: e.manifest.name.clone(),
-        version: e.plugin.as_ref().map(|p| p.info.version.clone()).unwrap_or_default(),
-        protocol: e.plugin.as_ref().map(|p| p.info.protocol.clone()).unwrap_or_default(),
+        version: e
+            .plugin
+            .as_ref()
+            .map(|p| p.info.version.clone())
+            .unwrap_or_default(),
+        protocol: e
+            .plugin
+            .as_ref()
+            .map(|p| p.info.protocol.clone())
+            .unwrap_or_default(),
         ports: e.manifest.ports.clone(),
         sha256: e.manifest.sha256.clone(),
         state: e.state.clone(),
-        contract: e.plugin.as_ref().map(|p| p.contract.as_str().to_string()).unwrap_or_default(),
-        metrics: e.plugin.as_ref().map(|p| p.metrics.snapshot()).unwrap_or_default(),
+        contract: e
+            .plugin
+            .as_ref()
+            .map(|p| p.contract.as_str().to_string())
+            .unwrap_or_default(),
+        metrics: e
+            .plugin
+            .as_ref()
+            .map(|p| p.metrics.snapshot())
+            .unwrap_or_default(),
         plugin: e.plugin.clone(),
     }
 }

@@ -164,13 +164,17 @@ impl Worker {
         // Create (and prime with earlier unframed bytes) before adding these.
         let resource = self.ensure_resource(id.0)?;
         if let Some(conn) = self.conns.get_mut(&id.0) {
-            conn.halves[direction.index()].pending.extend_from_slice(bytes);
+            conn.halves[direction.index()]
+                .pending
+                .extend_from_slice(bytes);
         }
         let result = self.call(bytes.len(), |bindings, store| {
-            bindings
-                .loupe_plugin_parser()
-                .connection()
-                .call_feed(store, resource, direction.to_wit(), bytes)
+            bindings.loupe_plugin_parser().connection().call_feed(
+                store,
+                resource,
+                direction.to_wit(),
+                bytes,
+            )
         });
         match result {
             Ok(mut frames) => {
@@ -300,7 +304,9 @@ impl Worker {
             if let Some(r) = conn.resource {
                 return Ok(r);
             }
-            let created = self.call(0, |b, s| b.loupe_plugin_parser().connection().call_constructor(s));
+            let created = self.call(0, |b, s| {
+                b.loupe_plugin_parser().connection().call_constructor(s)
+            });
             let resource = match created {
                 Ok(r) => r,
                 Err(CallError::Fault(fault)) => return Err(self.fault(id, fault)),
@@ -338,7 +344,13 @@ impl Worker {
                     Ok(wit::Frames { error: Some(e), .. }) => {
                         self.plugin.metrics.parse_error();
                         let offset = e.offset.saturating_add(self.origin(id, d));
-                        self.fail(id, ConnError::Parse { offset, reason: e.reason });
+                        self.fail(
+                            id,
+                            ConnError::Parse {
+                                offset,
+                                reason: e.reason,
+                            },
+                        );
                         replay_failed = true;
                         break;
                     }

@@ -127,7 +127,10 @@ impl GuestConnection for Conn {
                         correlation: Correlation::InOrder,
                         fields: vec![Field {
                             id: 0,
-                            value: Value::Slice(Span { offset: 0, len: 4096 }),
+                            value: Value::Slice(Span {
+                                offset: 0,
+                                len: 4096,
+                            }),
                         }],
                     });
                 }
@@ -151,7 +154,10 @@ impl GuestConnection for Conn {
                     correlation: Correlation::InOrder,
                     fields: vec![Field {
                         id: 0,
-                        value: Value::Slice(Span { offset: 0, len: nl as u32 }),
+                        value: Value::Slice(Span {
+                            offset: 0,
+                            len: nl as u32,
+                        }),
                     }],
                 }),
             }

@@ -12,7 +12,9 @@ use loupe_runtime::plugin::{
 };
 use loupe_tests::{guest, scratch_dir};
 
-const DEADLINE: Duration = Duration::from_millis(40);
+/// The deadline under test. Generous enough that a loaded (shared, 2-core) machine
+/// does not stop honest calls; the loop test checks the upper bound.
+const DEADLINE: Duration = Duration::from_millis(100);
 
 fn limits() -> Limits {
     Limits {

@@ -105,7 +105,7 @@ impl GuestConnection for Conn {
                         fields: Vec::new(),
                     };
                     return Frames {
-                        messages: vec![one; 50_000],
+                        messages: vec![one; 5_000],
                         pending: 0,
                         error: None,
                     };

@@ -65,12 +65,12 @@ fn contained(misdeed: &str, check: impl Fn(&ConnError)) -> (Arc<Plugin>, Duratio
     // The other connection resumes on a new instance exactly where it was.
     let next = worker.feed(good, Direction::ToServer, b"tial\n").unwrap();
     assert_eq!(next.len(), 1);
-    assert_eq!(next[0].bytes, b"partial\n");
+    assert_eq!(&next[0].bytes[..], b"partial\n");
     assert_eq!(next[0].start, 4);
     assert_eq!(next[0].correlation, Correlation::Order(1));
     let fresh = worker.open();
     let m = worker.feed(fresh, Direction::ToServer, b"hello\n").unwrap();
-    assert_eq!(m[0].bytes, b"hello\n");
+    assert_eq!(&m[0].bytes[..], b"hello\n");
     (plugin, took)
 }
 

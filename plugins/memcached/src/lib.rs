@@ -214,14 +214,25 @@ fn request(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
     {
         return Err(ParseError::new(0, "unknown command"));
     }
-    let args: Vec<(usize, &[u8])> = ws.collect();
-    let noreply = args.last().is_some_and(|(_, w)| *w == b"noreply");
+    // The first few words are all any command needs; counting the rest avoids
+    // an allocation per message.
+    let mut head: [(usize, &[u8]); 6] = [(0, &[]); 6];
+    let (mut count, mut last) = (0usize, None);
+    for w in ws {
+        if let Some(slot) = head.get_mut(count) {
+            *slot = w;
+        }
+        count += 1;
+        last = Some(w);
+    }
+    let args = &head[..count.min(head.len())];
+    let noreply = last.is_some_and(|(_, w)| w == b"noreply");
     let mut len = eol + 2;
     let mut frame = Frame::new(Direction::ToServer, 0).slice(field::COMMAND, 0..verb.len());
     // gat/gats carry the exptime before the keys.
-    let keys = match verb {
-        b"gat" | b"gats" => args.get(1..).unwrap_or(&[]),
-        _ => &args[..],
+    let (keys, key_count) = match verb {
+        b"gat" | b"gats" => (args.get(1..).unwrap_or(&[]), count.saturating_sub(1)),
+        _ => (args, count),
     };
     if let Some(&(at, key)) = keys.first() {
         frame = frame.slice(field::KEY, at..at + key.len());
@@ -244,7 +255,7 @@ fn request(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
         }
         frame = frame.unsigned(field::VALUE_BYTES, size as u64);
     } else if matches!(verb, b"get" | b"gets" | b"gat" | b"gats") {
-        frame = frame.unsigned(field::KEYS, keys.len() as u64);
+        frame = frame.unsigned(field::KEYS, key_count as u64);
     }
     frame.len = len;
     if noreply {

@@ -88,8 +88,9 @@ pub struct Message {
     pub kind: MessageKind,
     /// Offset of its first byte in the direction's stream.
     pub start: u64,
-    /// Its bytes.
-    pub bytes: Vec<u8>,
+    /// Its bytes: a slice of one buffer shared by the messages of a feed (one
+    /// copy out of the connection's buffer per feed, not one per message).
+    pub bytes: bytes::Bytes,
     /// Pairing.
     pub correlation: Correlation,
     /// Fields (slices checked to lie inside `bytes`).

@@ -484,6 +484,7 @@ fn check(
         ));
     }
     let mut out = Vec::with_capacity(frames.messages.len());
+    let mut ranges = Vec::with_capacity(frames.messages.len());
     let mut cursor = half.base;
     let mut order = half.order;
     for m in frames.messages {
@@ -541,11 +542,16 @@ fn check(
                 wit::MessageKind::Event => MessageKind::Event,
             },
             start,
-            bytes: half.pending[from..to].to_vec(),
+            bytes: bytes::Bytes::new(),
             correlation,
             fields,
         });
+        ranges.push(from..to);
         cursor = stop;
+    }
+    let framed = bytes::Bytes::copy_from_slice(&half.pending[..(cursor - half.base) as usize]);
+    for (m, range) in out.iter_mut().zip(ranges) {
+        m.bytes = framed.slice(range);
     }
     Ok((out, cursor, order))
 }

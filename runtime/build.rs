@@ -28,6 +28,7 @@ fn compile_protos() -> anyhow::Result<()> {
                 "proto/observer/observer.proto",
                 "proto/peer/peer.proto",
                 "proto/loupe/flow/v1/extension.proto",
+                "proto/loupe/plugin/v1/plugin.proto",
             ],
             &["proto"],
         )

@@ -29,6 +29,8 @@ pub struct AgentConfig {
     pub prometheus: PrometheusConfig,
     /// Per-protocol L7 parsing switches (Cilium's `httpProtocol` and friends).
     pub l7: L7Config,
+    /// L7 parser plugins.
+    pub plugins: PluginsConfig,
 }
 
 /// `hubble.*`: flows, the Observer API and flow-derived metrics.
@@ -148,6 +150,54 @@ pub struct EndpointsConfig {
     pub lab_poll_ms: u64,
 }
 
+/// `plugins.*`: the sandboxed WebAssembly L7 parsers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PluginsConfig {
+    /// Where installed plugins live (default: `<stateDir>/plugins`).
+    pub dir: Option<PathBuf>,
+    /// Wall-clock budget of one call into a plugin, in milliseconds.
+    pub deadline_ms: u64,
+    /// Linear memory one plugin instance may use, in MiB.
+    pub memory_limit_mib: u32,
+    /// Plugin instances the engine reserves room for (workers × versions in use).
+    pub instances: u32,
+    /// Bytes one direction of a connection may buffer waiting for the end of a
+    /// message, in KiB; past it the connection's L7 view stops.
+    pub max_message_kib: u32,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            deadline_ms: 100,
+            memory_limit_mib: 32,
+            instances: 64,
+            max_message_kib: 1024,
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// The plugin directory.
+    pub fn dir(&self, state_dir: &Path) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("plugins"))
+    }
+
+    /// The host's limits.
+    pub fn limits(&self) -> crate::plugin::Limits {
+        crate::plugin::Limits {
+            deadline: std::time::Duration::from_millis(self.deadline_ms),
+            memory_bytes: (self.memory_limit_mib as usize) << 20,
+            instances: self.instances,
+            max_pending_bytes: (self.max_message_kib as usize) << 10,
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
@@ -160,6 +210,7 @@ impl Default for AgentConfig {
             hubble: HubbleConfig::default(),
             prometheus: PrometheusConfig::default(),
             l7: L7Config::default(),
+            plugins: PluginsConfig::default(),
         }
     }
 }
@@ -310,6 +361,29 @@ impl AgentConfig {
         }
         if self.endpoints.lab_poll_ms == 0 {
             return Err(invalid("endpoints.labPollMs", "must be positive".into()));
+        }
+        for (field, value, range) in [
+            ("plugins.deadlineMs", self.plugins.deadline_ms, 1..=10_000),
+            (
+                "plugins.memoryLimitMib",
+                self.plugins.memory_limit_mib.into(),
+                1..=4096,
+            ),
+            (
+                "plugins.instances",
+                self.plugins.instances.into(),
+                1..=10_000,
+            ),
+            (
+                "plugins.maxMessageKib",
+                self.plugins.max_message_kib.into(),
+                1..=65_536,
+            ),
+        ] {
+            if !range.contains(&value) {
+                let (lo, hi) = (range.start(), range.end());
+                return Err(invalid(field, format!("{value} is outside {lo}..={hi}")));
+            }
         }
         if self.node_name.as_ref().is_some_and(String::is_empty) {
             return Err(invalid("nodeName", "must not be empty".into()));
@@ -498,5 +572,30 @@ mod tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn plugins_section_defaults_and_validation() {
+        let c = parse("stateDir: /srv/loupe\nplugins:\n  deadlineMs: 20\n").unwrap();
+        assert_eq!(c.plugins.deadline_ms, 20);
+        assert_eq!(c.plugins.memory_limit_mib, 32);
+        assert_eq!(
+            c.plugins.dir(&c.state_dir),
+            PathBuf::from("/srv/loupe/plugins")
+        );
+        assert_eq!(c.plugins.limits().memory_bytes, 32 << 20);
+        let e = parse("plugins:\n  deadlineMs: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("plugins.deadlineMs: 0 is outside 1..=10000"),
+            "{e}"
+        );
+        let e = parse("plugins:\n  memoryLimitMib: 9000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plugins.memoryLimitMib"), "{e}");
+        let e = parse("plugins:\n  dirr: /x\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `dirr`"), "{e}");
     }
 }

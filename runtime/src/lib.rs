@@ -13,6 +13,7 @@ pub mod identity;
 pub mod lab;
 pub mod labels;
 pub mod metrics;
+pub mod plugin;
 pub mod policy;
 pub mod reassembly;
 

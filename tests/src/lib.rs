@@ -357,3 +357,23 @@ pub fn tcp_ok(lab: &TestLab, pod: &str, host: &str, port: u16, secs: u32) -> boo
     );
     lab.exec(pod, &["python3", "-c", &script]).status.success()
 }
+
+/// A WebAssembly guest built by `tests/build.rs` (`loupe_plugin_memcached`,
+/// `loupe_hostile_misbehave`, …).
+pub fn guest(name: &str) -> PathBuf {
+    Path::new(env!("LOUPE_GUESTS_DIR")).join(format!("{name}.wasm"))
+}
+
+/// A fresh, empty directory under the system's temporary directory.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "loupe-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
+}

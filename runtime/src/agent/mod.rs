@@ -234,6 +234,19 @@ async fn serve(
 
     tokio::spawn(collect_conntrack(state.clone()));
     let observability = observability::start(&state).await?;
+    let plugin_dir = state.config.plugins.dir(&state.config.state_dir);
+    let plugins = Arc::new(crate::plugin::PluginManager::open(
+        &plugin_dir,
+        state.config.plugins.limits(),
+    )?);
+    let detail = format!(
+        "{} installed in {}",
+        plugins.list().len(),
+        plugin_dir.display()
+    );
+    state
+        .set_component("plugins", ComponentState::Ok, detail)
+        .await;
 
     let socket_path = state.config.socket_path.clone();
     let server = tonic::transport::Server::builder()
@@ -241,6 +254,7 @@ async fn serve(
         .add_service(PoliciesServer::new(PolicyService::new(state.clone())))
         .add_optional_service(observability.observer())
         .add_optional_service(observability.peer())
+        .add_service(api::plugin::PluginService::server(plugins))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let result = server.await;
     observability.stop();

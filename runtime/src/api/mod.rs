@@ -5,6 +5,7 @@ pub mod client;
 pub mod daemon;
 pub mod observer;
 pub mod peer;
+pub mod plugin;
 pub mod policy;
 
 /// Generated protobuf and gRPC code.
@@ -48,6 +49,11 @@ pub mod proto {
     /// The descriptors of every message above, for canonical JSON output.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/loupe_descriptor.bin"));
+    /// `loupe.plugin.v1`: plugin lifecycle.
+    pub mod plugin {
+        #![allow(missing_docs, unreachable_pub, clippy::all)]
+        tonic::include_proto!("loupe.plugin.v1");
+    }
 }
 
 use std::os::unix::fs::PermissionsExt as _;

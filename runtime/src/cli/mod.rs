@@ -3,6 +3,7 @@
 mod endpoint;
 mod lab;
 pub mod observe;
+mod plugin;
 mod policy;
 pub mod status;
 
@@ -56,6 +57,9 @@ pub enum Command {
     Observe(Box<observe::ObserveArgs>),
     /// The agent's health (non-zero exit while unhealthy).
     Status(status::StatusArgs),
+    /// L7 parser plugins in the running agent.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 /// Runs the parsed command line; the process exit code.
@@ -101,6 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Observe(args) => runtime()?.block_on(observe::run(*args, &cli.socket)),
         Command::Status(args) => runtime()?.block_on(status::run(args, &cli.socket)),
+        Command::Plugin(cmd) => runtime()?.block_on(plugin::run(cmd, &cli.socket)),
     }
 }
 

@@ -641,10 +641,11 @@ mod tests {
         let small = c.apply(policy("small", 1..11)).unwrap();
         // 10 ports + the host allow.
         assert_eq!(small.entries, 11);
+        // 300 more ports on top of the 11 entries in force.
         let err = c.apply(policy("big", 1000..1300)).unwrap_err();
         assert!(
             err.to_string()
-                .contains("policy needs 301 policy map entries but bpf.policyMapEntries is 256"),
+                .contains("policy needs 311 policy map entries but bpf.policyMapEntries is 256"),
             "{err}"
         );
         assert_eq!(

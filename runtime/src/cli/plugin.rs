@@ -1,0 +1,163 @@
+//! `loupe plugin install | list | inspect | remove`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use crate::api::{
+    client,
+    proto::plugin::{
+        InspectRequest, InstallRequest, ListRequest, RemoveRequest, plugins_client::PluginsClient,
+    },
+};
+
+/// Plugin subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Check, store and activate a plugin component (no agent restart).
+    Install {
+        /// The component (`.wasm`, built for wasm32-wasip2).
+        file: PathBuf,
+        /// Install under this name (default: the plugin's own).
+        #[arg(long)]
+        name: Option<String>,
+        /// Attach to these ports (default: the plugin's default ports).
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<u16>,
+    },
+    /// Installed plugins with their counters.
+    List {
+        /// Print JSON, one plugin per line.
+        #[arg(short, long)]
+        json: bool,
+    },
+    /// A plugin's field schema.
+    Inspect {
+        /// Installed name.
+        name: String,
+    },
+    /// Uninstall a plugin (open connections finish on it).
+    Remove {
+        /// Installed name.
+        name: String,
+    },
+}
+
+pub(super) async fn run(cmd: PluginCommand, socket: &Path) -> anyhow::Result<i32> {
+    let mut client = PluginsClient::new(client::connect(socket).await?);
+    match cmd {
+        PluginCommand::Install { file, name, ports } => {
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let reply = client
+                .install(InstallRequest {
+                    wasm,
+                    name: name.unwrap_or_default(),
+                    ports: ports.into_iter().map(u32::from).collect(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}: {}", file.display(), s.message()))?
+                .into_inner();
+            if let Some(p) = reply.plugin {
+                println!(
+                    "installed {} {} ({}) on ports {} sha256:{}",
+                    p.name,
+                    p.version,
+                    p.protocol,
+                    ports_text(&p.ports),
+                    p.sha256
+                );
+            }
+        }
+        PluginCommand::List { json } => {
+            let plugins = client.list(ListRequest {}).await?.into_inner().plugins;
+            if json {
+                for p in &plugins {
+                    let c = p.counters.unwrap_or_default();
+                    let value = serde_json::json!({
+                        "name": p.name, "version": p.version, "protocol": p.protocol,
+                        "ports": p.ports, "sha256": p.sha256, "state": p.state,
+                        "contract": p.contract,
+                        "counters": {
+                            "calls": c.calls, "bytes": c.bytes, "messages": c.messages,
+                            "parseNanos": c.parse_nanos, "parseErrors": c.parse_errors,
+                            "traps": c.traps, "deadlineKills": c.deadline_kills,
+                            "memoryKills": c.memory_kills, "violations": c.violations,
+                            "instancesCreated": c.instances_created, "memoryBytes": c.memory_bytes,
+                        },
+                    });
+                    println!("{value}");
+                }
+                return Ok(0);
+            }
+            println!(
+                "{:<16} {:<10} {:<12} {:<14} {:<14} {:<10} {:>8} {:>8} {:>6} STATE",
+                "NAME",
+                "VERSION",
+                "PROTOCOL",
+                "PORTS",
+                "SHA256",
+                "CALLS",
+                "MESSAGES",
+                "BYTES",
+                "TRAPS"
+            );
+            for p in &plugins {
+                let c = p.counters.unwrap_or_default();
+                println!(
+                    "{:<16} {:<10} {:<12} {:<14} {:<14} {:<10} {:>8} {:>8} {:>6} {}",
+                    p.name,
+                    p.version,
+                    p.protocol,
+                    ports_text(&p.ports),
+                    p.sha256.get(..12).unwrap_or(&p.sha256),
+                    c.calls,
+                    c.messages,
+                    c.bytes,
+                    c.traps,
+                    p.state
+                );
+            }
+        }
+        PluginCommand::Inspect { name } => {
+            let r = client
+                .inspect(InspectRequest { name })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            if let Some(p) = &r.plugin {
+                println!("name:      {}", p.name);
+                println!("version:   {}", p.version);
+                println!("protocol:  {} ({})", p.protocol, r.transport);
+                println!("ports:     {}", ports_text(&p.ports));
+                println!("contract:  loupe:plugin@{}", p.contract);
+                println!("sha256:    {}", p.sha256);
+                println!("state:     {}", p.state);
+            }
+            println!("fields:");
+            for f in &r.fields {
+                println!("  {:<16} {:<9} {}", f.name, f.r#type, f.description);
+            }
+        }
+        PluginCommand::Remove { name } => {
+            client
+                .remove(RemoveRequest { name: name.clone() })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            println!("removed {name}");
+        }
+    }
+    Ok(0)
+}
+
+fn ports_text(ports: &[u32]) -> String {
+    if ports.is_empty() {
+        return "-".into();
+    }
+    ports
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,232 @@
+//! The agent's installed plugins: install (check, store, activate), list,
+//! inspect, remove — all without restarting the agent.
+//!
+//! Activation swaps an `Arc<Plugin>`: whoever opens a connection asks
+//! [`PluginManager::active`] and keeps the version it got in a [`super::Worker`]
+//! for that version, so new connections use a new version at once while
+//! existing ones finish on the one they started with; a version is freed when its
+//! last worker goes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use super::cache::Cache;
+use super::directory::{Manifest, PluginDir, check_name};
+use super::error::InstallError;
+use super::host::{Plugin, PluginHost};
+use super::limits::Limits;
+use super::metrics::MetricsSnapshot;
+
+/// An installed plugin's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginState {
+    /// Loaded; new connections use it.
+    Active,
+    /// On disk but does not load (reason).
+    Failed(String),
+}
+
+impl PluginState {
+    /// For `plugin list`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Active => "active".into(),
+            Self::Failed(why) => format!("failed: {why}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Installed {
+    manifest: Manifest,
+    plugin: Option<Arc<Plugin>>,
+    state: PluginState,
+}
+
+/// One line of `plugin list`.
+#[derive(Debug, Clone)]
+pub struct PluginSummary {
+    /// Installed name.
+    pub name: String,
+    /// Plugin version (empty if it does not load).
+    pub version: String,
+    /// Protocol.
+    pub protocol: String,
+    /// Attached ports.
+    pub ports: Vec<u16>,
+    /// Hex SHA-256.
+    pub sha256: String,
+    /// State.
+    pub state: PluginState,
+    /// Contract version (`0.1`).
+    pub contract: String,
+    /// Counters of the active version.
+    pub metrics: MetricsSnapshot,
+    /// The loaded plugin, for `inspect`.
+    pub plugin: Option<Arc<Plugin>>,
+}
+
+/// Installed plugins and the engine they run on.
+#[derive(Debug)]
+pub struct PluginManager {
+    host: PluginHost,
+    dir: PluginDir,
+    cache: Cache,
+    installed: RwLock<BTreeMap<String, Installed>>,
+}
+
+impl PluginManager {
+    /// Opens the plugin directory and loads every plugin in it; one that fails to
+    /// load is listed as failed, never fatal.
+    pub fn open(path: &std::path::Path, limits: Limits) -> Result<Self, InstallError> {
+        let host = PluginHost::new(limits)?;
+        let dir = PluginDir::open(path)?;
+        let cache = dir.cache()?;
+        let mut installed = BTreeMap::new();
+        for manifest in dir.manifests()? {
+            let loaded = dir.read_wasm(&manifest.name).and_then(|wasm| {
+                let plugin = host.load(&wasm, Some(&cache))?;
+                if plugin.sha256 != manifest.sha256 {
+                    return Err(InstallError::Corrupt(format!(
+                        "sha256 {} does not match the recorded {}",
+                        plugin.sha256, manifest.sha256
+                    )));
+                }
+                Ok(plugin)
+            });
+            let entry = match loaded {
+                Ok(plugin) => Installed {
+                    manifest,
+                    plugin: Some(Arc::new(plugin)),
+                    state: PluginState::Active,
+                },
+                Err(err) => {
+                    tracing::warn!(plugin = %manifest.name, error = %err, "installed plugin does not load");
+                    Installed {
+                        manifest,
+                        plugin: None,
+                        state: PluginState::Failed(err.to_string()),
+                    }
+                }
+            };
+            installed.insert(entry.manifest.name.clone(), entry);
+        }
+        Ok(Self {
+            host,
+            dir,
+            cache,
+            installed: RwLock::new(installed),
+        })
+    }
+
+    /// The engine.
+    pub fn host(&self) -> &PluginHost {
+        &self.host
+    }
+
+    /// Checks, stores and activates a plugin. `name` defaults to the plugin's own,
+    /// `ports` to its default ports. Replaces an installed plugin of that name.
+    pub fn install(
+        &self,
+        wasm: &[u8],
+        name: Option<&str>,
+        ports: Option<Vec<u16>>,
+    ) -> Result<PluginSummary, InstallError> {
+        if let Some(name) = name {
+            check_name(name)?;
+        }
+        let plugin = self.host.load(wasm, Some(&self.cache))?;
+        let name = name.unwrap_or(&plugin.info.name).to_string();
+        let ports = ports.unwrap_or_else(|| plugin.info.default_ports.clone());
+        if ports.contains(&0) {
+            return Err(InstallError::Describe("port 0".into()));
+        }
+        let manifest = Manifest {
+            name: name.clone(),
+            sha256: plugin.sha256.clone(),
+            ports,
+        };
+        self.dir.write(&manifest, wasm)?;
+        let entry = Installed {
+            manifest,
+            plugin: Some(Arc::new(plugin)),
+            state: PluginState::Active,
+        };
+        tracing::info!(plugin = %name, sha256 = %entry.manifest.sha256, "plugin installed and active");
+        let summary = summary(&entry);
+        self.write_lock().insert(name, entry);
+        Ok(summary)
+    }
+
+    /// Removes a plugin; connections still using it finish on it.
+    pub fn remove(&self, name: &str) -> Result<(), InstallError> {
+        check_name(name)?;
+        if self.write_lock().remove(name).is_none() {
+            return Err(InstallError::NotInstalled(name.into()));
+        }
+        self.dir.remove(name)
+    }
+
+    /// The version new connections of `name` use.
+    pub fn active(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.read_lock().get(name).and_then(|e| e.plugin.clone())
+    }
+
+    /// The active plugin attached to `port`, if any.
+    pub fn for_port(&self, port: u16) -> Option<Arc<Plugin>> {
+        self.read_lock()
+            .values()
+            .find(|e| e.manifest.ports.contains(&port))
+            .and_then(|e| e.plugin.clone())
+    }
+
+    /// Every installed plugin.
+    pub fn list(&self) -> Vec<PluginSummary> {
+        self.read_lock().values().map(summary).collect()
+    }
+
+    /// One installed plugin.
+    pub fn get(&self, name: &str) -> Option<PluginSummary> {
+        self.read_lock().get(name).map(summary)
+    }
+
+    // A poisoned lock only means a panic elsewhere while holding it; the map is
+    // always consistent between statements, so keep serving.
+    fn read_lock(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Installed>> {
+        self.installed.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Installed>> {
+        self.installed.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn summary(e: &Installed) -> PluginSummary {
+    PluginSummary {
+        name: e.manifest.name.clone(),
+        version: e
+            .plugin
+            .as_ref()
+            .map(|p| p.info.version.clone())
+            .unwrap_or_default(),
+        protocol: e
+            .plugin
+            .as_ref()
+            .map(|p| p.info.protocol.clone())
+            .unwrap_or_default(),
+        ports: e.manifest.ports.clone(),
+        sha256: e.manifest.sha256.clone(),
+        state: e.state.clone(),
+        contract: e
+            .plugin
+            .as_ref()
+            .map(|p| p.contract.as_str().to_string())
+            .unwrap_or_default(),
+        metrics: e
+            .plugin
+            .as_ref()
+            .map(|p| p.metrics.snapshot())
+            .unwrap_or_default(),
+        plugin: e.plugin.clone(),
+    }
+}

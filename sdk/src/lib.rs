@@ -1,0 +1,160 @@
+//! Write Loupe L7 parser plugins in safe, idiomatic Rust.
+//!
+//! A plugin is a type implementing [`Parser`] — one value per connection — plus one
+//! [`export_parser!`] line. Built for `wasm32-wasip2`, the crate becomes a
+//! WebAssembly component that exports the `loupe:plugin/parser@0.1.0` contract
+//! (`wit/` in the Loupe repository) and imports nothing: no filesystem, network,
+//! clock or environment. The SDK supplies the allocator and the panic handler (a
+//! panic traps; the agent discards the instance and marks the connection).
+//!
+//! The SDK frames the stream: it buffers each direction, calls
+//! [`Parser::parse`] with the bytes not yet framed and turns the [`Frame`]s you
+//! return into the compact records the agent reads (stream offsets, spans,
+//! enums). You only say how long the next message is and what is in it.
+//!
+//! ```
+//! use loupe_sdk::{Direction, FieldSpec, FieldType, Frame, Info, ParseError, Parser, Sniff};
+//!
+//! /// "PING\n" / "PONG\n", one message per line.
+//! #[derive(Default)]
+//! pub struct Ping;
+//!
+//! impl Parser for Ping {
+//!     const INFO: Info = Info {
+//!         name: "ping",
+//!         version: "0.1.0",
+//!         protocol: "ping",
+//!         default_ports: &[7777],
+//!         fields: &[FieldSpec { name: "word", ty: FieldType::Text, description: "the word" }],
+//!     };
+//!
+//!     fn sniff(_: Direction, bytes: &[u8]) -> Sniff {
+//!         Sniff::from_prefix(bytes, b"P")
+//!     }
+//!
+//!     fn parse(&mut self, direction: Direction, buf: &[u8]) -> Result<Option<Frame>, ParseError> {
+//!         let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+//!             return Ok(None); // need more bytes
+//!         };
+//!         Ok(Some(Frame::new(direction, end + 1).slice(0, 0..end)))
+//!     }
+//!
+//!     fn deny_reply(_request: &[u8]) -> Vec<u8> {
+//!         b"DENIED\n".to_vec()
+//!     }
+//! }
+//!
+//! loupe_sdk::export_parser!(Ping);
+//!
+//! // Natively the same parser runs through the SDK's framing, as in tests:
+//! let mut stream = loupe_sdk::Stream::<Ping>::new();
+//! let out = stream.feed(Direction::ToServer, b"PING\nPI").unwrap();
+//! assert_eq!(out.messages.len(), 1);
+//! assert_eq!(out.pending, 2);
+//! assert!(out.error.is_none());
+//! ```
+#![no_std]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+mod stream;
+mod types;
+
+#[cfg(feature = "harness")]
+pub mod harness;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm_rt;
+
+pub use stream::{Feed, Message, Stream, StreamError};
+pub use types::{
+    Correlation, Direction, Field, FieldSpec, FieldType, Frame, Info, MessageKind, ParseError,
+    Sniff, Span, Transport, Value,
+};
+
+// Re-exported so a plugin needs no `extern crate alloc` of its own.
+pub use alloc::{string::String, vec, vec::Vec};
+
+/// A protocol parser. One value is created per connection (`Default`) and sees
+/// both directions of it, in stream order per direction.
+///
+/// See the crate documentation for a complete plugin.
+pub trait Parser: Default + 'static {
+    /// Name, version, protocol, default ports and the field schema. Field ids in
+    /// [`Frame`]s index `INFO.fields`.
+    const INFO: Info;
+
+    /// The transport the protocol runs on. 0.1 hosts load stream plugins only.
+    const TRANSPORT: Transport = Transport::Stream;
+
+    /// Does a stream that starts with `bytes` look like this protocol?
+    fn sniff(direction: Direction, bytes: &[u8]) -> Sniff;
+
+    /// Frames the next message at the start of `buf`: `Ok(None)` if `buf` holds
+    /// only part of it (the SDK calls again with more bytes), or the message's
+    /// length and fields. `buf` always starts at a message boundary.
+    fn parse(&mut self, direction: Direction, buf: &[u8]) -> Result<Option<Frame>, ParseError>;
+
+    /// The reply that keeps a connection alive when policy denies `request` (one
+    /// whole request as framed by [`Parser::parse`]).
+    fn deny_reply(request: &[u8]) -> Vec<u8>;
+}
+
+/// Exports a [`Parser`] as the plugin's implementation of the contract.
+///
+/// Use it once, at the root of the plugin crate. It expands to nothing when the
+/// crate is compiled for anything but WebAssembly, so native tests link normally.
+///
+/// ```
+/// # use loupe_sdk::*;
+/// # #[derive(Default)] struct Echo;
+/// # impl Parser for Echo {
+/// #     const INFO: Info = Info { name: "echo", version: "0.1.0", protocol: "echo", default_ports: &[], fields: &[] };
+/// #     fn sniff(_: Direction, _: &[u8]) -> Sniff { Sniff::Maybe }
+/// #     fn parse(&mut self, d: Direction, b: &[u8]) -> Result<Option<Frame>, ParseError> { Ok(Some(Frame::new(d, b.len()))) }
+/// #     fn deny_reply(_: &[u8]) -> Vec<u8> { Vec::new() }
+/// # }
+/// loupe_sdk::export_parser!(Echo);
+/// ```
+#[macro_export]
+macro_rules! export_parser {
+    ($parser:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __LoupeExport;
+            impl $crate::__bindings::exports::loupe::plugin::parser::Guest for __LoupeExport {
+                type Connection = $crate::__private::Connection<$parser>;
+                fn describe() -> $crate::__bindings::exports::loupe::plugin::parser::PluginInfo {
+                    $crate::__private::describe::<$parser>()
+                }
+                fn sniff(
+                    direction: $crate::__bindings::exports::loupe::plugin::parser::Direction,
+                    bytes: $crate::Vec<u8>,
+                ) -> $crate::__bindings::exports::loupe::plugin::parser::SniffVerdict {
+                    $crate::__private::sniff::<$parser>(direction, &bytes)
+                }
+                fn deny_reply(request: $crate::Vec<u8>) -> $crate::Vec<u8> {
+                    <$parser as $crate::Parser>::deny_reply(&request)
+                }
+            }
+            $crate::__bindings::export_plugin_world!(__LoupeExport with_types_in $crate::__bindings);
+        };
+    };
+}
+
+/// The bindings generated from `wit/` — not part of the SDK's API.
+#[doc(hidden)]
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod __bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "loupe:plugin/plugin@0.1.0",
+        pub_export_macro: true,
+        export_macro_name: "export_plugin_world",
+        default_bindings_module: "loupe_sdk::__bindings",
+    });
+}
+
+#[doc(hidden)]
+pub mod __private;

@@ -1,0 +1,236 @@
+//! The SDK's side of the contract's types: plain Rust, `&'static` where the data
+//! is the plugin's own constants.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+/// Which way bytes flow on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// From the connection's initiator to the listener.
+    ToServer,
+    /// From the listener back to the initiator.
+    ToClient,
+}
+
+impl Direction {
+    /// 0 for [`Direction::ToServer`], 1 for [`Direction::ToClient`].
+    pub fn index(self) -> usize {
+        match self {
+            Self::ToServer => 0,
+            Self::ToClient => 1,
+        }
+    }
+}
+
+/// How a protocol's bytes arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A reliable byte stream (TCP).
+    Stream,
+    /// Self-contained datagrams (UDP); loaded by hosts from contract 0.2 on.
+    Datagram,
+}
+
+/// The type of a field's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// UTF-8 text.
+    Text,
+    /// Raw bytes.
+    Bytes,
+    /// An unsigned integer.
+    Unsigned,
+    /// A signed integer.
+    Signed,
+    /// A boolean.
+    Flag,
+}
+
+/// One entry of the field schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldSpec {
+    /// Lowercase kebab-case name (`command`, `key`).
+    pub name: &'static str,
+    /// Value type.
+    pub ty: FieldType,
+    /// One line for `loupe plugin inspect`.
+    pub description: &'static str,
+}
+
+/// What the plugin is: see [`crate::Parser::INFO`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Info {
+    /// Plugin name, lowercase (`memcached`).
+    pub name: &'static str,
+    /// The plugin's own version.
+    pub version: &'static str,
+    /// Protocol name for policy rules (`l7proto: memcached`).
+    pub protocol: &'static str,
+    /// Ports the agent attaches the plugin to by default.
+    pub default_ports: &'static [u16],
+    /// The field schema; a [`Field`]'s id is an index into it.
+    pub fields: &'static [FieldSpec],
+}
+
+/// A sniffing verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniff {
+    /// Not this protocol.
+    No,
+    /// Cannot tell yet.
+    Maybe,
+    /// This protocol.
+    Yes,
+}
+
+impl Sniff {
+    /// `Yes` if `bytes` starts with `prefix`, `Maybe` if it is a strict prefix of
+    /// it, `No` otherwise.
+    pub fn from_prefix(bytes: &[u8], prefix: &[u8]) -> Self {
+        if bytes.starts_with(prefix) {
+            Self::Yes
+        } else if prefix.starts_with(bytes) {
+            Self::Maybe
+        } else {
+            Self::No
+        }
+    }
+}
+
+/// Whether a message asks, answers, or neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Client to server.
+    Request,
+    /// Server's answer.
+    Response,
+    /// Unsolicited.
+    Event,
+}
+
+/// How a response is paired with its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Correlation {
+    /// The n-th response answers the n-th request (the agent counts).
+    InOrder,
+    /// An identifier carried by both.
+    Id(u64),
+    /// Not paired.
+    None,
+}
+
+/// A byte range of a message, from the message's first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Offset from the message's first byte.
+    pub offset: u32,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// A field value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// Bytes of the message itself — the cheap, preferred form.
+    Slice(Span),
+    /// Text the parser computed.
+    Computed(String),
+    /// An unsigned integer.
+    Unsigned(u64),
+    /// A signed integer.
+    Signed(i64),
+    /// A flag.
+    Flag(bool),
+}
+
+/// One field of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// Index into [`Info::fields`].
+    pub id: u16,
+    /// The value.
+    pub value: Value,
+}
+
+/// One message framed by [`crate::Parser::parse`]: its length from the start of
+/// the buffer, its kind, correlation and fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Request, response or event.
+    pub kind: MessageKind,
+    /// Bytes the message spans (at least 1).
+    pub len: usize,
+    /// How it pairs with its counterpart.
+    pub correlation: Correlation,
+    /// Its fields.
+    pub fields: Vec<Field>,
+}
+
+impl Frame {
+    /// A message of `len` bytes, paired in order: a request when sent to the
+    /// server, a response otherwise.
+    pub fn new(direction: Direction, len: usize) -> Self {
+        Self {
+            kind: match direction {
+                Direction::ToServer => MessageKind::Request,
+                Direction::ToClient => MessageKind::Response,
+            },
+            len,
+            correlation: Correlation::InOrder,
+            fields: Vec::new(),
+        }
+    }
+
+    /// Sets the kind.
+    pub fn kind(mut self, kind: MessageKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Sets the correlation.
+    pub fn correlation(mut self, correlation: Correlation) -> Self {
+        self.correlation = correlation;
+        self
+    }
+
+    /// Adds a field.
+    pub fn field(mut self, id: u16, value: Value) -> Self {
+        self.fields.push(Field { id, value });
+        self
+    }
+
+    /// Adds a field whose value is `range` of the message's bytes. Ranges that do
+    /// not fit in 32 bits are clamped (and then refused by the agent).
+    pub fn slice(self, id: u16, range: Range<usize>) -> Self {
+        let offset = u32::try_from(range.start).unwrap_or(u32::MAX);
+        let len = u32::try_from(range.end.saturating_sub(range.start)).unwrap_or(u32::MAX);
+        self.field(id, Value::Slice(Span { offset, len }))
+    }
+
+    /// Adds an unsigned field.
+    pub fn unsigned(self, id: u16, value: u64) -> Self {
+        self.field(id, Value::Unsigned(value))
+    }
+}
+
+/// The stream is not this protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// Offset of the offending byte from the start of the buffer given to
+    /// [`crate::Parser::parse`].
+    pub at: usize,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl ParseError {
+    /// An error at `at` in the buffer.
+    pub fn new(at: usize, reason: impl Into<String>) -> Self {
+        Self {
+            at,
+            reason: reason.into(),
+        }
+    }
+}

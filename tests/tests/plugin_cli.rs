@@ -1,0 +1,130 @@
+//! `loupe plugin …` against a running `loupe agent`: install without restart,
+//! list, inspect, refusals with clear messages, remove, and reload on restart.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use loupe_tests::{guest, loupe, loupe_bin, loupe_ok, scratch_dir, wait_for};
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent(config: &std::path::Path, socket: &str) -> Agent {
+    let child = Command::new(loupe_bin())
+        .args(["agent", "--config"])
+        .arg(config)
+        .env("LOUPE_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start loupe agent");
+    let agent = Agent(child);
+    assert!(
+        wait_for(Duration::from_secs(20), || loupe(&[
+            "--socket", socket, "plugin", "list"
+        ])
+        .status
+        .success()),
+        "the agent did not answer"
+    );
+    agent
+}
+
+#[test]
+fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
+    let dir = scratch_dir("plugin-cli");
+    let socket = dir.join("loupe.sock").display().to_string();
+    let config = dir.join("loupe.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "socketPath: {socket}\nstateDir: {}\nbpf:\n  enabled: false\nendpoints:\n  lab: false\nplugins:\n  deadlineMs: 50\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let memcached = guest("loupe_plugin_memcached").display().to_string();
+    let s = socket.as_str();
+
+    let running = agent(&config, s);
+    let out = loupe_ok(&[
+        "--socket",
+        s,
+        "plugin",
+        "install",
+        &memcached,
+        "--ports",
+        "11211,11311",
+    ])
+    .unwrap();
+    assert!(
+        out.starts_with("installed memcached 0.1.0 (memcached) on ports 11211,11311 sha256:"),
+        "{out}"
+    );
+    let list = loupe_ok(&["--socket", s, "plugin", "list"]).unwrap();
+    assert!(
+        list.contains("memcached") && list.contains("active"),
+        "{list}"
+    );
+    let json = loupe_ok(&["--socket", s, "plugin", "list", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["ports"], serde_json::json!([11211, 11311]));
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(v["contract"], "0.1");
+    let inspect = loupe_ok(&["--socket", s, "plugin", "inspect", "memcached"]).unwrap();
+    assert!(
+        inspect.contains("command") && inspect.contains("text"),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains("hits") && inspect.contains("unsigned"),
+        "{inspect}"
+    );
+
+    for (file, name, expected) in [
+        (
+            guest("loupe_hostile_imports_wasi"),
+            None,
+            "forbidden import \"wasi:",
+        ),
+        (guest("loupe_hostile_old_wit"), None, "unsupported contract"),
+        (
+            guest("loupe_plugin_memcached"),
+            Some("../../etc/x"),
+            "invalid plugin name",
+        ),
+        (config.clone(), None, "corrupt plugin file"),
+    ] {
+        let mut args = vec!["--socket", s, "plugin", "install"];
+        let file = file.display().to_string();
+        args.push(&file);
+        if let Some(n) = name {
+            args.extend(["--name", n]);
+        }
+        let out = loupe(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+
+    // Restart: the plugin is still there.
+    drop(running);
+    let _running = agent(&config, s);
+    let list = loupe_ok(&["--socket", s, "plugin", "list"]).unwrap();
+    assert!(
+        list.contains("memcached") && list.contains("active"),
+        "{list}"
+    );
+    loupe_ok(&["--socket", s, "plugin", "remove", "memcached"]).unwrap();
+    let list = loupe_ok(&["--socket", s, "plugin", "list", "--json"]).unwrap();
+    assert!(list.trim().is_empty(), "{list}");
+    let out = loupe(&["--socket", s, "plugin", "remove", "memcached"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin named \"memcached\""));
+}

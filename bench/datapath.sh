@@ -46,6 +46,7 @@ socketPath: $sock
 stateDir: $work/state
 bpf:
   pinPath: $pin
+  policyMapEntries: 65536
 endpoints:
   labNames: [$lab_name]
 EOF

@@ -143,6 +143,24 @@ impl TestLab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `curl` from a pod; the HTTP status code (`-o /dev/null`), with extra curl
+    /// arguments before the URL.
+    pub fn http_status(&self, pod: &str, extra: &[&str], url: &str) -> anyhow::Result<String> {
+        let mut argv = vec![
+            "curl",
+            "-sS",
+            "-m",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ];
+        argv.extend_from_slice(extra);
+        argv.push(url);
+        self.exec_ok(pod, &argv)
+    }
+
     /// The lab's recorded state (`loupe lab status --json`).
     pub fn state(&self) -> anyhow::Result<serde_json::Value> {
         let out = loupe(&["lab", "status", "--lab", &self.name, "--json"]);

@@ -94,39 +94,11 @@ fn lab_serves_the_demo_app_and_down_leaves_nothing() {
     assert_eq!(json["headers"]["Host"], "api-service");
     // httpbin's other endpoints the scenarios use.
     let status = lab
-        .exec_ok(
-            "frontend",
-            &[
-                "curl",
-                "-sS",
-                "-m",
-                "10",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "POST",
-                "http://api-service/post",
-            ],
-        )
+        .http_status("frontend", &["-X", "POST"], "http://api-service/post")
         .unwrap();
     assert_eq!(status, "200");
     let status = lab
-        .exec_ok(
-            "frontend",
-            &[
-                "curl",
-                "-sS",
-                "-m",
-                "10",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://api-service/status/503",
-            ],
-        )
+        .http_status("frontend", &[], "http://api-service/status/503")
         .unwrap();
     assert_eq!(status, "503");
 
@@ -158,21 +130,7 @@ fn lab_serves_the_demo_app_and_down_leaves_nothing() {
 
     // IPv6 between pods too.
     let status = lab
-        .exec_ok(
-            "frontend",
-            &[
-                "curl",
-                "-sS",
-                "-6",
-                "-m",
-                "10",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://api-service/get",
-            ],
-        )
+        .http_status("frontend", &["-6"], "http://api-service/get")
         .unwrap();
     assert_eq!(status, "200");
 
@@ -244,20 +202,7 @@ fn up_is_idempotent_and_recovers_after_kill_9() {
             .success()
     );
     let get = lab
-        .exec_ok(
-            "frontend",
-            &[
-                "curl",
-                "-sS",
-                "-m",
-                "10",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://api-service/get",
-            ],
-        )
+        .http_status("frontend", &[], "http://api-service/get")
         .unwrap();
     assert_eq!(get, "200");
     let (_, veths) = pids_and_veths(&lab);

@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 const ZERO_IMPORT: &[&str] = &[
     "loupe-plugin-memcached",
     "loupe-plugin-redis",
+    "loupe-plugin-http",
     "loupe-hostile-misbehave",
     "loupe-hostile-old-wit",
 ];

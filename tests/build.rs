@@ -14,6 +14,7 @@ const ZERO_IMPORT: &[&str] = &[
     "loupe-plugin-memcached",
     "loupe-plugin-redis",
     "loupe-plugin-http",
+    "loupe-plugin-kafka",
     "loupe-hostile-misbehave",
     "loupe-hostile-old-wit",
 ];

@@ -146,7 +146,7 @@ impl Parser for Kafka {
         let size = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         let size = usize::try_from(size)
             .ok()
-            .filter(|&s| s >= 4 && s <= MAX_MESSAGE)
+            .filter(|s| (4..=MAX_MESSAGE).contains(s))
             .ok_or_else(|| ParseError::new(0, "message size out of range"))?;
         if buf.len() < 4 + size {
             return Ok(None);

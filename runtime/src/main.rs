@@ -4,10 +4,15 @@ use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    // Die quietly on a closed pipe (`loupe observe | head`), like other CLI tools.
-    // SAFETY: setting a signal disposition before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    let cli = loupe_runtime::cli::Cli::parse();
+    // Die quietly on a closed pipe (`loupe observe | head`), like other CLI tools —
+    // but not the agent: a client that hangs up while the agent answers it on the
+    // API socket would kill it (SIGPIPE on the socket write).
+    if !matches!(cli.command, loupe_runtime::cli::Command::Agent { .. }) {
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -15,7 +20,6 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = loupe_runtime::cli::Cli::parse();
     match loupe_runtime::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(err) => {

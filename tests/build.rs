@@ -12,6 +12,9 @@ use anyhow::{Context as _, bail};
 /// Guests that are `no_std` and zero-import (built together).
 const ZERO_IMPORT: &[&str] = &[
     "loupe-plugin-memcached",
+    "loupe-plugin-redis",
+    "loupe-plugin-http",
+    "loupe-plugin-kafka",
     "loupe-hostile-misbehave",
     "loupe-hostile-old-wit",
 ];

@@ -1,0 +1,318 @@
+//! A Loupe parser plugin for the Kafka wire protocol.
+//!
+//! Every message is a 4-byte size then the message. Requests carry a header
+//! (`api_key`, `api_version`, `correlation_id`, `client_id`, and tagged fields
+//! in flexible versions); responses carry the `correlation_id` (and tagged fields
+//! in flexible versions, except ApiVersions, whose response header is always v0).
+//! Pairing is by `correlation_id`; the parser remembers the API and version of each
+//! request awaiting its response (bounded) to read the response header right.
+//! Produce with `acks=0` gets no response and is not paired.
+//!
+//! Body fields: the first topic and the topic count of Produce (v0–v12), Fetch
+//! (v0–v12) and Metadata (every version); `acks` of Produce; the top-level error
+//! code of ApiVersions and Fetch v7+ responses. Later Produce/Fetch versions name
+//! topics by id, which a parser cannot turn into a name.
+// no_std in the component (zero imports); std natively, so tests and a cdylib link.
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+mod apis;
+mod deny;
+mod wire;
+
+use loupe_sdk::{
+    Correlation, Direction, FieldSpec, FieldType, Frame, Info, MessageKind, ParseError, Parser,
+    Sniff, String, Value, Vec,
+};
+
+use wire::Reader;
+
+/// Field ids: indexes into [`Kafka::INFO`]'s `fields`.
+pub mod field {
+    /// API key (0 Produce, 1 Fetch, 3 Metadata…).
+    pub const API_KEY: u16 = 0;
+    /// API name (`Produce`).
+    pub const API_NAME: u16 = 1;
+    /// API version.
+    pub const API_VERSION: u16 = 2;
+    /// Correlation id.
+    pub const CORRELATION_ID: u16 = 3;
+    /// Client id.
+    pub const CLIENT_ID: u16 = 4;
+    /// First topic of the request.
+    pub const TOPIC: u16 = 5;
+    /// Number of topics in the request.
+    pub const TOPICS: u16 = 6;
+    /// Produce `acks`.
+    pub const ACKS: u16 = 7;
+    /// Top-level error code of a response.
+    pub const ERROR_CODE: u16 = 8;
+}
+
+/// Largest message accepted (the SDK buffers a message until it is whole).
+const MAX_MESSAGE: usize = 16 << 20;
+/// Requests awaiting responses that the parser remembers.
+const MAX_AWAITING: usize = 1024;
+
+/// The Kafka parser: one per connection.
+#[derive(Debug, Default)]
+pub struct Kafka {
+    /// (correlation id, api key, api version) of requests awaiting responses.
+    awaiting: Vec<(i32, i16, i16)>,
+}
+
+impl Parser for Kafka {
+    const INFO: Info = Info {
+        name: "kafka",
+        version: "0.1.0",
+        protocol: "kafka",
+        default_ports: &[9092],
+        fields: &[
+            FieldSpec {
+                name: "api-key",
+                ty: FieldType::Unsigned,
+                description: "API key (0 Produce, 1 Fetch, 3 Metadata…)",
+            },
+            FieldSpec {
+                name: "api-name",
+                ty: FieldType::Text,
+                description: "API name (Produce, Fetch, Metadata…)",
+            },
+            FieldSpec {
+                name: "api-version",
+                ty: FieldType::Unsigned,
+                description: "API version",
+            },
+            FieldSpec {
+                name: "correlation-id",
+                ty: FieldType::Signed,
+                description: "correlation id pairing a request and its response",
+            },
+            FieldSpec {
+                name: "client-id",
+                ty: FieldType::Text,
+                description: "client id of the request",
+            },
+            FieldSpec {
+                name: "topic",
+                ty: FieldType::Text,
+                description: "first topic of a Produce, Fetch or Metadata request",
+            },
+            FieldSpec {
+                name: "topics",
+                ty: FieldType::Unsigned,
+                description: "number of topics in the request",
+            },
+            FieldSpec {
+                name: "acks",
+                ty: FieldType::Signed,
+                description: "acks of a Produce request",
+            },
+            FieldSpec {
+                name: "error-code",
+                ty: FieldType::Signed,
+                description: "top-level error code of a response (ApiVersions, Fetch v7+)",
+            },
+        ],
+    };
+
+    fn sniff(direction: Direction, bytes: &[u8]) -> Sniff {
+        if bytes.len() < 8 {
+            return Sniff::Maybe;
+        }
+        let size = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        if size < 4 || size as usize > MAX_MESSAGE {
+            return Sniff::No;
+        }
+        match direction {
+            Direction::ToServer => {
+                let key = i16::from_be_bytes([bytes[4], bytes[5]]);
+                let version = i16::from_be_bytes([bytes[6], bytes[7]]);
+                if apis::name(key).is_some() && (0..=20).contains(&version) {
+                    Sniff::Yes
+                } else {
+                    Sniff::No
+                }
+            }
+            Direction::ToClient => Sniff::Maybe,
+        }
+    }
+
+    fn parse(&mut self, direction: Direction, buf: &[u8]) -> Result<Option<Frame>, ParseError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let size = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|s| (4..=MAX_MESSAGE).contains(s))
+            .ok_or_else(|| ParseError::new(0, "message size out of range"))?;
+        if buf.len() < 4 + size {
+            return Ok(None);
+        }
+        let mut r = Reader {
+            buf: &buf[4..4 + size],
+            pos: 0,
+            base: 4,
+        };
+        let frame = match direction {
+            Direction::ToServer => self.request(&mut r)?,
+            Direction::ToClient => self.response(&mut r)?,
+        };
+        Ok(Some(Frame {
+            len: 4 + size,
+            ..frame
+        }))
+    }
+
+    fn deny_reply(request: &[u8]) -> Vec<u8> {
+        deny::reply(request)
+    }
+}
+
+loupe_sdk::export_parser!(Kafka);
+
+/// The request header: (api key, version, correlation id, client id range in
+/// the message, flexible).
+pub(crate) struct Header {
+    pub(crate) key: i16,
+    pub(crate) version: i16,
+    pub(crate) correlation: i32,
+    pub(crate) client_id: Option<(usize, usize)>,
+    pub(crate) flexible: bool,
+}
+
+pub(crate) fn request_header(r: &mut Reader<'_>) -> Result<Header, ParseError> {
+    let key = r.i16()?;
+    let version = r.i16()?;
+    if apis::name(key).is_none() {
+        return Err(ParseError::new(4, "unknown API key"));
+    }
+    if !(0..=20).contains(&version) {
+        return Err(ParseError::new(6, "API version out of range"));
+    }
+    let correlation = r.i32()?;
+    // client_id keeps the classic encoding even in flexible (v2) headers.
+    let client_id = r.string(false)?;
+    let flexible = apis::flexible(key, version);
+    if flexible {
+        r.tagged_fields()?;
+    }
+    Ok(Header {
+        key,
+        version,
+        correlation,
+        client_id,
+        flexible,
+    })
+}
+
+impl Kafka {
+    fn request(&mut self, r: &mut Reader<'_>) -> Result<Frame, ParseError> {
+        let h = request_header(r)?;
+        let mut frame = Frame::new(Direction::ToServer, 0)
+            .unsigned(field::API_KEY, h.key as u64)
+            .field(
+                field::API_NAME,
+                Value::Computed(String::from(apis::name(h.key).unwrap_or("?"))),
+            )
+            .unsigned(field::API_VERSION, h.version as u64)
+            .field(
+                field::CORRELATION_ID,
+                Value::Signed(i64::from(h.correlation)),
+            )
+            .correlation(Correlation::Id(h.correlation as u32 as u64));
+        if let Some((s, e)) = h.client_id {
+            frame = frame.slice(field::CLIENT_ID, 4 + s..4 + e);
+        }
+        let f = h.flexible;
+        let mut acks = None;
+        let topics = match (h.key, h.version) {
+            (apis::PRODUCE, v) if v < 13 => {
+                if v >= 3 {
+                    r.string(f)?; // transactional_id
+                }
+                acks = Some(r.i16()?);
+                r.i32()?; // timeout
+                Some(r.array(f)?)
+            }
+            (apis::FETCH, v) if v < 13 => {
+                r.skip(if v >= 3 { 16 } else { 12 })?; // replica_id, max_wait, min/max_bytes
+                if v >= 4 {
+                    r.skip(1)?; // isolation_level
+                }
+                if v >= 7 {
+                    r.skip(8)?; // session id and epoch
+                }
+                Some(r.array(f)?)
+            }
+            (apis::METADATA, _) => Some(r.array(f)?),
+            _ => None,
+        };
+        if let Some(a) = acks {
+            frame = frame.field(field::ACKS, Value::Signed(i64::from(a)));
+        }
+        if let Some(count) = topics {
+            let count = count.unwrap_or(0);
+            frame = frame.unsigned(field::TOPICS, count as u64);
+            if count > 0 {
+                if h.key == apis::METADATA && h.version >= 10 {
+                    r.skip(16)?; // topic_id
+                }
+                if let Some((s, e)) = r.string(f)? {
+                    frame = frame.slice(field::TOPIC, 4 + s..4 + e);
+                }
+            }
+        }
+        if acks == Some(0) {
+            // No response will come.
+            return Ok(frame.correlation(Correlation::None));
+        }
+        if self.awaiting.len() >= MAX_AWAITING {
+            return Err(ParseError::new(0, "too many requests awaiting responses"));
+        }
+        self.awaiting.push((h.correlation, h.key, h.version));
+        Ok(frame)
+    }
+
+    fn response(&mut self, r: &mut Reader<'_>) -> Result<Frame, ParseError> {
+        let correlation = r.i32()?;
+        let mut frame = Frame::new(Direction::ToClient, 0)
+            .field(field::CORRELATION_ID, Value::Signed(i64::from(correlation)))
+            .correlation(Correlation::Id(correlation as u32 as u64));
+        let Some(i) = self.awaiting.iter().position(|a| a.0 == correlation) else {
+            // Nothing asked for it (the capture started mid-connection).
+            return Ok(frame
+                .kind(MessageKind::Event)
+                .correlation(Correlation::None));
+        };
+        let (_, key, version) = self.awaiting.remove(i);
+        frame = frame
+            .unsigned(field::API_KEY, key as u64)
+            .field(
+                field::API_NAME,
+                Value::Computed(String::from(apis::name(key).unwrap_or("?"))),
+            )
+            .unsigned(field::API_VERSION, version as u64);
+        let flexible = apis::flexible(key, version);
+        if flexible && key != apis::API_VERSIONS {
+            r.tagged_fields()?;
+        }
+        let error = match (key, version) {
+            (apis::API_VERSIONS, _) => Some(r.i16()?),
+            (apis::FETCH, v) if v >= 7 => {
+                r.i32()?; // throttle_time_ms
+                Some(r.i16()?)
+            }
+            _ => None,
+        };
+        if let Some(e) = error {
+            frame = frame.field(field::ERROR_CODE, Value::Signed(i64::from(e)));
+        }
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+//! The Kafka plugin as its component: native vs component at every split on
+//! `plugins/kafka/fixtures/kafka.pcap` (kafka-python against the tansu broker, see
+//! `capture.sh` there), and an independent check of every message it frames
+//! against tshark's Kafka dissector on the same capture.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use loupe_plugin_kafka::{Kafka, field};
+use loupe_sdk::Direction::{self, ToClient, ToServer};
+use loupe_sdk::harness::{Harness, Observed};
+use loupe_tests::tshark::{attr, streams, tshark};
+use loupe_tests::{guest, root};
+
+/// The port the fixture was captured on (`capture.sh`).
+const PORT: u16 = 19092;
+
+fn harness() -> Harness<Kafka> {
+    Harness::load(guest("loupe_plugin_kafka")).unwrap()
+}
+
+fn fixture() -> String {
+    root()
+        .join("plugins/kafka/fixtures/kafka.pcap")
+        .display()
+        .to_string()
+}
+
+fn conversation(stream: &loupe_tests::tshark::TcpStream) -> Vec<(Direction, &[u8])> {
+    stream
+        .chunks
+        .iter()
+        .map(|(d, b)| (*d, b.as_slice()))
+        .collect()
+}
+
+#[test]
+fn kafka_capture_frames_the_same_at_every_split() {
+    let h = harness();
+    let mut messages = 0;
+    for stream in streams(&fixture()) {
+        messages += h.check(&conversation(&stream)).unwrap().messages;
+    }
+    println!("{messages} messages from kafka.pcap, native = component at every split");
+    assert!(messages >= 30);
+}
+
+/// One Kafka message as tshark dissected it: first `show` of each field.
+type Dissected = BTreeMap<String, String>;
+
+fn dissect(pcap: &str) -> BTreeMap<(u32, Direction), Vec<Dissected>> {
+    let pdml = tshark(&[
+        "-r",
+        pcap,
+        "-d",
+        &format!("tcp.port=={PORT},kafka"),
+        "-T",
+        "pdml",
+    ]);
+    let mut out: BTreeMap<(u32, Direction), Vec<Dissected>> = BTreeMap::new();
+    let (mut stream, mut dir) = (0u32, ToServer);
+    let mut current: Option<Dissected> = None;
+    for line in pdml.lines() {
+        if line.trim_start().starts_with("<proto name=\"kafka\"") {
+            current = Some(Dissected::new());
+            continue;
+        }
+        if let Some(c) = &mut current {
+            if line.starts_with("  </proto>") {
+                out.entry((stream, dir))
+                    .or_default()
+                    .push(current.take().unwrap());
+                continue;
+            }
+            let name = attr(line, "name");
+            if name.starts_with("kafka.") {
+                c.entry(name).or_insert_with(|| attr(line, "show"));
+            }
+            continue;
+        }
+        match attr(line, "name").as_str() {
+            "tcp.stream" => stream = attr(line, "show").parse().unwrap(),
+            "tcp.srcport" => {
+                dir = if attr(line, "show") == PORT.to_string() {
+                    ToClient
+                } else {
+                    ToServer
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn value(m: &Observed, bytes: &[u8], id: u16) -> Option<String> {
+    let (_, v) = m.fields.iter().find(|(f, _)| *f == id)?;
+    if let Some(span) = v.strip_prefix("slice ") {
+        let (o, l) = span.split_once('+').unwrap();
+        let start = m.start as usize + o.parse::<usize>().unwrap();
+        let end = start + l.parse::<usize>().unwrap();
+        return Some(String::from_utf8_lossy(&bytes[start..end]).into_owned());
+    }
+    v.split_once(' ').map(|(_, v)| v.to_string())
+}
+
+#[test]
+fn kafka_capture_matches_tshark() {
+    let pcap = fixture();
+    let h = harness();
+    let dissected = dissect(&pcap);
+    let mut compared = 0;
+    for stream in streams(&pcap) {
+        let outcome = h.component(&conversation(&stream)).unwrap();
+        assert_eq!(outcome.error, None, "stream {}", stream.index);
+        for d in [ToServer, ToClient] {
+            let bytes = stream.bytes(d);
+            let ours: Vec<&Observed> = outcome
+                .messages
+                .iter()
+                .filter(|m| m.direction == d)
+                .collect();
+            let theirs = dissected
+                .get(&(stream.index, d))
+                .cloned()
+                .unwrap_or_default();
+            let at = format!("stream {} {d:?}", stream.index);
+            assert_eq!(ours.len(), theirs.len(), "{at}\n{ours:#?}\n{theirs:#?}");
+            for (i, (m, t)) in ours.iter().zip(&theirs).enumerate() {
+                let at = format!("{at} message {i}");
+                let same = |id: u16, name: &str| {
+                    assert_eq!(
+                        value(m, &bytes, id).as_deref(),
+                        t.get(name).map(String::as_str),
+                        "{at}: {name}\n{m:?}\n{t:?}"
+                    );
+                };
+                same(field::CORRELATION_ID, "kafka.correlation_id");
+                same(field::API_KEY, "kafka.api_key");
+                if d == ToServer {
+                    same(field::API_VERSION, "kafka.api_version");
+                    same(field::CLIENT_ID, "kafka.client_id");
+                    if value(m, &bytes, field::TOPIC).is_some() {
+                        same(field::TOPIC, "kafka.topic_name");
+                    }
+                    if value(m, &bytes, field::ACKS).is_some() {
+                        same(field::ACKS, "kafka.required_acks");
+                    }
+                } else if value(m, &bytes, field::ERROR_CODE).is_some() {
+                    same(field::ERROR_CODE, "kafka.error");
+                }
+                compared += 1;
+            }
+        }
+    }
+    println!("kafka.pcap: {compared} messages compared with tshark");
+    assert!(compared >= 30, "only {compared} messages compared");
+}

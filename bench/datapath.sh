@@ -108,6 +108,9 @@ measure() {
 
 "$loupe" lab up --file "$work/lab.yaml" >/dev/null
 "$loupe" lab exec --lab $lab_name db-service -- iperf3 -s -D >/dev/null
+# A connection per request for minutes: let the client reuse TIME_WAIT ports.
+ip netns exec "loupe-$lab_name-frontend" sysctl -qw net.ipv4.tcp_tw_reuse=1 \
+  net.ipv4.ip_local_port_range="1024 65535"
 sleep 0.5
 for n in 1 1000 10000; do write_policy "$n"; done
 

@@ -78,23 +78,34 @@ pub async fn read_events(
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let clock = BootClock::now();
+    // The datapath wakes us only for large batches; a short timer drains the rest,
+    // so a flow is at most one tick late.
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let mut malformed = 0u64;
-        while let Some(item) = ring.next() {
-            match decode(&item, &clock) {
-                Some(event) => sink(event),
-                None => malformed += 1,
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &clock, &mut sink);
+                guard.clear_ready();
             }
+            _ = tick.tick() => drain(fd.get_mut(), &clock, &mut sink),
         }
-        if malformed > 0 {
-            tracing::warn!(
-                malformed,
-                fd = ring.as_raw_fd(),
-                "short datapath event records"
-            );
+    }
+}
+
+/// Longest a datapath event waits in the ring when the datapath did not wake us.
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+fn drain(ring: &mut RingBuf<aya::maps::MapData>, clock: &BootClock, sink: &mut impl FnMut(DatapathEvent)) {
+    let mut malformed = 0u64;
+    while let Some(item) = ring.next() {
+        match decode(&item, clock) {
+            Some(event) => sink(event),
+            None => malformed += 1,
         }
-        guard.clear_ready();
+    }
+    if malformed > 0 {
+        tracing::warn!(malformed, fd = ring.as_raw_fd(), "short datapath event records");
     }
 }

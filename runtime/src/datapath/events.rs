@@ -97,7 +97,11 @@ pub async fn read_events(
 /// Longest a datapath event waits in the ring when the datapath did not wake us.
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
-fn drain(ring: &mut RingBuf<aya::maps::MapData>, clock: &BootClock, sink: &mut impl FnMut(DatapathEvent)) {
+fn drain(
+    ring: &mut RingBuf<aya::maps::MapData>,
+    clock: &BootClock,
+    sink: &mut impl FnMut(DatapathEvent),
+) {
     let mut malformed = 0u64;
     while let Some(item) = ring.next() {
         match decode(&item, clock) {
@@ -106,6 +110,10 @@ fn drain(ring: &mut RingBuf<aya::maps::MapData>, clock: &BootClock, sink: &mut i
         }
     }
     if malformed > 0 {
-        tracing::warn!(malformed, fd = ring.as_raw_fd(), "short datapath event records");
+        tracing::warn!(
+            malformed,
+            fd = ring.as_raw_fd(),
+            "short datapath event records"
+        );
     }
 }

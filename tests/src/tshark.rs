@@ -91,3 +91,71 @@ pub fn attr(line: &str, name: &str) -> String {
         })
         .unwrap_or_default()
 }
+
+/// tshark's fields of one dissected message: field name -> `show` text.
+pub type Dissected = std::collections::BTreeMap<String, String>;
+
+/// tshark's messages of protocol `proto` (decoded on `port`) per (tcp stream,
+/// direction), in order, from PDML; each message keeps its first value of every
+/// `proto.*` field.
+pub fn dissect_fields(
+    pcap: &str,
+    proto: &str,
+    port: u16,
+) -> std::collections::BTreeMap<(u32, Direction), Vec<Dissected>> {
+    let pdml = tshark(&[
+        "-r",
+        pcap,
+        "-d",
+        &format!("tcp.port=={port},{proto}"),
+        "-T",
+        "pdml",
+    ]);
+    let (open, prefix) = (format!("<proto name=\"{proto}\""), format!("{proto}."));
+    let mut out: std::collections::BTreeMap<(u32, Direction), Vec<Dissected>> = Default::default();
+    let (mut stream, mut dir) = (0u32, ToServer);
+    let mut current: Option<Dissected> = None;
+    for line in pdml.lines() {
+        if line.trim_start().starts_with(&open) {
+            current = Some(Dissected::new());
+            continue;
+        }
+        if let Some(c) = &mut current {
+            if line.starts_with("  </proto>") {
+                out.entry((stream, dir)).or_default().extend(current.take());
+                continue;
+            }
+            let name = attr(line, "name");
+            if name.starts_with(&prefix) {
+                c.entry(name).or_insert_with(|| attr(line, "show"));
+            }
+            continue;
+        }
+        match attr(line, "name").as_str() {
+            "tcp.stream" => stream = attr(line, "show").parse().unwrap_or(0),
+            "tcp.srcport" => {
+                dir = if attr(line, "show") == port.to_string() {
+                    ToClient
+                } else {
+                    ToServer
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A field of a framed message as text: `fields` and `start` as the SDK harness
+/// reports them, slices (`slice OFFSET+LEN`, relative to `start`) resolved in
+/// `bytes`, the direction's stream.
+pub fn field_text(fields: &[(u16, String)], start: u64, bytes: &[u8], id: u16) -> Option<String> {
+    let (_, v) = fields.iter().find(|(f, _)| *f == id)?;
+    if let Some(span) = v.strip_prefix("slice ") {
+        let (o, l) = span.split_once('+')?;
+        let from = usize::try_from(start).ok()? + o.parse::<usize>().ok()?;
+        let to = from + l.parse::<usize>().ok()?;
+        return Some(String::from_utf8_lossy(bytes.get(from..to)?).into_owned());
+    }
+    v.split_once(' ').map(|(_, v)| v.to_string())
+}

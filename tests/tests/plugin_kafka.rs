@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use loupe_plugin_kafka::{Kafka, field};
 use loupe_sdk::Direction::{self, ToClient, ToServer};
 use loupe_sdk::harness::{Harness, Observed};
-use loupe_tests::tshark::{attr, streams, tshark};
+use loupe_tests::tshark::{Dissected, dissect_fields, field_text, streams};
 use loupe_tests::{guest, root};
 
 /// The port the fixture was captured on (`capture.sh`).
@@ -47,62 +47,12 @@ fn kafka_capture_frames_the_same_at_every_split() {
 }
 
 /// One Kafka message as tshark dissected it: first `show` of each field.
-type Dissected = BTreeMap<String, String>;
-
 fn dissect(pcap: &str) -> BTreeMap<(u32, Direction), Vec<Dissected>> {
-    let pdml = tshark(&[
-        "-r",
-        pcap,
-        "-d",
-        &format!("tcp.port=={PORT},kafka"),
-        "-T",
-        "pdml",
-    ]);
-    let mut out: BTreeMap<(u32, Direction), Vec<Dissected>> = BTreeMap::new();
-    let (mut stream, mut dir) = (0u32, ToServer);
-    let mut current: Option<Dissected> = None;
-    for line in pdml.lines() {
-        if line.trim_start().starts_with("<proto name=\"kafka\"") {
-            current = Some(Dissected::new());
-            continue;
-        }
-        if let Some(c) = &mut current {
-            if line.starts_with("  </proto>") {
-                out.entry((stream, dir))
-                    .or_default()
-                    .push(current.take().unwrap());
-                continue;
-            }
-            let name = attr(line, "name");
-            if name.starts_with("kafka.") {
-                c.entry(name).or_insert_with(|| attr(line, "show"));
-            }
-            continue;
-        }
-        match attr(line, "name").as_str() {
-            "tcp.stream" => stream = attr(line, "show").parse().unwrap(),
-            "tcp.srcport" => {
-                dir = if attr(line, "show") == PORT.to_string() {
-                    ToClient
-                } else {
-                    ToServer
-                }
-            }
-            _ => {}
-        }
-    }
-    out
+    dissect_fields(pcap, "kafka", PORT)
 }
 
 fn value(m: &Observed, bytes: &[u8], id: u16) -> Option<String> {
-    let (_, v) = m.fields.iter().find(|(f, _)| *f == id)?;
-    if let Some(span) = v.strip_prefix("slice ") {
-        let (o, l) = span.split_once('+').unwrap();
-        let start = m.start as usize + o.parse::<usize>().unwrap();
-        let end = start + l.parse::<usize>().unwrap();
-        return Some(String::from_utf8_lossy(&bytes[start..end]).into_owned());
-    }
-    v.split_once(' ').map(|(_, v)| v.to_string())
+    field_text(&m.fields, m.start, bytes, id)
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use loupe_plugin_redis::{Redis, field};
 use loupe_sdk::Direction::{self, ToClient, ToServer};
 use loupe_sdk::harness::{Harness, Observed};
-use loupe_tests::tshark::{attr, hex, streams, tshark};
+use loupe_tests::tshark::{attr, field_text, hex, streams, tshark};
 use loupe_tests::{guest, root};
 
 fn harness() -> Harness<Redis> {
@@ -129,17 +129,8 @@ fn dissect(pcap: &str) -> std::collections::BTreeMap<(u32, Direction), Vec<Disse
     out
 }
 
-/// A field of an observed message as text (slices resolved in `bytes`, the
-/// direction's stream).
 fn value(m: &Observed, bytes: &[u8], id: u16) -> Option<String> {
-    let (_, v) = m.fields.iter().find(|(f, _)| *f == id)?;
-    if let Some(span) = v.strip_prefix("slice ") {
-        let (o, l) = span.split_once('+').unwrap();
-        let start = m.start as usize + o.parse::<usize>().unwrap();
-        let end = start + l.parse::<usize>().unwrap();
-        return Some(String::from_utf8_lossy(&bytes[start..end]).into_owned());
-    }
-    v.split_once(' ').map(|(_, v)| v.to_string())
+    field_text(&m.fields, m.start, bytes, id)
 }
 
 /// Compares the component's messages with tshark's items on every direction

@@ -219,7 +219,9 @@ async fn prometheus_scrapes_the_agent_and_evaluates_the_guide_queries() {
     // The config round-trips through the file format users write.
     std::fs::write(&path, serde_norway_yaml(&config)).unwrap();
     let config = AgentConfig::load(&path).unwrap();
-    let state = Arc::new(AgentState::new(config));
+    let mut config = config;
+    config.state_dir = dir.path().to_path_buf();
+    let state = Arc::new(AgentState::new(config).expect("agent state"));
 
     // The datapath's drop counters, reported at scrape time.
     let drops = Arc::new(AtomicU64::new(0));

@@ -42,7 +42,8 @@ async fn start_agent(mut config: AgentConfig) -> Agent {
     config.socket_path = socket.clone();
     config.endpoints.lab = false;
     config.node_name = Some("test-node".into());
-    let state = Arc::new(AgentState::new(config));
+    config.state_dir = dir.path().to_path_buf();
+    let state = Arc::new(AgentState::new(config).expect("agent state"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(agent::run_with_state(state.clone(), async move {
         let _ = rx.await;

@@ -23,6 +23,7 @@ use crate::datapath::{
 use crate::endpoint::{self, EndpointRegistry, SourceKind};
 use crate::flow::FlowStore;
 use crate::metrics::MetricsRegistry;
+use crate::plugin::{InstallError, PluginManager};
 
 /// Health of one component, for `loupe status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,20 +78,29 @@ pub struct AgentState {
     pub metrics: MetricsRegistry,
     /// Flow-derived metrics (`hubble.metrics.port`).
     pub hubble_metrics: MetricsRegistry,
+    /// Installed L7 parser plugins (`plugins.dir`).
+    pub plugins: Arc<PluginManager>,
 }
 
 impl AgentState {
     /// Fresh state for a configuration, without a kernel datapath and with
-    /// identities and policies kept in memory (embedders and tests).
-    pub fn new(config: AgentConfig) -> Self {
+    /// identities and policies kept in memory (embedders and tests); plugins are
+    /// read from `plugins.dir`.
+    pub fn new(config: AgentConfig) -> Result<Self, InstallError> {
         let controller = Controller::in_memory(&config);
-        Self::with_controller(config, controller)
+        let plugins = Arc::new(open_plugins(&config)?);
+        Ok(Self::with_controller(config, controller, plugins))
     }
 
-    /// Fresh state around a controller (the agent's own).
-    pub fn with_controller(config: AgentConfig, controller: Controller) -> Self {
+    /// Fresh state around a controller and a plugin manager (the agent's own).
+    pub fn with_controller(
+        config: AgentConfig,
+        controller: Controller,
+        plugins: Arc<PluginManager>,
+    ) -> Self {
         let node_name = config.node_name();
         Self {
+            plugins,
             flows: FlowStore::new(
                 config.hubble.event_buffer_capacity as usize,
                 node_name.clone(),
@@ -138,12 +148,21 @@ pub async fn run(
     for err in &stale_policies {
         tracing::error!(error = %err, "persisted policy no longer valid; not loaded");
     }
+    let plugins = Arc::new(open_plugins(&config)?);
     serve(
-        Arc::new(AgentState::with_controller(config, controller)),
+        Arc::new(AgentState::with_controller(config, controller, plugins)),
         io,
         shutdown,
     )
     .await
+}
+
+/// Opens the plugin directory the configuration names.
+fn open_plugins(config: &AgentConfig) -> Result<PluginManager, InstallError> {
+    PluginManager::open(
+        &config.plugins.dir(&config.state_dir),
+        config.plugins.limits(),
+    )
 }
 
 /// The maps the agent reads continuously, taken from the datapath.
@@ -234,15 +253,10 @@ async fn serve(
 
     tokio::spawn(collect_conntrack(state.clone()));
     let observability = observability::start(&state).await?;
-    let plugin_dir = state.config.plugins.dir(&state.config.state_dir);
-    let plugins = Arc::new(crate::plugin::PluginManager::open(
-        &plugin_dir,
-        state.config.plugins.limits(),
-    )?);
     let detail = format!(
         "{} installed in {}",
-        plugins.list().len(),
-        plugin_dir.display()
+        state.plugins.list().len(),
+        state.config.plugins.dir(&state.config.state_dir).display()
     );
     state
         .set_component("plugins", ComponentState::Ok, detail)
@@ -254,7 +268,7 @@ async fn serve(
         .add_service(PoliciesServer::new(PolicyService::new(state.clone())))
         .add_optional_service(observability.observer())
         .add_optional_service(observability.peer())
-        .add_service(api::plugin::PluginService::server(plugins))
+        .add_service(api::plugin::PluginService::server(state.plugins.clone()))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let result = server.await;
     observability.stop();

@@ -170,7 +170,21 @@ impl Controller {
 
     fn publish(&self) {
         let cidrs = self.compiled.iter().flat_map(|c| c.cidrs.values().copied());
-        let snap = EndpointSnapshot::build(&self.endpoints, |id| self.identity_labels(id), cidrs);
+        let mut snap =
+            EndpointSnapshot::build(&self.endpoints, |id| self.identity_labels(id), cidrs);
+        snap.set_l7_ports(
+            self.compiled
+                .iter()
+                .flat_map(|c| c.l7.iter())
+                .map(|p| super::flows::L7PortProtocol {
+                    ep: p.ep,
+                    dir: p.dir.datapath(),
+                    first: p.first,
+                    last: p.last,
+                    protocol: p.spec.protocol().to_string(),
+                })
+                .collect(),
+        );
         if let Ok(mut guard) = self.snapshot.write() {
             *guard = Arc::new(snap);
         }
@@ -226,6 +240,17 @@ impl Controller {
     /// The datapath, read-only.
     pub fn datapath(&self) -> Option<&Datapath> {
         self.datapath.as_ref()
+    }
+
+    /// Makes exactly `ports` L7-visible without policy (no-op without a datapath).
+    pub fn set_l7_ports(
+        &mut self,
+        ports: &std::collections::BTreeSet<u16>,
+    ) -> Result<(), super::DatapathError> {
+        match self.datapath.as_mut() {
+            Some(dp) => dp.set_l7_ports(ports),
+            None => Ok(()),
+        }
     }
 
     /// Statistics.

@@ -5,6 +5,7 @@
 
 pub mod cnp;
 pub mod compile;
+pub mod l7;
 pub mod parse;
 pub mod repository;
 pub mod selector;
@@ -187,7 +188,7 @@ pub enum L7Spec {
 }
 
 /// Direction of a rule relative to the selected endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
     /// Into the endpoint.
     Ingress,

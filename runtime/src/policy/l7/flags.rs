@@ -8,21 +8,15 @@ use std::collections::HashMap;
 use loupe_common::{POLICY_PREFIX_PROTO, action, policy_flags};
 
 use super::covers;
+use super::rules::{http_rule_is_empty, kafka_rule_is_empty};
 use crate::policy::compile::{Compiled, EntryKey, L4Allow, L7Port};
 use crate::policy::{Direction, L7Spec};
 
 /// Whether a port's L7 rules allow everything (an empty rule, or no rules).
 pub fn allows_all(spec: &L7Spec) -> bool {
     match spec {
-        L7Spec::Http(r) => r.is_empty() || r.iter().any(|r| *r == Default::default()),
-        L7Spec::Kafka(r) => {
-            r.is_empty()
-                || r.iter().any(|r| {
-                    [&r.role, &r.api_key, &r.api_version, &r.client_id, &r.topic]
-                        .iter()
-                        .all(|f| f.as_deref().unwrap_or("").is_empty())
-                })
-        }
+        L7Spec::Http(r) => r.is_empty() || r.iter().any(http_rule_is_empty),
+        L7Spec::Kafka(r) => r.is_empty() || r.iter().any(kafka_rule_is_empty),
         L7Spec::Generic { rules, .. } => rules.is_empty() || rules.iter().any(|r| r.is_empty()),
     }
 }

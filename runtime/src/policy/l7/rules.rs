@@ -42,6 +42,32 @@ impl Pattern {
     }
 }
 
+/// A rule field that is set: an empty string means unset, as in Cilium.
+fn set(field: &Option<String>) -> Option<&str> {
+    field.as_deref().filter(|s| !s.is_empty())
+}
+
+/// Whether an HTTP rule restricts nothing (`{}`).
+pub(crate) fn http_rule_is_empty(rule: &HttpRule) -> bool {
+    set(&rule.method).is_none()
+        && set(&rule.path).is_none()
+        && set(&rule.host).is_none()
+        && rule.headers.as_ref().is_none_or(Vec::is_empty)
+}
+
+/// Whether a Kafka rule restricts nothing (`{}`).
+pub(crate) fn kafka_rule_is_empty(rule: &KafkaRule) -> bool {
+    [
+        &rule.role,
+        &rule.api_key,
+        &rule.api_version,
+        &rule.client_id,
+        &rule.topic,
+    ]
+    .into_iter()
+    .all(|f| set(f).is_none())
+}
+
 /// `rules.http[i]`.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpMatcher {
@@ -55,9 +81,9 @@ pub(crate) struct HttpMatcher {
 impl HttpMatcher {
     pub(crate) fn new(rule: &HttpRule) -> Self {
         Self {
-            method: rule.method.as_deref().map(Pattern::new),
-            path: rule.path.as_deref().map(Pattern::new),
-            host: rule.host.as_deref().map(Pattern::new),
+            method: set(&rule.method).map(Pattern::new),
+            path: set(&rule.path).map(Pattern::new),
+            host: set(&rule.host).map(Pattern::new),
             headers: rule
                 .headers
                 .iter()
@@ -124,10 +150,10 @@ pub(crate) struct KafkaMatcher {
 
 impl KafkaMatcher {
     pub(crate) fn new(rule: &KafkaRule) -> Self {
-        let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
-        let api_keys = match (nonempty(&rule.role), nonempty(&rule.api_key)) {
-            (Some(role), _) => Some(kafka::role(&role).map(<[u16]>::to_vec).unwrap_or_default()),
-            (None, Some(key)) => Some(kafka::api_key(&key).into_iter().collect()),
+        let nonempty = |s: &Option<String>| set(s).map(str::to_string);
+        let api_keys = match (set(&rule.role), set(&rule.api_key)) {
+            (Some(role), _) => Some(kafka::role(role).map(<[u16]>::to_vec).unwrap_or_default()),
+            (None, Some(key)) => Some(kafka::api_key(key).into_iter().collect()),
             (None, None) => None,
         };
         Self {

@@ -293,6 +293,16 @@ fn empty_rule_is_visibility_only() {
         policy_flags::L7 | policy_flags::L7_ENFORCE
     );
     assert_eq!(t.parser(2, Direction::Ingress, 80), Some(L7Parser::Http));
+    // Empty strings and empty header lists are unset, as in Cilium.
+    let c = compiled(&policy(
+        "p",
+        &[("frontend", 80, "http:\n- method: \"\"\n  headers: []")],
+    ));
+    let t = L7Policy::build(&c);
+    assert!(decide(&t, 80, FRONTEND, &http("PATCH", "/")).allowed());
+    assert_eq!(flags(&c, FRONTEND, 80), policy_flags::L7);
+    let c = compiled(&policy("p", &[("frontend", 9092, "kafka:\n- topic: \"\"")]));
+    assert_eq!(flags(&c, FRONTEND, 9092), policy_flags::L7);
     // An empty rule next to restrictive ones allows everything too.
     let t = table(&policy(
         "p",

@@ -812,3 +812,88 @@ fn the_controller_publishes_l7_rules_and_keeps_them_on_a_refused_change() {
             .allowed()
     );
 }
+
+#[test]
+fn plugin_messages_are_read_by_schema_name() {
+    use crate::plugin::{
+        Correlation, Direction as Dir, Field, Message, MessageKind, PluginInfo, Transport, Value,
+    };
+
+    let spec = |name: &str, ty| FieldSpec {
+        name: name.into(),
+        ty,
+        description: String::new(),
+    };
+    let info = PluginInfo {
+        name: "http".into(),
+        version: "0.1.0".into(),
+        protocol: "http".into(),
+        default_ports: vec![80],
+        transport: Transport::Stream,
+        fields: vec![
+            spec("method", FieldType::Text),
+            spec("path", FieldType::Text),
+            spec("host", FieldType::Text),
+            spec("content-length", FieldType::Unsigned),
+        ],
+    };
+    let head = b"GET /get?x=1 HTTP/1.1\r\nHost: api\r\nX-Token: s3cret\r\n\r\n";
+    let message = Message {
+        direction: Dir::ToServer,
+        kind: MessageKind::Request,
+        start: 0,
+        bytes: bytes::Bytes::from_static(head),
+        correlation: Correlation::Order(0),
+        fields: vec![
+            Field {
+                id: 0,
+                value: Value::Slice { offset: 0, len: 3 },
+            },
+            Field {
+                id: 1,
+                value: Value::Text("/get".into()),
+            },
+            Field {
+                id: 2,
+                value: Value::Slice { offset: 29, len: 3 },
+            },
+            Field {
+                id: 3,
+                value: Value::Unsigned(0),
+            },
+            // Outside the message: never read.
+            Field {
+                id: 2,
+                value: Value::Slice {
+                    offset: 500,
+                    len: 3,
+                },
+            },
+        ],
+    };
+    let req = PluginRequest {
+        info: &info,
+        message: &message,
+    };
+    assert_eq!(req.protocol(), "http");
+    assert_eq!(req.values("method"), vec![FieldValue::Text(b"GET")]);
+    assert_eq!(req.values("host"), vec![FieldValue::Text(b"api")]);
+    assert_eq!(req.value("content-length"), Some(FieldValue::Unsigned(0)));
+    assert!(req.values("status").is_empty());
+    assert_eq!(req.headers("x-token"), vec![&b"s3cret"[..]]);
+
+    let rules = "http:\n- method: GET\n  path: /get\n  host: api\n  headers: [\"X-Token: s3cret\"]";
+    let t = table(&policy("p", &[("frontend", 80, rules)]));
+    assert!(
+        t.decide(2, Direction::Ingress, 80, FRONTEND, &req)
+            .allowed()
+    );
+    let t = table(&policy(
+        "p",
+        &[("frontend", 80, "http:\n- headers: [\"X-Token: other\"]")],
+    ));
+    assert!(
+        !t.decide(2, Direction::Ingress, 80, FRONTEND, &req)
+            .allowed()
+    );
+}

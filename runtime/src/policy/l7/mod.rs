@@ -237,7 +237,7 @@ impl L7Policy {
             let index = out.sets.len();
             let set = RuleSet::new(port);
             let key = (port.ep, port.dir);
-            if u32::from(set.last) - u32::from(set.first) < EXPAND_RANGE {
+            if u32::from(set.last).saturating_sub(u32::from(set.first)) < EXPAND_RANGE {
                 for p in set.first..=set.last {
                     out.ports
                         .entry((port.ep, port.dir, p))

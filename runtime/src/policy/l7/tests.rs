@@ -421,6 +421,45 @@ fn wide_port_ranges_are_looked_up() {
         t.mode(2, Direction::Ingress, 9000, FRONTEND),
         Some(L7Mode::Enforce)
     );
+
+    // Blocks of the range are enforced, except one that an L4-only rule for the
+    // same peer covers whole (one it covers in part still has restricted ports).
+    let l4 = |name: &str, first: u16, last: u16| {
+        policy(name, &[("frontend", first, "")]).replace(
+            "protocol: TCP\n",
+            &format!("endPort: {last}\n        protocol: TCP\n"),
+        )
+    };
+    let c = compiled(&format!(
+        "{text}---\n{}---\n{}",
+        l4("whole", 8704, 8959),
+        l4("part", 8192, 8447)
+    ));
+    let blocks = crate::policy::compile::port_prefixes(8000, 9000);
+    assert!(
+        blocks.contains(&(8704, POLICY_PREFIX_FULL - 8)),
+        "{blocks:?}"
+    );
+    assert!(
+        blocks.contains(&(8192, POLICY_PREFIX_FULL - 9)),
+        "{blocks:?}"
+    );
+    for (port, prefix_len) in blocks {
+        let key = EntryKey {
+            ep: 2,
+            dir: Direction::Ingress.datapath(),
+            identity: FRONTEND,
+            proto: 6,
+            port,
+            prefix_len,
+        };
+        let want = if port == 8704 {
+            policy_flags::L7
+        } else {
+            policy_flags::L7 | policy_flags::L7_ENFORCE
+        };
+        assert_eq!(c.entries[&key].flags, want, "block {port}/{prefix_len}");
+    }
 }
 
 fn kafka_req(api_key: u64, version: u64, client: &'static str) -> Req {

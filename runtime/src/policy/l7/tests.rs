@@ -936,3 +936,26 @@ fn plugin_messages_are_read_by_schema_name() {
             .allowed()
     );
 }
+
+#[test]
+fn egress_rules_apply_to_the_destination_identity() {
+    let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: out\n  \
+                namespace: demo\nspec:\n  endpointSelector:\n    matchLabels:\n      app: frontend\n  \
+                egress:\n  - toEndpoints:\n    - matchLabels:\n        app: api\n    toPorts:\n    \
+                - ports:\n      - port: \"80\"\n        protocol: TCP\n      rules:\n        http:\n        \
+                - method: GET\n";
+    let c = compiled(text);
+    let t = L7Policy::build(&c);
+    let d = |to, req: &Req| t.decide(1, Direction::Egress, 80, to, req);
+    assert_eq!(
+        d(API, &http("GET", "/")),
+        allowed_by("demo/out", L7RuleRef::Http(0))
+    );
+    assert_eq!(d(API, &http("POST", "/")), denied(&["demo/out"]));
+    assert_eq!(d(DB, &http("GET", "/")), denied(&[]));
+    assert_eq!(
+        t.decide(1, Direction::Ingress, 80, API, &http("POST", "/")),
+        L7Decision::NoPolicy
+    );
+    assert_eq!(t.mode(1, Direction::Egress, 80, API), Some(L7Mode::Enforce));
+}

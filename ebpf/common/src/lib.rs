@@ -124,6 +124,10 @@ pub mod action {
 pub mod policy_flags {
     /// The port carries L7 rules: the connection's payload is for the L7 path.
     pub const L7: u8 = 1;
+    /// With [`L7`]: some L7 rule restricts this peer's requests, so the connection
+    /// goes through the runtime's proxy; without it the payload is only copied
+    /// for visibility.
+    pub const L7_ENFORCE: u8 = 2;
 }
 
 /// Flags of [`EndpointInfo::flags`]. Enforcement is kept per policy generation

@@ -21,6 +21,7 @@ use super::{Datapath, DatapathError, mapped};
 use crate::config::{AgentConfig, PolicyEnforcementMode};
 use crate::endpoint::Endpoint;
 use crate::identity::{IdentityAllocator, IdentityError, LabelSet};
+use crate::policy::l7::{L7Policy, L7PolicyHandle};
 use crate::policy::repository::{PolicyRepository, StoreError};
 use crate::policy::{Compiled, EndpointView, Policy, PolicyError, compile};
 
@@ -89,6 +90,8 @@ pub struct Controller {
     stats: ControllerStats,
     gauges: Arc<DatapathGauges>,
     snapshot: SnapshotHandle,
+    /// The L7 rules in force, for the proxy.
+    l7: L7PolicyHandle,
     /// Policy map entries one generation may hold (`bpf.policyMapEntries`).
     policy_capacity: usize,
 }
@@ -134,6 +137,7 @@ impl Controller {
                 stats: ControllerStats::default(),
                 gauges: Arc::default(),
                 snapshot: SnapshotHandle::default(),
+                l7: L7PolicyHandle::default(),
                 policy_capacity: config.bpf.policy_map_entries as usize,
             },
             errors,
@@ -154,6 +158,7 @@ impl Controller {
             stats: ControllerStats::default(),
             gauges: Arc::default(),
             snapshot: SnapshotHandle::default(),
+            l7: L7PolicyHandle::default(),
             policy_capacity: config.bpf.policy_map_entries as usize,
         }
     }
@@ -166,6 +171,12 @@ impl Controller {
     /// The endpoint snapshot handle for flow enrichment.
     pub fn snapshot(&self) -> SnapshotHandle {
         self.snapshot.clone()
+    }
+
+    /// The L7 rules in force, replaced after every change (cheap to load from
+    /// any thread).
+    pub fn l7_policy(&self) -> L7PolicyHandle {
+        self.l7.clone()
     }
 
     fn publish(&self) {
@@ -445,6 +456,9 @@ impl Controller {
                     self.compiled.as_ref().map(|c| c.entries.len()).unwrap_or(0);
                 self.gauges
                     .observe_regeneration(self.stats.last_regeneration.as_secs_f64());
+                if let Some(compiled) = &self.compiled {
+                    self.l7.store(L7Policy::build(compiled));
+                }
                 self.publish();
                 tracing::info!(
                     endpoints = self.endpoints.len(),

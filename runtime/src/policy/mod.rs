@@ -5,6 +5,7 @@
 
 pub mod cnp;
 pub mod compile;
+pub mod l7;
 pub mod parse;
 pub mod repository;
 pub mod selector;
@@ -198,7 +199,7 @@ impl L7Spec {
 }
 
 /// Direction of a rule relative to the selected endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
     /// Into the endpoint.
     Ingress,

@@ -10,7 +10,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 rounds=${1:-2}
-loupe=$root/target/release/loupe
+loupe=${CARGO_TARGET_DIR:-$root/target}/release/loupe
 work=$(mktemp -d /tmp/loupe-bench-l7.XXXXXX)
 lab_name=l7bench
 pin=/sys/fs/bpf/loupe-bench-l7

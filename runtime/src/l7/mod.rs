@@ -469,3 +469,195 @@ enum Sniffed {
     Undecided,
     Nobody,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::api::proto::flow::{L7FlowType, Verdict, layer7};
+    use crate::plugin::Limits;
+
+    /// The shipped plugins, loaded once for the module's tests.
+    fn plugins() -> Arc<PluginManager> {
+        static MANAGER: OnceLock<(tempfile::TempDir, Arc<PluginManager>)> = OnceLock::new();
+        MANAGER
+            .get_or_init(|| {
+                let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+                let manager = PluginManager::open(dir.path(), Limits::default())
+                    .unwrap_or_else(|e| panic!("plugin manager: {e}"));
+                crate::plugin::bundled::install_missing(&manager);
+                (dir, Arc::new(manager))
+            })
+            .1
+            .clone()
+    }
+
+    fn key(server_port: u16) -> ConnKey {
+        let addr = |s: &str| -> SocketAddr { s.parse().unwrap_or_else(|e| panic!("{s}: {e}")) };
+        ConnKey {
+            client: addr("10.0.0.1:40000"),
+            server: addr(&format!("10.0.0.2:{server_port}")),
+        }
+    }
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(ms)
+    }
+
+    fn data(key: ConnKey, side: Side, ms: u64, bytes: &[u8]) -> Event {
+        Event::Data {
+            key,
+            side,
+            time: at(ms),
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    fn run(events: Vec<Event>, protocol: Option<&str>) -> (Vec<Flow>, Arc<EngineStats>) {
+        let mut engine = Engine::new(plugins(), EngineLimits::default());
+        let ctx = ConnContext {
+            protocol: protocol.map(str::to_string),
+            ..ConnContext::default()
+        };
+        let mut out = Vec::new();
+        for e in events {
+            engine.handle(e, &|_| ctx.clone(), &mut out);
+        }
+        (out, engine.stats())
+    }
+
+    fn field(flow: &Flow, name: &str) -> Option<String> {
+        let ext = crate::flow::l7_extension(flow)?;
+        flows::text(&ext.fields, name)
+    }
+
+    fn kind(flow: &Flow) -> i32 {
+        flow.l7.as_ref().map_or(-1, |l| l.r#type)
+    }
+
+    #[test]
+    fn responses_pair_with_requests_and_carry_latency() {
+        let k = key(6379);
+        let (flows, stats) = run(
+            vec![
+                Event::Opened { key: k, time: at(0) },
+                data(k, Side::Client, 0, b"*3\r\n$3\r\nSET\r\n$5\r\ncache\r\n$1\r\n1\r\n*1\r\n$4\r\nPING\r\n"),
+                data(k, Side::Server, 5, b"+OK\r\n"),
+                data(k, Side::Server, 7, b"+PONG\r\n"),
+            ],
+            None,
+        );
+        assert_eq!(flows.len(), 4, "{flows:#?}");
+        let replies: Vec<&Flow> = flows
+            .iter()
+            .filter(|f| kind(f) == L7FlowType::Response as i32)
+            .collect();
+        assert_eq!(replies.len(), 2);
+        assert_eq!(replies[0].l7.as_ref().map(|l| l.latency_ns), Some(5_000_000));
+        assert_eq!(replies[1].l7.as_ref().map(|l| l.latency_ns), Some(7_000_000));
+        // A reply names the command it answers.
+        assert_eq!(field(replies[0], "command").as_deref(), Some("SET"));
+        assert_eq!(field(replies[0], "key").as_deref(), Some("cache"));
+        assert_eq!(field(replies[1], "command").as_deref(), Some("PING"));
+        assert_eq!(replies[0].is_reply, Some(true));
+        assert_eq!(stats.unpaired.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn an_unknown_port_is_recognised_by_sniffing() {
+        let k = key(12_345);
+        let (flows, stats) = run(
+            vec![
+                Event::Opened { key: k, time: at(0) },
+                data(k, Side::Client, 0, b"GET /x?y=1 HTTP/1.1\r\nHost: svc\r\n\r\n"),
+                data(
+                    k,
+                    Side::Server,
+                    3,
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno",
+                ),
+            ],
+            None,
+        );
+        assert_eq!(stats.connections.load(Ordering::Relaxed), 1);
+        // Request and response; the body piece is part of the response.
+        assert_eq!(flows.len(), 2, "{flows:#?}");
+        let Some(layer7::Record::Http(http)) = flows[1].l7.as_ref().and_then(|l| l.record.clone())
+        else {
+            panic!("no HTTP record: {:#?}", flows[1]);
+        };
+        assert_eq!(
+            (http.code, http.method.as_str(), http.url.as_str()),
+            (404, "GET", "http://svc/x?y=1")
+        );
+    }
+
+    #[test]
+    fn a_stream_nobody_knows_is_left_alone() {
+        let k = key(12_346);
+        let (flows, stats) = run(
+            vec![
+                Event::Opened { key: k, time: at(0) },
+                data(k, Side::Client, 0, &[0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3]),
+            ],
+            None,
+        );
+        assert!(flows.is_empty(), "{flows:#?}");
+        assert_eq!(stats.unidentified.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn after_a_hole_parsing_resumes_at_a_recognised_message() {
+        let k = key(6379);
+        let (flows, stats) = run(
+            vec![
+                Event::Opened { key: k, time: at(0) },
+                data(k, Side::Client, 0, b"*1\r\n$4\r\nPING\r\n"),
+                data(k, Side::Server, 1, b"+PONG\r\n"),
+                Event::Gap {
+                    key: k,
+                    side: Side::Client,
+                    len: 100,
+                },
+                // The tail of a message cut by the hole: skipped.
+                data(k, Side::Client, 2, b"ue\r\n"),
+                data(k, Side::Client, 3, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+                data(k, Side::Server, 4, b"$1\r\nv\r\n"),
+            ],
+            Some("redis"),
+        );
+        assert_eq!(stats.gaps.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.resync_skipped_bytes.load(Ordering::Relaxed), 4);
+        let commands: Vec<Option<String>> = flows.iter().map(|f| field(f, "command")).collect();
+        assert_eq!(
+            commands,
+            vec![
+                Some("PING".into()),
+                Some("PING".into()),
+                Some("GET".into()),
+                Some("GET".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_parse_error_ends_the_connections_l7_view_with_an_error_flow() {
+        let k = key(8080);
+        let (flows, stats) = run(
+            vec![
+                Event::Opened { key: k, time: at(0) },
+                data(k, Side::Client, 0, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+                data(k, Side::Client, 1, b"\x00\x01garbage that is no request\r\n\r\n"),
+                data(k, Side::Client, 2, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            ],
+            Some("http"),
+        );
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 1);
+        assert_eq!(flows.len(), 2, "{flows:#?}");
+        assert_eq!(flows[1].verdict, Verdict::Error as i32);
+        assert!(field(&flows[1], "parse-error").is_some_and(|e| !e.is_empty()));
+    }
+}

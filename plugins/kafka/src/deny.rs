@@ -416,7 +416,9 @@ fn offset_fetch(h: &Header, r: &mut Reader<'_>, w: &mut Writer) -> Result<bool, 
             for _ in 0..r.count(f)? {
                 let name = r.text(f)?;
                 let n = r.count(f)?;
-                let mut parts = Vec::with_capacity(n);
+                // Grown as read, not reserved: a count is bounded only by the
+                // bytes left, four times fewer than it would reserve.
+                let mut parts = Vec::new();
                 for _ in 0..n {
                     parts.push(r.i32()?);
                 }
@@ -498,7 +500,7 @@ fn add_partitions_to_txn(
     for _ in 0..r.count(f)? {
         let key = r.text(f)?;
         let n = r.count(f)?;
-        let mut partitions = Vec::with_capacity(n);
+        let mut partitions = Vec::new();
         for _ in 0..n {
             partitions.push(r.i32()?);
         }

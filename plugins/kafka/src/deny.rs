@@ -20,7 +20,8 @@
 //!   cluster).
 //!
 //! Other APIs and versions get no reply (empty) and the agent closes the
-//! connection instead.
+//! connection instead — as a broker does for a Produce with `acks=0`, which
+//! awaits no response.
 
 use loupe_sdk::{ParseError, Vec};
 
@@ -199,6 +200,10 @@ fn topic_api(h: &Header, r: &mut Reader<'_>, w: &mut Writer) -> Result<bool, Par
     let Some(prefix) = request::to_topics(h.key, v, f, r)? else {
         return Ok(false);
     };
+    if prefix.acks == Some(0) {
+        // No response is awaited; a broker closes the connection instead.
+        return Ok(false);
+    }
     let ts = topics(h, r, prefix.list)?;
     let by_id = prefix.list == TopicList::Ids;
     let key = |w: &mut Writer, t: &Topic<'_>| {

@@ -403,6 +403,12 @@ fn deny_reply_codes() {
     // size, correlation, header tags, throttle, error 31, producer id/epoch, tags
     assert_eq!(&reply[9..15], &[0, 0, 0, 0, 0, 31]);
 
+    // Produce with acks=0 awaits no response: no reply (a broker closes).
+    let mut w = Writer::default();
+    w.i16(0).i32(1000).array(1, false).string(b"t", false);
+    w.array(1, false).i32(0).i32(0);
+    assert!(Kafka::deny_reply(&request(0, 2, 5, b"c", &w.0)).is_empty());
+
     // ApiVersions is never denied with a reply (the agent closes instead).
     assert!(Kafka::deny_reply(&request(18, 3, 4, b"c", &[0, 0, 0])).is_empty());
 }

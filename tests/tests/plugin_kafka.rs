@@ -1,7 +1,8 @@
 //! The Kafka plugin as its component: native vs component at every split on
 //! `plugins/kafka/fixtures/kafka.pcap` (kafka-python against the tansu broker, see
-//! `capture.sh` there), and an independent check of every message it frames
-//! against tshark's Kafka dissector on the same capture; and on `group.pcap`
+//! `capture.sh` there: admin, producer, consumer with and without a group), and an
+//! independent check of every message it frames against tshark's Kafka dissector
+//! on the same capture; and on `group.pcap`
 //! (confluent-kafka and kafka-python at the versions they negotiate: admin,
 //! producer, consumer group), which tshark 4.0 cannot dissect, every message
 //! framed without error and the topics of every topic API read.
@@ -71,6 +72,8 @@ fn kafka_capture_matches_tshark() {
     let h = harness();
     let dissected = dissect(&pcap);
     let mut compared = 0;
+    // APIs whose request topics were compared.
+    let mut topics_compared = std::collections::BTreeSet::new();
     for stream in streams(&pcap) {
         let outcome = h.component(&conversation(&stream)).unwrap();
         assert_eq!(outcome.error, None, "stream {}", stream.index);
@@ -103,6 +106,8 @@ fn kafka_capture_matches_tshark() {
                     same(field::CLIENT_ID, "kafka.client_id");
                     if value(m, &bytes, field::TOPIC).is_some() {
                         same(field::TOPIC, "kafka.topic_name");
+                        topics_compared
+                            .insert(value(m, &bytes, field::API_NAME).unwrap_or_default());
                     }
                     if value(m, &bytes, field::ACKS).is_some() {
                         same(field::ACKS, "kafka.required_acks");
@@ -114,8 +119,20 @@ fn kafka_capture_matches_tshark() {
             }
         }
     }
-    println!("kafka.pcap: {compared} messages compared with tshark");
+    println!("kafka.pcap: {compared} messages compared with tshark; topics of {topics_compared:?}");
     assert!(compared >= 30, "only {compared} messages compared");
+    for api in [
+        "Produce",
+        "Fetch",
+        "ListOffsets",
+        "Metadata",
+        "OffsetCommit",
+        "OffsetFetch",
+        "CreateTopics",
+        "DeleteTopics",
+    ] {
+        assert!(topics_compared.contains(api), "no {api} topic compared");
+    }
 }
 
 #[test]

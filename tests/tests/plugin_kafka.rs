@@ -1,7 +1,11 @@
 //! The Kafka plugin as its component: native vs component at every split on
 //! `plugins/kafka/fixtures/kafka.pcap` (kafka-python against the tansu broker, see
-//! `capture.sh` there), and an independent check of every message it frames
-//! against tshark's Kafka dissector on the same capture.
+//! `capture.sh` there: admin, producer, consumer with and without a group), and an
+//! independent check of every message it frames against tshark's Kafka dissector
+//! on the same capture; and on `group.pcap`
+//! (confluent-kafka and kafka-python at the versions they negotiate: admin,
+//! producer, consumer group), which tshark 4.0 cannot dissect, every message
+//! framed without error and the topics of every topic API read.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -23,6 +27,13 @@ fn harness() -> Harness<Kafka> {
 fn fixture() -> String {
     root()
         .join("plugins/kafka/fixtures/kafka.pcap")
+        .display()
+        .to_string()
+}
+
+fn group_fixture() -> String {
+    root()
+        .join("plugins/kafka/fixtures/group.pcap")
         .display()
         .to_string()
 }
@@ -61,6 +72,8 @@ fn kafka_capture_matches_tshark() {
     let h = harness();
     let dissected = dissect(&pcap);
     let mut compared = 0;
+    // APIs whose request topics were compared.
+    let mut topics_compared = std::collections::BTreeSet::new();
     for stream in streams(&pcap) {
         let outcome = h.component(&conversation(&stream)).unwrap();
         assert_eq!(outcome.error, None, "stream {}", stream.index);
@@ -93,6 +106,8 @@ fn kafka_capture_matches_tshark() {
                     same(field::CLIENT_ID, "kafka.client_id");
                     if value(m, &bytes, field::TOPIC).is_some() {
                         same(field::TOPIC, "kafka.topic_name");
+                        topics_compared
+                            .insert(value(m, &bytes, field::API_NAME).unwrap_or_default());
                     }
                     if value(m, &bytes, field::ACKS).is_some() {
                         same(field::ACKS, "kafka.required_acks");
@@ -104,6 +119,61 @@ fn kafka_capture_matches_tshark() {
             }
         }
     }
-    println!("kafka.pcap: {compared} messages compared with tshark");
+    println!("kafka.pcap: {compared} messages compared with tshark; topics of {topics_compared:?}");
     assert!(compared >= 30, "only {compared} messages compared");
+    for api in [
+        "Produce",
+        "Fetch",
+        "ListOffsets",
+        "Metadata",
+        "OffsetCommit",
+        "OffsetFetch",
+        "CreateTopics",
+        "DeleteTopics",
+    ] {
+        assert!(topics_compared.contains(api), "no {api} topic compared");
+    }
+}
+
+#[test]
+fn group_capture_frames_the_same_at_every_split_and_reads_every_topic_api() {
+    let h = harness();
+    let mut messages = 0;
+    // (API name, topic) of every request whose topic the plugin read.
+    let mut topics = std::collections::BTreeSet::new();
+    let mut responses_with_summary = 0;
+    for stream in streams(&group_fixture()) {
+        let conv = conversation(&stream);
+        messages += h.check(&conv).unwrap().messages;
+        let outcome = h.native(&conv);
+        assert_eq!(outcome.error, None, "stream {}", stream.index);
+        for m in &outcome.messages {
+            let bytes = stream.bytes(m.direction);
+            let api = value(m, &bytes, field::API_NAME).unwrap_or_default();
+            if let Some(t) = value(m, &bytes, field::TOPIC) {
+                topics.insert((api.clone(), t));
+            }
+            if value(m, &bytes, field::PARTITION_ERRORS).is_some() {
+                responses_with_summary += 1;
+            }
+        }
+    }
+    println!("{messages} messages from group.pcap; topics read: {topics:?}");
+    for (api, topic) in [
+        ("CreateTopics", "scratch"),
+        ("DeleteTopics", "scratch"),
+        ("CreateTopics", "payments"),
+        ("ListOffsets", "payments"),
+        ("Produce", "payments"),
+        ("OffsetCommit", "payments"),
+        ("OffsetFetch", "payments"),
+        ("Metadata", "payments"),
+    ] {
+        assert!(
+            topics.contains(&(api.to_string(), topic.to_string())),
+            "no {api} request for {topic} read: {topics:?}"
+        );
+    }
+    assert!(responses_with_summary >= 20, "{responses_with_summary}");
+    assert!(messages >= 80, "{messages}");
 }

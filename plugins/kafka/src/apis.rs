@@ -84,8 +84,25 @@ const APIS: &[(&str, Option<i16>)] = &[
 /// API keys.
 pub(crate) const PRODUCE: i16 = 0;
 pub(crate) const FETCH: i16 = 1;
+pub(crate) const LIST_OFFSETS: i16 = 2;
 pub(crate) const METADATA: i16 = 3;
+pub(crate) const OFFSET_COMMIT: i16 = 8;
+pub(crate) const OFFSET_FETCH: i16 = 9;
+pub(crate) const FIND_COORDINATOR: i16 = 10;
+pub(crate) const JOIN_GROUP: i16 = 11;
+pub(crate) const HEARTBEAT: i16 = 12;
+pub(crate) const LEAVE_GROUP: i16 = 13;
+pub(crate) const SYNC_GROUP: i16 = 14;
 pub(crate) const API_VERSIONS: i16 = 18;
+pub(crate) const CREATE_TOPICS: i16 = 19;
+pub(crate) const DELETE_TOPICS: i16 = 20;
+pub(crate) const INIT_PRODUCER_ID: i16 = 22;
+pub(crate) const ADD_PARTITIONS_TO_TXN: i16 = 24;
+pub(crate) const ADD_OFFSETS_TO_TXN: i16 = 25;
+pub(crate) const END_TXN: i16 = 26;
+pub(crate) const TXN_OFFSET_COMMIT: i16 = 28;
+pub(crate) const DELETE_GROUPS: i16 = 42;
+pub(crate) const OFFSET_DELETE: i16 = 47;
 
 /// The API's name, if the key is known.
 pub(crate) fn name(key: i16) -> Option<&'static str> {

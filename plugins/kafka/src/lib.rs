@@ -8,10 +8,13 @@
 //! request awaiting its response (bounded) to read the response header right.
 //! Produce with `acks=0` gets no response and is not paired.
 //!
-//! Body fields: the first topic and the topic count of Produce (v0–v12), Fetch
-//! (v0–v12) and Metadata (every version); `acks` of Produce; the top-level error
-//! code of ApiVersions and Fetch v7+ responses. Later Produce/Fetch versions name
-//! topics by id, which a parser cannot turn into a name.
+//! Body fields: the first topic and the topic count of Produce, Fetch,
+//! ListOffsets, Metadata, OffsetCommit, OffsetFetch, CreateTopics and
+//! DeleteTopics requests (versions that name topics by id — Produce/Fetch v13+,
+//! OffsetCommit/OffsetFetch v10+ — give the count only); `acks` of Produce; the
+//! top-level error code of responses that have one; and a summary of the
+//! per-partition error codes (per topic or group where those carry them): how
+//! many are non-zero, and the first.
 // no_std in the component (zero imports); std natively, so tests and a cdylib link.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
@@ -19,6 +22,8 @@ extern crate alloc;
 
 mod apis;
 mod deny;
+mod request;
+mod response;
 mod wire;
 
 use loupe_sdk::{
@@ -48,6 +53,11 @@ pub mod field {
     pub const ACKS: u16 = 7;
     /// Top-level error code of a response.
     pub const ERROR_CODE: u16 = 8;
+    /// Number of partitions (topics, groups) of a response with a non-zero
+    /// error code.
+    pub const PARTITION_ERRORS: u16 = 9;
+    /// The first non-zero error code among them.
+    pub const PARTITION_ERROR_CODE: u16 = 10;
 }
 
 /// Largest message accepted (the SDK buffers a message until it is whole).
@@ -97,7 +107,7 @@ impl Parser for Kafka {
             FieldSpec {
                 name: "topic",
                 ty: FieldType::Text,
-                description: "first topic of a Produce, Fetch or Metadata request",
+                description: "first topic of a Produce, Fetch, ListOffsets, Metadata, OffsetCommit, OffsetFetch, CreateTopics or DeleteTopics request",
             },
             FieldSpec {
                 name: "topics",
@@ -112,7 +122,17 @@ impl Parser for Kafka {
             FieldSpec {
                 name: "error-code",
                 ty: FieldType::Signed,
-                description: "top-level error code of a response (ApiVersions, Fetch v7+)",
+                description: "top-level error code of a response (ApiVersions, Fetch v7+, OffsetFetch v2+, group and transaction APIs)",
+            },
+            FieldSpec {
+                name: "partition-errors",
+                ty: FieldType::Unsigned,
+                description: "partitions of a response with a non-zero error code (topics for Metadata, CreateTopics, DeleteTopics; groups for DeleteGroups)",
+            },
+            FieldSpec {
+                name: "partition-error-code",
+                ty: FieldType::Signed,
+                description: "the first non-zero partition (topic, group) error code of a response",
             },
         ],
     };
@@ -226,43 +246,16 @@ impl Kafka {
         if let Some((s, e)) = h.client_id {
             frame = frame.slice(field::CLIENT_ID, 4 + s..4 + e);
         }
-        let f = h.flexible;
-        let mut acks = None;
-        let topics = match (h.key, h.version) {
-            (apis::PRODUCE, v) if v < 13 => {
-                if v >= 3 {
-                    r.string(f)?; // transactional_id
-                }
-                acks = Some(r.i16()?);
-                r.i32()?; // timeout
-                Some(r.array(f)?)
-            }
-            (apis::FETCH, v) if v < 13 => {
-                r.skip(if v >= 3 { 16 } else { 12 })?; // replica_id, max_wait, min/max_bytes
-                if v >= 4 {
-                    r.skip(1)?; // isolation_level
-                }
-                if v >= 7 {
-                    r.skip(8)?; // session id and epoch
-                }
-                Some(r.array(f)?)
-            }
-            (apis::METADATA, _) => Some(r.array(f)?),
-            _ => None,
-        };
+        let prefix = request::to_topics(h.key, h.version, h.flexible, r)?;
+        let acks = prefix.and_then(|p| p.acks);
         if let Some(a) = acks {
             frame = frame.field(field::ACKS, Value::Signed(i64::from(a)));
         }
-        if let Some(count) = topics {
-            let count = count.unwrap_or(0);
+        if let Some(p) = prefix {
+            let (count, name) = request::first_topic(p.list, h.flexible, r)?;
             frame = frame.unsigned(field::TOPICS, count as u64);
-            if count > 0 {
-                if h.key == apis::METADATA && h.version >= 10 {
-                    r.skip(16)?; // topic_id
-                }
-                if let Some((s, e)) = r.string(f)? {
-                    frame = frame.slice(field::TOPIC, 4 + s..4 + e);
-                }
+            if let Some((s, e)) = name {
+                frame = frame.slice(field::TOPIC, 4 + s..4 + e);
             }
         }
         if acks == Some(0) {
@@ -299,16 +292,18 @@ impl Kafka {
         if flexible && key != apis::API_VERSIONS {
             r.tagged_fields()?;
         }
-        let error = match (key, version) {
-            (apis::API_VERSIONS, _) => Some(r.i16()?),
-            (apis::FETCH, v) if v >= 7 => {
-                r.i32()?; // throttle_time_ms
-                Some(r.i16()?)
-            }
-            _ => None,
-        };
-        if let Some(e) = error {
+        let summary = response::summary(key, version, flexible, r)?;
+        if let Some(e) = summary.error {
             frame = frame.field(field::ERROR_CODE, Value::Signed(i64::from(e)));
+        }
+        if let Some(e) = summary.entries {
+            frame = frame.unsigned(field::PARTITION_ERRORS, u64::from(e.count));
+            if e.count > 0 {
+                frame = frame.field(
+                    field::PARTITION_ERROR_CODE,
+                    Value::Signed(i64::from(e.first)),
+                );
+            }
         }
         Ok(frame)
     }

@@ -183,3 +183,232 @@ fn run(feeds: &[&[u8]]) -> (Vec<loupe_sdk::Message>, Option<u64>) {
     }
     (all, None)
 }
+
+/// The first topic and the topic count of the topic APIs, classic and
+/// flexible, from bodies built per version.
+#[test]
+fn topics_of_list_offsets_offset_commit_offset_fetch_create_and_delete_topics() {
+    // (api key, version, body)
+    let mut cases: Vec<(i16, i16, Vec<u8>)> = Vec::new();
+    for v in [0i16, 1, 2, 4, 6, 9] {
+        let f = apis::flexible(2, v);
+        let mut w = Writer::default();
+        w.i32(-1);
+        if v >= 2 {
+            w.0.push(0);
+        }
+        w.array(2, f).string(b"orders", f).array(0, f).tags(f);
+        w.string(b"other", f).array(0, f).tags(f).tags(f);
+        cases.push((apis::LIST_OFFSETS, v, w.0));
+    }
+    for v in [0i16, 1, 2, 5, 7, 8, 9] {
+        let f = apis::flexible(8, v);
+        let mut w = Writer::default();
+        w.string(b"grp", f);
+        if v >= 1 {
+            w.i32(3).string(b"member", f);
+        }
+        if v >= 7 {
+            w.null_string(f);
+        }
+        if (2..=4).contains(&v) {
+            w.i64(-1);
+        }
+        w.array(2, f).string(b"orders", f).array(0, f).tags(f);
+        w.string(b"other", f).array(0, f).tags(f).tags(f);
+        cases.push((apis::OFFSET_COMMIT, v, w.0));
+    }
+    for v in [0i16, 1, 5, 6, 7] {
+        let f = apis::flexible(9, v);
+        let mut w = Writer::default();
+        w.string(b"grp", f).array(2, f);
+        w.string(b"orders", f).array(1, f).i32(0).tags(f);
+        w.string(b"other", f).array(1, f).i32(0).tags(f);
+        if v >= 7 {
+            w.0.push(0);
+        }
+        w.tags(f);
+        cases.push((apis::OFFSET_FETCH, v, w.0));
+    }
+    for v in [8i16, 9] {
+        let mut w = Writer::default();
+        w.array(1, true).string(b"grp", true);
+        if v >= 9 {
+            w.null_string(true).i32(-1);
+        }
+        w.array(2, true);
+        w.string(b"orders", true).array(1, true).i32(0).tags(true);
+        w.string(b"other", true).array(1, true).i32(0).tags(true);
+        w.tags(true).uvarint(0).tags(true);
+        cases.push((apis::OFFSET_FETCH, v, w.0));
+    }
+    for v in [0i16, 1, 4, 5, 7] {
+        let f = apis::flexible(19, v);
+        let mut w = Writer::default();
+        w.array(2, f);
+        for name in [&b"orders"[..], b"other"] {
+            w.string(name, f).i32(3).i16(1).array(0, f).array(1, f);
+            w.string(b"retention.ms", f)
+                .string(b"1000", f)
+                .tags(f)
+                .tags(f);
+        }
+        w.i32(1000);
+        if v >= 1 {
+            w.0.push(0);
+        }
+        w.tags(f);
+        cases.push((apis::CREATE_TOPICS, v, w.0));
+    }
+    for v in [0i16, 1, 4, 5, 6] {
+        let f = apis::flexible(20, v);
+        let mut w = Writer::default();
+        w.array(2, f);
+        for name in [&b"orders"[..], b"other"] {
+            w.string(name, f);
+            if v >= 6 {
+                w.raw(&[0; 16]).tags(f);
+            }
+        }
+        w.i32(1000).tags(f);
+        cases.push((apis::DELETE_TOPICS, v, w.0));
+    }
+    for (key, v, body) in cases {
+        let req = request(key, v, 5, b"c", &body);
+        let mut s = Stream::<Kafka>::new();
+        let out = s.feed(Direction::ToServer, &req).unwrap();
+        assert!(out.error.is_none(), "key {key} v{v}: {:?}", out.error);
+        let f = fields(&out.messages[0], &req);
+        assert!(
+            f.contains(&(field::TOPIC, "orders".into())),
+            "key {key} v{v}: {f:?}"
+        );
+        assert!(
+            f.contains(&(field::TOPICS, "2".into())),
+            "key {key} v{v}: {f:?}"
+        );
+        // And its deny reply reads back as its response.
+        let reply = Kafka::deny_reply(&req);
+        assert!(!reply.is_empty(), "key {key} v{v}");
+        let out = s.feed(Direction::ToClient, &reply).unwrap();
+        assert!(out.error.is_none(), "key {key} v{v}: {:?}", out.error);
+        assert_eq!(out.messages[0].correlation, Correlation::Id(5));
+    }
+}
+
+/// Responses: the partition error summary counts non-zero codes and keeps the
+/// first; the top-level code is separate.
+#[test]
+fn partition_error_summary() {
+    let mut s = Stream::<Kafka>::new();
+    // Produce v9 (flexible) with acks=-1, then its response: 3 partitions, two
+    // failed (6 NOT_LEADER_OR_FOLLOWER, then 29).
+    let req = request(0, 9, 11, b"c", &produce_body(9, b"orders"));
+    s.feed(Direction::ToServer, &req).unwrap();
+    let mut w = Writer::default();
+    w.i32(0)
+        .i32(11)
+        .tags(true)
+        .array(1, true)
+        .string(b"orders", true);
+    w.array(3, true);
+    for (p, code) in [(0, 0i16), (1, 6), (2, 29)] {
+        w.i32(p).i16(code).i64(5).i64(-1).i64(0);
+        w.array(0, true).null_string(true).tags(true);
+    }
+    w.tags(true).i32(0).tags(true);
+    let size = (w.0.len() - 4) as i32;
+    w.0[..4].copy_from_slice(&size.to_be_bytes());
+    let out = s.feed(Direction::ToClient, &w.0).unwrap();
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let f = fields(&out.messages[0], &w.0);
+    assert!(f.contains(&(field::PARTITION_ERRORS, "2".into())), "{f:?}");
+    assert!(
+        f.contains(&(field::PARTITION_ERROR_CODE, "6".into())),
+        "{f:?}"
+    );
+
+    // OffsetFetch v3 (classic): top-level 0, one partition error 3.
+    let mut body = Writer::default();
+    body.string(b"grp", false).null_array(false);
+    let req = request(9, 3, 12, b"c", &body.0);
+    s.feed(Direction::ToServer, &req).unwrap();
+    let mut w = Writer::default();
+    w.i32(0)
+        .i32(12)
+        .i32(0)
+        .array(1, false)
+        .string(b"orders", false);
+    w.array(2, false);
+    w.i32(0).i64(7).string(b"", false).i16(0);
+    w.i32(1).i64(-1).string(b"", false).i16(3);
+    w.i16(0);
+    let size = (w.0.len() - 4) as i32;
+    w.0[..4].copy_from_slice(&size.to_be_bytes());
+    let out = s.feed(Direction::ToClient, &w.0).unwrap();
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let f = fields(&out.messages[0], &w.0);
+    assert!(f.contains(&(field::ERROR_CODE, "0".into())), "{f:?}");
+    assert!(f.contains(&(field::PARTITION_ERRORS, "1".into())), "{f:?}");
+    assert!(
+        f.contains(&(field::PARTITION_ERROR_CODE, "3".into())),
+        "{f:?}"
+    );
+
+    // A response cut short inside its partitions is a parse error.
+    let req = request(9, 3, 13, b"c", &body.0);
+    s.feed(Direction::ToServer, &req).unwrap();
+    let mut bad = w.0.clone();
+    bad[4..8].copy_from_slice(&13i32.to_be_bytes());
+    bad.truncate(bad.len() - 4);
+    let size = (bad.len() - 4) as i32;
+    bad[..4].copy_from_slice(&size.to_be_bytes());
+    let out = s.feed(Direction::ToClient, &bad).unwrap();
+    assert!(out.error.is_some());
+}
+
+/// The authorization code a broker gives: 53 for a transactional Produce, 30
+/// for a group's heartbeat, 31 for an idempotent producer's id.
+#[test]
+fn deny_reply_codes() {
+    let f = apis::flexible(0, 9);
+    let mut w = Writer::default();
+    w.string(b"tx", f)
+        .i16(-1)
+        .i32(1000)
+        .array(1, f)
+        .string(b"t", f);
+    w.array(1, f).i32(0).uvarint(1).tags(f).tags(f).tags(f);
+    let req = request(0, 9, 1, b"c", &w.0);
+    let reply = Kafka::deny_reply(&req);
+    let mut s = Stream::<Kafka>::new();
+    s.feed(Direction::ToServer, &req).unwrap();
+    let out = s.feed(Direction::ToClient, &reply).unwrap();
+    let fs = fields(&out.messages[0], &reply);
+    assert!(
+        fs.contains(&(field::PARTITION_ERROR_CODE, "53".into())),
+        "{fs:?}"
+    );
+
+    let mut w = Writer::default();
+    w.string(b"grp", false).i32(1).string(b"m", false);
+    let req = request(12, 1, 2, b"c", &w.0);
+    let reply = Kafka::deny_reply(&req);
+    assert_eq!(reply, [0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 0, 0, 30]);
+
+    let mut w = Writer::default();
+    w.null_string(true).i32(1000).i64(-1).i16(-1).tags(true);
+    let req = request(22, 4, 3, b"c", &w.0);
+    let reply = Kafka::deny_reply(&req);
+    // size, correlation, header tags, throttle, error 31, producer id/epoch, tags
+    assert_eq!(&reply[9..15], &[0, 0, 0, 0, 0, 31]);
+
+    // Produce with acks=0 awaits no response: no reply (a broker closes).
+    let mut w = Writer::default();
+    w.i16(0).i32(1000).array(1, false).string(b"t", false);
+    w.array(1, false).i32(0).i32(0);
+    assert!(Kafka::deny_reply(&request(0, 2, 5, b"c", &w.0)).is_empty());
+
+    // ApiVersions is never denied with a reply (the agent closes instead).
+    assert!(Kafka::deny_reply(&request(18, 3, 4, b"c", &[0, 0, 0])).is_empty());
+}

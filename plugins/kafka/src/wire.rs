@@ -32,6 +32,15 @@ impl<'a> Reader<'a> {
         self.take(n).map(|_| ())
     }
 
+    /// A topic id (UUID): its 16 bytes.
+    pub(crate) fn uuid(&mut self) -> Result<&'a [u8], ParseError> {
+        self.take(16)
+    }
+
+    pub(crate) fn i8(&mut self) -> Result<i8, ParseError> {
+        Ok(self.take(1)?[0] as i8)
+    }
+
     pub(crate) fn i16(&mut self) -> Result<i16, ParseError> {
         let b = self.take(2)?;
         Ok(i16::from_be_bytes([b[0], b[1]]))
@@ -81,6 +90,14 @@ impl<'a> Reader<'a> {
         Ok(Some((start, self.pos)))
     }
 
+    /// A nullable string's bytes (empty if null).
+    pub(crate) fn text(&mut self, flexible: bool) -> Result<&'a [u8], ParseError> {
+        Ok(match self.string(flexible)? {
+            Some((s, e)) => &self.buf[s..e],
+            None => &[],
+        })
+    }
+
     /// Nullable bytes (records): skipped.
     pub(crate) fn bytes(&mut self, flexible: bool) -> Result<(), ParseError> {
         let len = if flexible {
@@ -122,6 +139,25 @@ impl<'a> Reader<'a> {
             return Err(ParseError::new(at, "array count out of range"));
         }
         Ok(Some(n as usize))
+    }
+
+    /// An array length, 0 for a null array.
+    pub(crate) fn count(&mut self, flexible: bool) -> Result<usize, ParseError> {
+        Ok(self.array(flexible)?.unwrap_or(0))
+    }
+
+    /// Skips an array of `width`-byte elements (`int32[]`, `int64[]`).
+    pub(crate) fn skip_array(&mut self, flexible: bool, width: usize) -> Result<(), ParseError> {
+        let n = self.count(flexible)?;
+        self.skip(n.saturating_mul(width))
+    }
+
+    /// Tagged fields, only in flexible versions.
+    pub(crate) fn tags(&mut self, flexible: bool) -> Result<(), ParseError> {
+        if flexible {
+            self.tagged_fields()?;
+        }
+        Ok(())
     }
 
     /// Tagged fields (flexible versions): skipped.
@@ -195,5 +231,24 @@ impl Writer {
             self.uvarint(0);
         }
         self
+    }
+    pub(crate) fn null_array(&mut self, flexible: bool) -> &mut Self {
+        if flexible {
+            self.uvarint(0)
+        } else {
+            self.i32(-1)
+        }
+    }
+    pub(crate) fn raw(&mut self, b: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+    /// Empty (non-null) bytes.
+    pub(crate) fn empty_bytes(&mut self, flexible: bool) -> &mut Self {
+        if flexible {
+            self.uvarint(1)
+        } else {
+            self.i32(0)
+        }
     }
 }

@@ -107,6 +107,16 @@ pub struct L7Config {
     pub redis_protocol: bool,
     /// DNS.
     pub dns_protocol: bool,
+    /// Port of the transparent L7 proxy the datapath steers L7-enforced
+    /// connections to (0: no redirect; such ports are then only observed).
+    pub proxy_port: u16,
+    /// Run the proxy in the agent (false: something else listens on `proxyPort`).
+    pub proxy_enabled: bool,
+    /// Connections the proxy carries at once; more are refused (reset).
+    pub proxy_max_connections: u32,
+    /// Protocols (plugin names) whose enforced connections stay open, unparsed,
+    /// when their plugin fails (traps, deadline, parse error). Default: fail closed.
+    pub fail_open: Vec<String>,
 }
 
 /// Cilium's policy enforcement modes.
@@ -256,6 +266,10 @@ impl Default for L7Config {
             kafka_protocol: true,
             redis_protocol: true,
             dns_protocol: true,
+            proxy_port: 10_480,
+            proxy_enabled: true,
+            proxy_max_connections: 4096,
+            fail_open: Vec::new(),
         }
     }
 }
@@ -384,6 +398,29 @@ impl AgentConfig {
                 let (lo, hi) = (range.start(), range.end());
                 return Err(invalid(field, format!("{value} is outside {lo}..={hi}")));
             }
+        }
+        if self.l7.proxy_enabled && self.l7.proxy_port == 0 {
+            return Err(invalid(
+                "l7.proxyPort",
+                "must be set while l7.proxyEnabled is true".into(),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.l7.proxy_max_connections) {
+            return Err(invalid(
+                "l7.proxyMaxConnections",
+                format!("{} is outside 1..=1000000", self.l7.proxy_max_connections),
+            ));
+        }
+        if let Some(bad) = self.l7.fail_open.iter().find(|p| {
+            p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) {
+            return Err(invalid(
+                "l7.failOpen",
+                format!("{bad:?} is not a protocol name"),
+            ));
         }
         if self.node_name.as_ref().is_some_and(String::is_empty) {
             return Err(invalid("nodeName", "must not be empty".into()));

@@ -92,6 +92,11 @@ impl EndpointSnapshot {
         snap
     }
 
+    /// The local endpoint with this address.
+    pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
+        self.by_ip.get(&ip)
+    }
+
     fn remote(&self, ip: IpAddr, identity: u32) -> Endpoint {
         if let Some(ep) = self.by_ip.get(&ip) {
             return ep.clone();

@@ -262,6 +262,8 @@ fn add_rule(
     }
     for (ranges, l7) in &rule.ports {
         let flags = if l7.is_some() { policy_flags::L7 } else { 0 };
+        // proxy branch (to reconcile with the L7 engine's compile): restricting rules redirect.
+        let flags = flags | l7.as_ref().map_or(0, crate::proxy::enforce_flag);
         for range in ranges {
             for &proto in range.protocol.numbers() {
                 let blocks = if range.first == 0 {

@@ -116,7 +116,11 @@ fn article_db_policy_compiles_to_one_allow_and_host() {
 fn article_http_policy_marks_the_port_for_l7() {
     let c = compile_text(API_ALLOW_FRONTEND, PolicyEnforcementMode::Default);
     let k = key(2, Direction::Ingress, 1001, 6, 80, POLICY_PREFIX_FULL);
-    assert_eq!(c.entries[&k].flags, loupe_common::policy_flags::L7);
+    // proxy branch: GET-only rules restrict, so the port is also L7_ENFORCE (redirected).
+    assert_eq!(
+        c.entries[&k].flags,
+        loupe_common::policy_flags::L7 | loupe_common::policy_flags::L7_ENFORCE
+    );
     assert_eq!(c.l7.len(), 1);
     assert!(matches!(&c.l7[0].spec, L7Spec::Http(r) if r[0].method.as_deref() == Some("GET")));
 }

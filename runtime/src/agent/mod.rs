@@ -2,6 +2,7 @@
 //! runs until SIGINT / SIGTERM.
 
 mod observability;
+mod proxy;
 
 pub use observability::ObservabilityError;
 
@@ -252,6 +253,7 @@ async fn serve(
     }
 
     tokio::spawn(collect_conntrack(state.clone()));
+    let l7_proxy = proxy::start(&state).await;
     let observability = observability::start(&state).await?;
     let detail = format!(
         "{} installed in {}",
@@ -272,6 +274,7 @@ async fn serve(
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let result = server.await;
     observability.stop();
+    proxy::stop(l7_proxy, state.config.bpf.enabled);
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("agent stopped");
     result.map_err(Into::into)

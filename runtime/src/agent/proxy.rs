@@ -1,0 +1,82 @@
+//! Starts the L7 proxy with the agent: policy routing for the redirect mark,
+//! the transparent listeners, plugin inspectors chosen by port, metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{AgentState, ComponentState};
+use crate::proxy::{self, AllowAll, NoEvents, PluginInspectorFactory, Proxy};
+
+/// Installs the routing and starts the proxy (when `bpf.enabled`; the listener
+/// only with `l7.proxyEnabled`). Failures are reported as the `proxy`
+/// component's health: L7-enforced connections then fail closed in the datapath.
+pub(super) async fn start(state: &Arc<AgentState>) -> Option<Proxy> {
+    let config = &state.config;
+    if !config.bpf.enabled {
+        state
+            .set_component("proxy", ComponentState::Disabled, "bpf.enabled: false")
+            .await;
+        return None;
+    }
+    if let Err(e) = proxy::routing::install() {
+        state
+            .set_component("proxy", ComponentState::Error, e.to_string())
+            .await;
+        return None;
+    }
+    if !config.l7.proxy_enabled {
+        state
+            .set_component("proxy", ComponentState::Disabled, "l7.proxyEnabled: false")
+            .await;
+        return None;
+    }
+    let snapshot = state.controller.lock().await.snapshot();
+    let resolver: proxy::server::Resolver = Arc::new(move |ip| {
+        let snap = snapshot.read().ok()?.clone();
+        snap.endpoint_by_ip(ip).cloned()
+    });
+    let plugins = state.plugins.clone();
+    // L7 rules are matched by the policy engine's decider once it exists; until
+    // then enforced connections are parsed and allowed.
+    let factory = PluginInspectorFactory::new(
+        move |port| plugins.for_port(port),
+        Arc::new(AllowAll),
+        Arc::new(NoEvents),
+        config.l7.fail_open.clone(),
+    );
+    let settings = proxy::server::ProxySettings {
+        port: config.l7.proxy_port,
+        max_connections: config.l7.proxy_max_connections as usize,
+        connect_timeout: Duration::from_secs(5),
+    };
+    match Proxy::start(settings, resolver, Arc::new(factory)) {
+        Ok(proxy) => {
+            let stats = proxy.stats();
+            state.metrics.register_fn("proxy", move || stats.families());
+            state
+                .set_component(
+                    "proxy",
+                    ComponentState::Ok,
+                    format!("listening on port {}", config.l7.proxy_port),
+                )
+                .await;
+            Some(proxy)
+        }
+        Err(e) => {
+            state
+                .set_component("proxy", ComponentState::Error, e.to_string())
+                .await;
+            None
+        }
+    }
+}
+
+/// Stops the proxy and removes the routing.
+pub(super) fn stop(proxy: Option<Proxy>, bpf_enabled: bool) {
+    if let Some(p) = proxy {
+        p.stop();
+    }
+    if bpf_enabled {
+        proxy::routing::remove();
+    }
+}

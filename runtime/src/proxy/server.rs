@@ -307,6 +307,9 @@ async fn relay(
                 Action::Reset(reason) => {
                     transparent::reset(client_rd.as_ref());
                     transparent::reset(server_rd.as_ref());
+                    // Dropping a write half would send a FIN before the reset.
+                    client_wr.forget();
+                    server_wr.forget();
                     return Err(reason);
                 }
             };

@@ -56,6 +56,21 @@ spec:
         http: [{method: GET, path: "/get"}]
 "#;
 
+/// The broker takes Kafka from api-service, produce only.
+const KAFKA_L7: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: kafka-l7, namespace: demo-app}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: api-service}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka: [{role: produce}]
+"#;
+
 fn pod_ip(lab: &TestLab, pod: &str, family: &str) -> String {
     let state = lab.state().unwrap();
     state["pods"]
@@ -210,10 +225,14 @@ fn denied_requests_get_the_plugins_reply_in_order_and_connections_stay_usable() 
     let host = PluginHost::new(Limits::default()).unwrap();
     let redis = load(&host, "loupe_plugin_redis");
     let http = load(&host, "loupe_plugin_http");
+    // On the broker's port, a plugin that traps when asked: the connection
+    // must fail closed.
+    let hostile = load(&host, "loupe_hostile_misbehave");
     let factory = PluginInspectorFactory::new(
         move |port| match port {
             6379 => Some(redis.clone()),
             80 => Some(http.clone()),
+            9092 => Some(hostile.clone()),
             _ => None,
         },
         Arc::new(TestDecider),
@@ -233,7 +252,11 @@ fn denied_requests_get_the_plugins_reply_in_order_and_connections_stay_usable() 
     .unwrap();
     let stats = proxy.stats();
 
-    for (name, text) in [("redis.yaml", REDIS_L7), ("http.yaml", HTTP_L7)] {
+    for (name, text) in [
+        ("redis.yaml", REDIS_L7),
+        ("http.yaml", HTTP_L7),
+        ("kafka.yaml", KAFKA_L7),
+    ] {
         let file = write_policy(&agent, name, text);
         agent.loupe_ok(&["policy", "apply", "-f", &file]).unwrap();
     }
@@ -300,5 +323,23 @@ sys.stdout.buffer.write(buf)
         "{stats:?}"
     );
     assert_eq!(stats.resets.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+    // A plugin that traps on an enforced connection: reset, not a pass.
+    let script = r#"
+import socket
+s = socket.create_connection(('kafka', 9092), timeout=5)
+s.sendall(b'trap\n')
+try:
+    print('data' if s.recv(100) else 'eof')
+except ConnectionResetError:
+    print('reset')
+except socket.timeout:
+    print('timeout')
+"#;
+    let outcome = lab
+        .exec_ok("api-service", &["python3", "-c", script])
+        .unwrap();
+    assert_eq!(outcome.trim(), "reset");
+    assert_eq!(stats.resets.load(std::sync::atomic::Ordering::Relaxed), 1);
     drop(proxy);
 }

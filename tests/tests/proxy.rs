@@ -343,3 +343,87 @@ except socket.timeout:
     assert_eq!(stats.resets.load(std::sync::atomic::Ordering::Relaxed), 1);
     drop(proxy);
 }
+
+/// Denies Kafka Produce to the topic `secret`.
+struct DenySecretTopic;
+
+impl Decider for DenySecretTopic {
+    fn decide(&self, _conn: &ConnInfo, plugin: &PluginInfo, request: &Message) -> Verdict {
+        let produce = field_text(plugin, request, "api-name").as_deref() == Some("Produce");
+        let topic = field_text(plugin, request, "topic");
+        if produce && topic.as_deref() == Some("secret") {
+            Verdict::Deny {
+                policy: "test".into(),
+                reason: "produce to secret".into(),
+            }
+        } else {
+            Verdict::Allow
+        }
+    }
+}
+
+#[test]
+fn a_denied_kafka_produce_gets_error_29_and_the_connection_carries_on() {
+    let _guard = serial();
+    let lab = TestLab::up("e2e-pxk", 233).unwrap();
+    let agent = TestAgent::start(
+        "pxk",
+        "e2e-pxk",
+        "l7:\n  proxyEnabled: false\n  proxyPort: 10482\n",
+        4,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _enter = rt.enter();
+    let host = PluginHost::new(Limits::default()).unwrap();
+    let kafka = load(&host, "loupe_plugin_kafka");
+    let factory = PluginInspectorFactory::new(
+        move |port| (port == 9092).then(|| kafka.clone()),
+        Arc::new(DenySecretTopic),
+        Arc::new(NoEvents),
+        Vec::new(),
+    );
+    let proxy = Proxy::start(
+        ProxySettings {
+            port: 10482,
+            max_connections: 64,
+            connect_timeout: Duration::from_secs(5),
+        },
+        Arc::new(|_: IpAddr| None),
+        Arc::new(factory),
+    )
+    .unwrap();
+    let file = write_policy(&agent, "kafka.yaml", KAFKA_L7);
+    agent.loupe_ok(&["policy", "apply", "-f", &file]).unwrap();
+
+    // kafka-python speaks Produce v8 here; the deny reply must be a v8 response
+    // for it to read error 29 (TOPIC_AUTHORIZATION_FAILED) on the same connection.
+    let script = r#"
+from kafka import KafkaProducer
+from kafka.errors import TopicAuthorizationFailedError
+p = KafkaProducer(bootstrap_servers='kafka:9092', api_version=(2, 4, 0),
+                  enable_idempotence=False, retries=0, linger_ms=0,
+                  request_timeout_ms=10000, max_block_ms=15000)
+p.send('public', b'a').get(timeout=20)
+print('public: delivered')
+try:
+    p.send('secret', b'b').get(timeout=20)
+    print('secret: delivered')
+except TopicAuthorizationFailedError as e:
+    print('secret: denied', type(e).__name__)
+p.send('public', b'c').get(timeout=20)
+print('public: delivered')
+p.close(timeout=5)
+"#;
+    let out = lab
+        .exec_ok("api-service", &["python3", "-c", script])
+        .unwrap();
+    assert_eq!(
+        out.trim(),
+        "public: delivered\nsecret: denied TopicAuthorizationFailedError\npublic: delivered",
+        "{out}"
+    );
+    let stats = proxy.stats();
+    assert_eq!(stats.resets.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(stats.accepted.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}

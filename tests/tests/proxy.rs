@@ -106,7 +106,7 @@ fn metric(port: u16, name: &str) -> f64 {
 fn l7_enforced_connections_go_through_the_proxy_and_keep_their_addresses() {
     let _guard = serial();
     let lab = TestLab::up("e2e-px", 231).unwrap();
-    let agent = TestAgent::start(
+    let mut agent = TestAgent::start(
         "px",
         "e2e-px",
         "prometheus:\n  enabled: true\n  port: 19481\n",
@@ -176,6 +176,25 @@ fn l7_enforced_connections_go_through_the_proxy_and_keep_their_addresses() {
     // L3/L4 policy still applies under L7 rules: the frontend is not allowed.
     assert!(!tcp_ok(&lab, "frontend", "db-service", 6379, 2));
     assert_eq!(proxied(), before);
+
+    // Without its proxy, L7 enforcement fails closed; nothing else changes; a
+    // restarted agent serves enforced connections again.
+    agent.kill9();
+    assert!(!tcp_ok(&lab, "api-service", "db-service", 6379, 2));
+    assert!(tcp_ok(&lab, "frontend", "api-service", 80, 2));
+    agent.spawn(4).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || tcp_ok(
+            &lab,
+            "api-service",
+            "db-service",
+            6379,
+            2
+        )),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(redis(&["GET", "k"]).trim(), "v");
 }
 
 /// Denies Redis FLUSHALL and any HTTP path but /get (a stand-in for the L7

@@ -541,6 +541,28 @@ mod tests {
     }
 
     #[test]
+    fn l7_proxy_settings_are_checked() {
+        let c = parse("l7:\n  proxyPort: 15001\n  failOpen: [redis]\n").unwrap();
+        assert_eq!(c.l7.proxy_port, 15001);
+        assert_eq!(c.l7.fail_open, ["redis"]);
+        let e = parse("l7:\n  proxyPort: 0\n").unwrap_err().to_string();
+        assert!(e.contains("l7.proxyPort: must be set"), "{e}");
+        // Port 0 turns the redirect off, which is fine without the proxy.
+        assert!(parse("l7:\n  proxyPort: 0\n  proxyEnabled: false\n").is_ok());
+        let e = parse("l7:\n  proxyMaxConnections: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("l7.proxyMaxConnections: 0 is outside"), "{e}");
+        let e = parse("l7:\n  failOpen: [\"re dis\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("l7.failOpen: \"re dis\" is not a protocol name"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn refuses_unknown_keys_and_bad_values_with_their_path() {
         let e = parse("bpf:\n  ctGlobalTcpMaxx: 1\n")
             .unwrap_err()

@@ -154,6 +154,33 @@ fn l7_enforced_connections_go_through_the_proxy_and_keep_their_addresses() {
     );
     assert!(proxied() >= 3.0, "{}\n{}", proxied(), agent.log());
 
+    // A client that writes its whole pipeline before reading any reply (as
+    // Redis allows) must not wedge the proxy: 20000 GETs of 1 KiB, tiny buffers.
+    let script = r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+s.settimeout(30)
+s.connect(('db-service', 6379))
+s.sendall(b'*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$1024\r\n' + b'x' * 1024 + b'\r\n')
+n = 20000
+s.sendall(b'*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n' * n)
+want = 5 + n * (len(b'$1024\r\n') + 1024 + 2)
+got = 0
+while got < want:
+    d = s.recv(1 << 20)
+    if not d:
+        break
+    got += len(d)
+print(got, want)
+"#;
+    let counts = lab
+        .exec_ok("api-service", &["python3", "-c", script])
+        .unwrap();
+    let counts: Vec<&str> = counts.split_whitespace().collect();
+    assert_eq!(counts[0], counts[1], "{counts:?}");
+
     // IPv6 the same way.
     let db6 = pod_ip(&lab, "db-service", "ipv6");
     let api6 = pod_ip(&lab, "api-service", "ipv6");

@@ -17,6 +17,8 @@ use crate::metrics::{MetricFamily, MetricKind};
 
 /// Bytes read from either side at once.
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes queued for one side before the proxy stops reading (per direction).
+const MAX_QUEUED: usize = 256 * 1024;
 /// Pending connections per listener.
 const BACKLOG: i32 = 1024;
 
@@ -258,8 +260,51 @@ async fn handle(
     inspector.closed();
 }
 
+/// Bytes queued for one side, written as the side accepts them.
+#[derive(Default)]
+struct Outbox {
+    chunks: std::collections::VecDeque<Vec<u8>>,
+    /// Bytes of the front chunk already written.
+    offset: usize,
+    /// Bytes queued in total.
+    queued: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            self.queued += bytes.len();
+            self.chunks.push_back(bytes);
+        }
+    }
+
+    fn front(&self) -> &[u8] {
+        self.chunks
+            .front()
+            .and_then(|c| c.get(self.offset..))
+            .unwrap_or_default()
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.offset += n;
+        self.queued -= n;
+        if self.chunks.front().is_some_and(|c| self.offset >= c.len()) {
+            self.chunks.pop_front();
+            self.offset = 0;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+}
+
 /// Moves bytes both ways through the inspector until both sides have closed;
 /// `Err(reason)` when the inspector reset the connection.
+///
+/// Reads and writes are multiplexed on one task, so a side that is slow to read
+/// never stops the other direction; reading a side pauses (backpressure) while
+/// the outbox its bytes go to holds more than [`MAX_QUEUED`] bytes.
 async fn relay(
     client: TcpStream,
     upstream: TcpStream,
@@ -270,40 +315,64 @@ async fn relay(
     let (mut server_rd, mut server_wr) = upstream.into_split();
     let mut client_buf = vec![0u8; READ_CHUNK];
     let mut server_buf = vec![0u8; READ_CHUNK];
-    let (mut client_open, mut server_open) = (true, true);
-    while client_open || server_open {
+    let (mut to_client, mut to_server) = (Outbox::default(), Outbox::default());
+    let (mut client_eof, mut server_eof) = (false, false);
+    let (mut client_shut, mut server_shut) = (false, false);
+    loop {
+        // Half-closes follow once everything before them is written.
+        if client_eof && to_server.is_empty() && !server_shut {
+            let _ = server_wr.shutdown().await;
+            server_shut = true;
+        }
+        if server_eof && to_client.is_empty() && !client_shut {
+            let _ = client_wr.shutdown().await;
+            client_shut = true;
+        }
+        if client_shut && server_shut {
+            return Ok(());
+        }
+        // Client bytes keep flowing while the server takes them, even when the
+        // client is not reading its replies yet (a pipeline written before it is
+        // read, as servers allow); only a flood of local deny replies stops them.
+        let read_client = to_server.queued < MAX_QUEUED && to_client.queued < 4 * MAX_QUEUED;
+        let read_server = to_client.queued < MAX_QUEUED;
         let actions = tokio::select! {
-            r = client_rd.read(&mut client_buf), if client_open => match r {
+            r = client_rd.read(&mut client_buf), if !client_eof && read_client => match r {
                 Ok(0) | Err(_) => {
-                    client_open = false;
-                    let _ = server_wr.shutdown().await;
+                    client_eof = true;
                     continue;
                 }
                 Ok(n) => inspector.client_bytes(&client_buf[..n]),
             },
-            r = server_rd.read(&mut server_buf), if server_open => match r {
+            r = server_rd.read(&mut server_buf), if !server_eof && read_server => match r {
                 Ok(0) | Err(_) => {
-                    server_open = false;
-                    let _ = client_wr.shutdown().await;
+                    server_eof = true;
                     continue;
                 }
                 Ok(n) => inspector.server_bytes(&server_buf[..n]),
             },
+            r = client_wr.write(to_client.front()), if !to_client.is_empty() => match r {
+                Ok(n) if n > 0 => {
+                    to_client.advance(n);
+                    stats.bytes_to_client.fetch_add(n as u64, Ordering::Relaxed);
+                    continue;
+                }
+                // The client is gone: closing the other side is all that is left.
+                _ => return Ok(()),
+            },
+            r = server_wr.write(to_server.front()), if !to_server.is_empty() => match r {
+                Ok(n) if n > 0 => {
+                    to_server.advance(n);
+                    stats.bytes_to_server.fetch_add(n as u64, Ordering::Relaxed);
+                    continue;
+                }
+                _ => return Ok(()),
+            },
         };
         for action in actions {
-            let written = match action {
-                Action::ToServer(bytes) => {
-                    stats
-                        .bytes_to_server
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    server_wr.write_all(&bytes).await
-                }
-                Action::ToClient(bytes) => {
-                    stats
-                        .bytes_to_client
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    client_wr.write_all(&bytes).await
-                }
+            match action {
+                Action::ToServer(bytes) => to_server.push(bytes),
+                Action::ToClient(bytes) => to_client.push(bytes),
                 Action::Reset(reason) => {
                     transparent::reset(client_rd.as_ref());
                     transparent::reset(server_rd.as_ref());
@@ -312,12 +381,7 @@ async fn relay(
                     server_wr.forget();
                     return Err(reason);
                 }
-            };
-            if written.is_err() {
-                // One side is gone: closing the other is all that is left.
-                return Ok(());
             }
         }
     }
-    Ok(())
 }

@@ -5,7 +5,71 @@ use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
     compile_protos()?;
+    build_plugins()?;
     build_datapath()
+}
+
+/// The parser plugins Loupe ships (`plugins/`), built as wasm32-wasip2 components
+/// with their own cargo invocation and target directory; the agent embeds them
+/// and installs them on first start.
+fn build_plugins() -> anyhow::Result<()> {
+    let manifest_dir = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?,
+    );
+    let root = manifest_dir
+        .parent()
+        .ok_or_else(|| anyhow!("runtime/ has no parent"))?;
+    for dir in ["wit", "sdk/src", "sdk/Cargo.toml", "plugins"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("wasm-guests");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(root)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target);
+    for p in [
+        "loupe-plugin-memcached",
+        "loupe-plugin-redis",
+        "loupe-plugin-http",
+        "loupe-plugin-kafka",
+    ] {
+        cmd.args(["-p", p]);
+    }
+    // What the outer cargo set for this build must not leak into the guests'.
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .context("running cargo for the bundled plugins")?;
+    if !status.success() {
+        anyhow::bail!("building the bundled plugins for wasm32-wasip2 failed ({status})");
+    }
+    println!(
+        "cargo:rustc-env=LOUPE_BUNDLED_PLUGINS={}",
+        target.join("wasm32-wasip2/release").display()
+    );
+    Ok(())
 }
 
 /// Loupe's `.proto` files: the Hubble-compatible API and Loupe's own control API.

@@ -53,6 +53,11 @@ static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_ENTRIES, 0);
 #[map(name = "LOUPE_PAYLOAD")]
 static PAYLOAD: PerfEventArray<PayloadEvent> = PerfEventArray::pinned(0);
 
+/// Ports whose connections are L7-visible without policy asking (the agent's
+/// `l7.<protocol>Protocol` switches): host-order port -> 1.
+#[map(name = "LOUPE_L7_PORTS")]
+static L7_PORTS: HashMap<u16, u8> = HashMap::pinned(sizes::L7_PORTS, 0);
+
 #[map(name = "LOUPE_CONFIG")]
 static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 
@@ -237,6 +242,9 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
             {
                 return drop(ctx, &ep, dir, pkt, remote_identity, reason);
             }
+            if ct.flags & ct_flags::L7 != 0 {
+                copy_payload(ctx, &ep, dir, pkt, remote_identity);
+            }
             count(dir, drop_reason::NONE, pkt.len);
             trace(ctx, &ep, dir, pkt, remote_identity, ct_status::NEW, 0);
             return TC_PASS;
@@ -284,7 +292,12 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         ct_flags::FROM_PROXY
     } else if redirects(&ep, generation, dir, &remote, pkt, policy_flags, &config) {
         ct_flags::PROXY
-    } else if policy_flags & policy_flags::L7 != 0 {
+    } else if policy_flags & policy_flags::L7 != 0
+        // Globally visible ports are observed where the server is: the ingress hook.
+        || (dir == direction::INGRESS
+            && pkt.proto == IPPROTO_TCP
+            && unsafe { L7_PORTS.get(&pkt.dport) }.is_some())
+    {
         ct_flags::L7
     } else {
         0
@@ -316,6 +329,10 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     {
         let _ = CONNTRACK.remove(&scratch.key);
         return drop(ctx, &ep, dir, pkt, remote_identity, reason);
+    }
+    if l7 == ct_flags::L7 {
+        // The SYN: the L7 path learns who the client is and where both streams start.
+        copy_payload(ctx, &ep, dir, pkt, remote_identity);
     }
     trace(
         ctx,
@@ -562,7 +579,8 @@ fn reverse_key(pkt: &Packet, dir: u8, ep_id: u16, out: &mut CtKey) {
 /// kernel copies the packet bytes, so no length games with the verifier).
 #[inline(always)]
 fn copy_payload(ctx: &TcContext, ep: &EndpointInfo, dir: u8, pkt: &Packet, remote: u32) {
-    if pkt.payload_len == 0 {
+    // Empty segments matter only when they open or close a stream.
+    if pkt.payload_len == 0 && pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
         return;
     }
     let len = if pkt.len < MAX_PAYLOAD_COPY {

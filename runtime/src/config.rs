@@ -93,19 +93,23 @@ pub struct PrometheusConfig {
     pub address: String,
 }
 
-/// `l7.*`: which built-in L7 protocols are parsed when policy asks for visibility.
+/// `l7.*`: the L7 visibility path. Policy turns visibility on per port (a port
+/// with L7 rules; `http: [{}]` observes and allows all); a protocol switch turns it
+/// on for every connection to the protocol's plugin's default ports, at the
+/// server's endpoint (Cilium's `httpProtocol` and friends; the article's advice is
+/// to keep them off and let policy ask).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct L7Config {
-    /// HTTP/1.x.
+    /// HTTP/1.x everywhere (the `http` plugin's ports).
     pub http_protocol: bool,
-    /// gRPC (over HTTP/2).
+    /// gRPC (over HTTP/2): no plugin yet; refused when on.
     pub grpc_protocol: bool,
-    /// Kafka.
+    /// Kafka everywhere (the `kafka` plugin's ports).
     pub kafka_protocol: bool,
-    /// Redis (RESP).
+    /// Redis everywhere (the `redis` plugin's ports).
     pub redis_protocol: bool,
-    /// DNS.
+    /// DNS: no plugin yet; refused when on.
     pub dns_protocol: bool,
     /// Port of the transparent L7 proxy the datapath steers L7-enforced
     /// connections to (0: no redirect; such ports are then only observed).
@@ -117,6 +121,19 @@ pub struct L7Config {
     /// Protocols (plugin names) whose enforced connections stay open, unparsed,
     /// when their plugin fails (traps, deadline, parse error). Default: fail closed.
     pub fail_open: Vec<String>,
+    /// Pages (4 KiB) of the per-CPU buffer the datapath copies packets into, a
+    /// power of two. Past it copies are lost (and counted).
+    pub buffer_pages: u32,
+    /// Packets queued between the buffer readers and the parsing thread.
+    pub queue_size: u32,
+    /// Connections followed at once (the least recently active is dropped).
+    pub max_connections: u32,
+    /// Out-of-order bytes held per connection and direction, in KiB.
+    pub max_pending_kib: u32,
+    /// Out-of-order bytes held across all connections, in MiB.
+    pub max_pending_total_mib: u32,
+    /// A connection without packets for this long is forgotten, in seconds.
+    pub idle_timeout_seconds: u64,
 }
 
 /// Cilium's policy enforcement modes.
@@ -166,6 +183,9 @@ pub struct EndpointsConfig {
 pub struct PluginsConfig {
     /// Where installed plugins live (default: `<stateDir>/plugins`).
     pub dir: Option<PathBuf>,
+    /// Install the plugins Loupe ships (http, redis, kafka, memcached) when they
+    /// are not installed yet.
+    pub bundled: bool,
     /// Wall-clock budget of one call into a plugin, in milliseconds.
     pub deadline_ms: u64,
     /// Linear memory one plugin instance may use, in MiB.
@@ -181,6 +201,7 @@ impl Default for PluginsConfig {
     fn default() -> Self {
         Self {
             dir: None,
+            bundled: true,
             deadline_ms: 100,
             memory_limit_mib: 32,
             instances: 64,
@@ -258,18 +279,48 @@ impl Default for PrometheusConfig {
     }
 }
 
+impl L7Config {
+    /// Protocols observed everywhere (their plugins' default ports).
+    pub fn global_protocols(&self) -> Vec<&'static str> {
+        [
+            ("http", self.http_protocol),
+            ("kafka", self.kafka_protocol),
+            ("redis", self.redis_protocol),
+        ]
+        .into_iter()
+        .filter_map(|(p, on)| on.then_some(p))
+        .collect()
+    }
+
+    /// The reassembly bounds.
+    pub fn reassembly(&self) -> crate::reassembly::Limits {
+        crate::reassembly::Limits {
+            max_connections: self.max_connections as usize,
+            max_pending_per_direction: (self.max_pending_kib as usize) << 10,
+            max_pending_total: (self.max_pending_total_mib as usize) << 20,
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_seconds),
+        }
+    }
+}
+
 impl Default for L7Config {
     fn default() -> Self {
         Self {
-            http_protocol: true,
+            http_protocol: false,
             grpc_protocol: false,
-            kafka_protocol: true,
-            redis_protocol: true,
-            dns_protocol: true,
             proxy_port: 10_480,
             proxy_enabled: true,
             proxy_max_connections: 4096,
             fail_open: Vec::new(),
+            kafka_protocol: false,
+            redis_protocol: false,
+            dns_protocol: false,
+            buffer_pages: 256,
+            queue_size: 65_536,
+            max_connections: 65_536,
+            max_pending_kib: 256,
+            max_pending_total_mib: 64,
+            idle_timeout_seconds: 120,
         }
     }
 }
@@ -372,6 +423,44 @@ impl AgentConfig {
                 "bpf.policyMapEntries",
                 format!("{} is outside 256..=1048576", self.bpf.policy_map_entries),
             ));
+        }
+        let l7 = &self.l7;
+        if !l7.buffer_pages.is_power_of_two() || l7.buffer_pages > 1 << 16 {
+            return Err(invalid(
+                "l7.bufferPages",
+                format!("{} is not a power of two in 1..=65536", l7.buffer_pages),
+            ));
+        }
+        for (field, value, range) in [
+            ("l7.queueSize", l7.queue_size, 1..=1 << 22),
+            ("l7.maxConnections", l7.max_connections, 1..=1 << 22),
+            ("l7.maxPendingKib", l7.max_pending_kib, 1..=1 << 20),
+            (
+                "l7.maxPendingTotalMib",
+                l7.max_pending_total_mib,
+                1..=1 << 16,
+            ),
+        ] {
+            if !range.contains(&value) {
+                return Err(invalid(
+                    field,
+                    format!("{value} is outside {}..={}", range.start(), range.end()),
+                ));
+            }
+        }
+        if l7.idle_timeout_seconds == 0 {
+            return Err(invalid("l7.idleTimeoutSeconds", "must be positive".into()));
+        }
+        for (field, on) in [
+            ("l7.grpcProtocol", l7.grpc_protocol),
+            ("l7.dnsProtocol", l7.dns_protocol),
+        ] {
+            if on {
+                return Err(invalid(
+                    field,
+                    "no parser plugin for this protocol yet; leave it false".into(),
+                ));
+            }
         }
         if self.endpoints.lab_poll_ms == 0 {
             return Err(invalid("endpoints.labPollMs", "must be positive".into()));

@@ -10,6 +10,7 @@ pub mod datapath;
 pub mod endpoint;
 pub mod flow;
 pub mod identity;
+pub mod l7;
 pub mod lab;
 pub mod labels;
 pub mod metrics;

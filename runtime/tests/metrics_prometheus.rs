@@ -221,7 +221,7 @@ async fn prometheus_scrapes_the_agent_and_evaluates_the_guide_queries() {
     let config = AgentConfig::load(&path).unwrap();
     let mut config = config;
     config.state_dir = dir.path().to_path_buf();
-    let state = Arc::new(AgentState::new(config).expect("agent state"));
+    let state = Arc::new(AgentState::new(config).unwrap());
 
     // The datapath's drop counters, reported at scrape time.
     let drops = Arc::new(AtomicU64::new(0));

@@ -43,7 +43,7 @@ async fn start_agent(mut config: AgentConfig) -> Agent {
     config.endpoints.lab = false;
     config.node_name = Some("test-node".into());
     config.state_dir = dir.path().to_path_buf();
-    let state = Arc::new(AgentState::new(config).expect("agent state"));
+    let state = Arc::new(AgentState::new(config).unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(agent::run_with_state(state.clone(), async move {
         let _ = rx.await;

@@ -131,7 +131,7 @@ async fn observer_over_mutual_tls() {
     config.hubble.tls.client_ca_files = vec![dir.path().join("ca.pem")];
     config.validate(Path::new("test")).unwrap();
     config.state_dir = dir.path().to_path_buf();
-    let state = Arc::new(AgentState::new(config).expect("agent state"));
+    let state = Arc::new(AgentState::new(config).unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(agent::run_with_state(state.clone(), async move {
         let _ = stopped.await;

@@ -397,3 +397,30 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("creating a scratch directory");
     dir
 }
+
+/// The sum of the samples of metric `name` on `127.0.0.1:port/metrics` whose
+/// labels contain every `labels` fragment (`command="SET"`); 0 when absent.
+pub fn metric(port: u16, name: &str, labels: &[&str]) -> f64 {
+    let text = sh(
+        "curl",
+        &["-s", "-m", "5", &format!("http://127.0.0.1:{port}/metrics")],
+    );
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name && labels.iter().all(|f| series.contains(f)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    std::fs::create_dir_all(dir).expect("creating a directory");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("writing a file");
+    path.display().to_string()
+}

@@ -38,7 +38,7 @@ spec:
     - ports: [{port: "6379", protocol: TCP}]
       rules:
         l7proto: redis
-        l7: [{command: "GET"}]
+        l7: [{command: "GET|SET|CLIENT"}]
 "#;
 
 /// api-service takes HTTP from the frontend, GET /get only.
@@ -153,6 +153,11 @@ fn l7_enforced_connections_go_through_the_proxy_and_keep_their_addresses() {
         "{clients} (api-service is {api_ip})"
     );
     assert!(proxied() >= 3.0, "{}\n{}", proxied(), agent.log());
+    // The agent enforces the rules: FLUSHALL is not an allowed command, and the
+    // data is still there.
+    let flush = redis(&["FLUSHALL"]);
+    assert!(flush.contains("NOPERM"), "{flush}");
+    assert_eq!(redis(&["GET", "k"]).trim(), "v");
 
     // A client that writes its whole pipeline before reading any reply (as
     // Redis allows) must not wedge the proxy: 20000 GETs of 1 KiB, tiny buffers.
@@ -275,7 +280,7 @@ fn denied_requests_get_the_plugins_reply_in_order_and_connections_stay_usable() 
     // must fail closed.
     let hostile = load(&host, "loupe_hostile_misbehave");
     let factory = PluginInspectorFactory::new(
-        move |port| match port {
+        move |conn: &ConnInfo| match conn.server.port() {
             6379 => Some(redis.clone()),
             80 => Some(http.clone()),
             9092 => Some(hostile.clone()),
@@ -424,7 +429,7 @@ fn a_denied_kafka_produce_gets_error_29_and_the_connection_carries_on() {
     let host = PluginHost::new(Limits::default()).unwrap();
     let kafka = load(&host, "loupe_plugin_kafka");
     let factory = PluginInspectorFactory::new(
-        move |port| (port == 9092).then(|| kafka.clone()),
+        move |conn: &ConnInfo| (conn.server.port() == 9092).then(|| kafka.clone()),
         Arc::new(DenySecretTopic),
         Arc::new(NoEvents),
         Vec::new(),

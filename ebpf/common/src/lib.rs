@@ -36,6 +36,8 @@ pub mod maps {
     /// Perf event array of [`crate::PayloadEvent`] records, each followed by the
     /// packet's bytes (from the Ethernet header).
     pub const PAYLOAD: &str = "LOUPE_PAYLOAD";
+    /// Hash: host-order TCP port -> 1, ports observed at L7 without policy.
+    pub const L7_PORTS: &str = "LOUPE_L7_PORTS";
 }
 
 /// Program names in the eBPF object.
@@ -58,6 +60,8 @@ pub mod sizes {
     pub const ENDPOINTS: u32 = 4_096;
     /// Bytes of the event ring buffer (a power of two, multiple of the page size).
     pub const EVENTS_BYTES: u32 = 4 << 20;
+    /// Globally L7-visible ports.
+    pub const L7_PORTS: u32 = 256;
 }
 
 /// Traffic direction relative to the endpoint, numbered like Hubble's
@@ -125,8 +129,9 @@ pub mod action {
 pub mod policy_flags {
     /// The port carries L7 rules: the connection's payload is for the L7 path.
     pub const L7: u8 = 1;
-    /// The port's L7 rules restrict something: its connections are steered
-    /// through the runtime's proxy, which enforces them inline.
+    /// With [`L7`]: some L7 rule restricts this peer's requests, so the connection
+    /// goes through the runtime's proxy; without it the payload is only copied
+    /// for visibility.
     pub const L7_ENFORCE: u8 = 2;
 }
 

@@ -170,12 +170,14 @@ fn open_plugins(config: &AgentConfig) -> Result<PluginManager, InstallError> {
 #[derive(Default)]
 struct DatapathIo {
     events: Option<aya::maps::Map>,
+    payload: Option<aya::maps::Map>,
 }
 
 impl DatapathIo {
     fn take(datapath: &mut Datapath) -> Self {
         Self {
             events: datapath.take_events(),
+            payload: datapath.take_payload(),
         }
     }
 }
@@ -255,6 +257,15 @@ async fn serve(
     tokio::spawn(collect_conntrack(state.clone()));
     let l7_proxy = proxy::start(&state).await;
     let observability = observability::start(&state).await?;
+    if state.config.plugins.bundled {
+        let installed = crate::plugin::bundled::install_missing(&state.plugins);
+        if !installed.is_empty() {
+            tracing::info!(plugins = ?installed, "bundled plugins installed");
+        }
+    }
+    if let Some(map) = io.payload {
+        start_l7(&state, map).await;
+    }
     let detail = format!(
         "{} installed in {}",
         state.plugins.list().len(),
@@ -278,6 +289,60 @@ async fn serve(
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("agent stopped");
     result.map_err(Into::into)
+}
+
+/// Starts the live L7 path on the datapath's payload copies, after making the
+/// protocol switches' ports visible.
+async fn start_l7(state: &Arc<AgentState>, map: aya::maps::Map) {
+    let l7 = &state.config.l7;
+    let mut global_ports = std::collections::BTreeSet::new();
+    for protocol in l7.global_protocols() {
+        match state.plugins.for_protocol(protocol) {
+            Some(plugin) => global_ports.extend(plugin.info.default_ports.iter().copied()),
+            None => tracing::warn!(
+                protocol,
+                "l7.{protocol}Protocol is on but no plugin for it is installed"
+            ),
+        }
+    }
+    let snapshot = {
+        let mut controller = state.controller.lock().await;
+        if let Err(e) = controller.set_l7_ports(&global_ports) {
+            tracing::error!(error = %e, "could not set the globally visible L7 ports");
+        }
+        controller.snapshot()
+    };
+    let config = crate::l7::live::LiveConfig {
+        buffer_pages: l7.buffer_pages as usize,
+        queue: l7.queue_size as usize,
+        reassembly: l7.reassembly(),
+        global_ports: global_ports.clone(),
+    };
+    match crate::l7::live::start(
+        map,
+        config,
+        state.plugins.clone(),
+        snapshot,
+        state.flows.clone(),
+    ) {
+        Ok(stats) => {
+            state
+                .metrics
+                .register("l7", Arc::new(crate::l7::live::LiveCollector(stats)));
+            let detail = if global_ports.is_empty() {
+                "ports with L7 policy".to_string()
+            } else {
+                format!("ports with L7 policy, and {global_ports:?} everywhere")
+            };
+            state.set_component("l7", ComponentState::Ok, detail).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "L7 path not started");
+            state
+                .set_component("l7", ComponentState::Error, e.to_string())
+                .await;
+        }
+    }
 }
 
 /// Turns events the datapath could not queue (full ring) into LostEvents, once a

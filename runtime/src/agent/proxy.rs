@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{AgentState, ComponentState};
-use crate::proxy::{self, AllowAll, NoEvents, PluginInspectorFactory, Proxy};
+use crate::policy::Direction;
+use crate::proxy::{self, ConnInfo, NoEvents, PluginInspectorFactory, PolicyDecider, Proxy};
 
 /// Installs the routing and starts the proxy (when `bpf.enabled`; the listener
 /// only with `l7.proxyEnabled`). Failures are reported as the `proxy`
@@ -30,20 +31,41 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Option<Proxy> {
             .await;
         return None;
     }
-    let snapshot = state.controller.lock().await.snapshot();
+    let (snapshot, l7_policy) = {
+        let controller = state.controller.lock().await;
+        (controller.snapshot(), controller.l7_policy())
+    };
     let resolver: proxy::server::Resolver = Arc::new(move |ip| {
         let snap = snapshot.read().ok()?.clone();
         snap.endpoint_by_ip(ip).cloned()
     });
     let plugins = state.plugins.clone();
-    // L7 rules are matched by the policy engine's decider once it exists; until
-    // then enforced connections are parsed and allowed.
+    let rules = l7_policy.clone();
+    // The plugin the port's L7 rules name (the server's ingress rules first,
+    // then the client's egress rules), else the one installed for the port.
+    let select = move |conn: &ConnInfo| {
+        let policy = rules.load();
+        let port = conn.server.port();
+        let ep = |e: &Option<crate::api::proto::flow::Endpoint>| {
+            e.as_ref().and_then(|e| u16::try_from(e.id).ok())
+        };
+        let parser = ep(&conn.server_endpoint)
+            .and_then(|id| policy.parser(id, Direction::Ingress, port))
+            .or_else(|| {
+                ep(&conn.client_endpoint).and_then(|id| policy.parser(id, Direction::Egress, port))
+            });
+        match parser {
+            Some(p) => plugins.for_protocol(p.protocol()),
+            None => plugins.for_port(port),
+        }
+    };
     let factory = PluginInspectorFactory::new(
-        move |port| plugins.for_port(port),
-        Arc::new(AllowAll),
+        select,
+        Arc::new(PolicyDecider::new(l7_policy)),
         Arc::new(NoEvents),
         config.l7.fail_open.clone(),
-    );
+    )
+    .refuse_unparsed(true);
     let settings = proxy::server::ProxySettings {
         port: config.l7.proxy_port,
         max_connections: config.l7.proxy_max_connections as usize,

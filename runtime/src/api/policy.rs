@@ -10,6 +10,7 @@ use super::proto::policy::{
 };
 use crate::agent::AgentState;
 use crate::datapath::controller::{ApplyReport, ControllerError};
+use crate::policy::l7::validate_l7;
 use crate::policy::{Policy, parse_policies};
 
 /// The service over the agent's controller.
@@ -34,6 +35,12 @@ impl PolicyService {
         }
         if out.is_empty() {
             return Err(Status::invalid_argument("no policy documents given"));
+        }
+        // Generic L7 rules must fit an installed plugin's schema; refused here,
+        // before the controller sees them, so the policy in force stays.
+        for policy in &out {
+            validate_l7(policy, self.state.plugins.as_ref())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         Ok(out)
     }

@@ -5,6 +5,7 @@ mod lab;
 pub mod observe;
 mod plugin;
 mod policy;
+pub mod replay;
 pub mod status;
 
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ pub enum Command {
     /// L7 parser plugins in the running agent.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Run a pcap / pcapng capture through the L7 engine and print its L7 flows.
+    Replay(Box<replay::ReplayArgs>),
 }
 
 /// Runs the parsed command line; the process exit code.
@@ -107,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Observe(args) => runtime()?.block_on(observe::run(*args, &cli.socket)),
         Command::Status(args) => runtime()?.block_on(status::run(args, &cli.socket)),
         Command::Plugin(cmd) => runtime()?.block_on(plugin::run(cmd, &cli.socket)),
+        Command::Replay(args) => replay::run(*args),
     }
 }
 

@@ -21,6 +21,7 @@ use super::{Datapath, DatapathError, mapped};
 use crate::config::{AgentConfig, PolicyEnforcementMode};
 use crate::endpoint::Endpoint;
 use crate::identity::{IdentityAllocator, IdentityError, LabelSet};
+use crate::policy::l7::{L7Policy, L7PolicyHandle};
 use crate::policy::repository::{PolicyRepository, StoreError};
 use crate::policy::{Compiled, EndpointView, Policy, PolicyError, compile};
 
@@ -89,6 +90,8 @@ pub struct Controller {
     stats: ControllerStats,
     gauges: Arc<DatapathGauges>,
     snapshot: SnapshotHandle,
+    /// The L7 rules in force, for the proxy.
+    l7: L7PolicyHandle,
     /// Policy map entries one generation may hold (`bpf.policyMapEntries`).
     policy_capacity: usize,
     /// The L7 proxy's port the datapath redirects to (`l7.proxyPort`, 0: none).
@@ -136,6 +139,7 @@ impl Controller {
                 stats: ControllerStats::default(),
                 gauges: Arc::default(),
                 snapshot: SnapshotHandle::default(),
+                l7: L7PolicyHandle::default(),
                 policy_capacity: config.bpf.policy_map_entries as usize,
                 proxy_port: config.l7.proxy_port,
             },
@@ -157,6 +161,7 @@ impl Controller {
             stats: ControllerStats::default(),
             gauges: Arc::default(),
             snapshot: SnapshotHandle::default(),
+            l7: L7PolicyHandle::default(),
             policy_capacity: config.bpf.policy_map_entries as usize,
             proxy_port: config.l7.proxy_port,
         }
@@ -172,9 +177,29 @@ impl Controller {
         self.snapshot.clone()
     }
 
+    /// The L7 rules in force, replaced after every change (cheap to load from
+    /// any thread).
+    pub fn l7_policy(&self) -> L7PolicyHandle {
+        self.l7.clone()
+    }
+
     fn publish(&self) {
         let cidrs = self.compiled.iter().flat_map(|c| c.cidrs.values().copied());
-        let snap = EndpointSnapshot::build(&self.endpoints, |id| self.identity_labels(id), cidrs);
+        let mut snap =
+            EndpointSnapshot::build(&self.endpoints, |id| self.identity_labels(id), cidrs);
+        snap.set_l7_ports(
+            self.compiled
+                .iter()
+                .flat_map(|c| c.l7.iter())
+                .map(|p| super::flows::L7PortProtocol {
+                    ep: p.ep,
+                    dir: p.dir.datapath(),
+                    first: p.first,
+                    last: p.last,
+                    protocol: p.spec.protocol().to_string(),
+                })
+                .collect(),
+        );
         if let Ok(mut guard) = self.snapshot.write() {
             *guard = Arc::new(snap);
         }
@@ -230,6 +255,17 @@ impl Controller {
     /// The datapath, read-only.
     pub fn datapath(&self) -> Option<&Datapath> {
         self.datapath.as_ref()
+    }
+
+    /// Makes exactly `ports` L7-visible without policy (no-op without a datapath).
+    pub fn set_l7_ports(
+        &mut self,
+        ports: &std::collections::BTreeSet<u16>,
+    ) -> Result<(), super::DatapathError> {
+        match self.datapath.as_mut() {
+            Some(dp) => dp.set_l7_ports(ports),
+            None => Ok(()),
+        }
     }
 
     /// Statistics.
@@ -424,6 +460,9 @@ impl Controller {
                     self.compiled.as_ref().map(|c| c.entries.len()).unwrap_or(0);
                 self.gauges
                     .observe_regeneration(self.stats.last_regeneration.as_secs_f64());
+                if let Some(compiled) = &self.compiled {
+                    self.l7.store(L7Policy::build(compiled));
+                }
                 self.publish();
                 tracing::info!(
                     endpoints = self.endpoints.len(),

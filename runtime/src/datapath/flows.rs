@@ -37,6 +37,22 @@ pub struct EndpointSnapshot {
     by_id: HashMap<u16, Endpoint>,
     by_ip: HashMap<IpAddr, Endpoint>,
     identity_labels: HashMap<u32, Vec<String>>,
+    l7_ports: Vec<L7PortProtocol>,
+}
+
+/// Which protocol an L7 port's rules name, for the L7 path's dispatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L7PortProtocol {
+    /// Endpoint number.
+    pub ep: u16,
+    /// Datapath direction ([`direction`]).
+    pub dir: u8,
+    /// First port.
+    pub first: u16,
+    /// Last port.
+    pub last: u16,
+    /// `http`, `kafka`, or the `l7proto` of generic rules.
+    pub protocol: String,
 }
 
 impl EndpointSnapshot {
@@ -97,7 +113,21 @@ impl EndpointSnapshot {
         self.by_ip.get(&ip)
     }
 
-    fn remote(&self, ip: IpAddr, identity: u32) -> Endpoint {
+    /// Records the protocols policy names for L7 ports.
+    pub fn set_l7_ports(&mut self, ports: Vec<L7PortProtocol>) {
+        self.l7_ports = ports;
+    }
+
+    /// The protocol policy names for `port` of endpoint `ep` in direction `dir`.
+    pub fn l7_protocol(&self, ep: u16, dir: u8, port: u16) -> Option<&str> {
+        self.l7_ports
+            .iter()
+            .find(|p| p.ep == ep && p.dir == dir && (p.first..=p.last).contains(&port))
+            .map(|p| p.protocol.as_str())
+    }
+
+    /// The endpoint with address `ip`, else what identity `identity` says of it.
+    pub fn remote(&self, ip: IpAddr, identity: u32) -> Endpoint {
         if let Some(ep) = self.by_ip.get(&ip) {
             return ep.clone();
         }
@@ -112,7 +142,8 @@ impl EndpointSnapshot {
         }
     }
 
-    fn local(&self, ep_id: u16, identity: u32) -> Endpoint {
+    /// Local endpoint number `ep_id`.
+    pub fn local(&self, ep_id: u16, identity: u32) -> Endpoint {
         self.by_id.get(&ep_id).cloned().unwrap_or(Endpoint {
             id: u32::from(ep_id),
             identity,
@@ -121,7 +152,8 @@ impl EndpointSnapshot {
     }
 }
 
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+/// A protobuf timestamp.
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),

@@ -90,6 +90,7 @@ pub struct Datapath {
     conntrack: HashMap<MapData, CtKey, CtValue>,
     counters: PerCpuArray<MapData, Counter>,
     config: Array<MapData, DatapathConfig>,
+    l7_ports: HashMap<MapData, u16, u8>,
     events: Option<Map>,
     payload: Option<Map>,
     /// Sizes the maps were created with.
@@ -165,9 +166,11 @@ impl Datapath {
         let counters =
             PerCpuArray::try_from(take(maps::COUNTERS)?).map_err(map_err(maps::COUNTERS))?;
         let config_map = Array::try_from(take(maps::CONFIG)?).map_err(map_err(maps::CONFIG))?;
+        let l7_ports = HashMap::try_from(take(maps::L7_PORTS)?).map_err(map_err(maps::L7_PORTS))?;
         let events = take(maps::EVENTS).ok();
         let payload = take(maps::PAYLOAD).ok();
         Ok(Self {
+            l7_ports,
             ebpf,
             pin_path,
             ipcache,
@@ -180,6 +183,31 @@ impl Datapath {
             payload,
             sizes,
         })
+    }
+
+    /// Makes exactly `ports` L7-visible without policy (the `l7.*Protocol`
+    /// switches); new connections to them are copied to the L7 path.
+    pub fn set_l7_ports(
+        &mut self,
+        ports: &std::collections::BTreeSet<u16>,
+    ) -> Result<(), DatapathError> {
+        let stale: Vec<u16> = self
+            .l7_ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|p| !ports.contains(p))
+            .collect();
+        for port in ports {
+            self.l7_ports
+                .insert(port, &1, 0)
+                .map_err(map_err(maps::L7_PORTS))?;
+        }
+        for port in stale {
+            self.l7_ports
+                .remove(&port)
+                .map_err(map_err(maps::L7_PORTS))?;
+        }
+        Ok(())
     }
 
     /// The event ring buffer (taken once, by the event reader).

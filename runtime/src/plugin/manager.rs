@@ -172,6 +172,26 @@ impl PluginManager {
         self.read_lock().get(name).and_then(|e| e.plugin.clone())
     }
 
+    /// The active plugin for `protocol` (a plugin's protocol or its installed name).
+    pub fn for_protocol(&self, protocol: &str) -> Option<Arc<Plugin>> {
+        let installed = self.read_lock();
+        if let Some(p) = installed.get(protocol).and_then(|e| e.plugin.clone()) {
+            return Some(p);
+        }
+        installed
+            .values()
+            .filter_map(|e| e.plugin.clone())
+            .find(|p| p.info.protocol == protocol)
+    }
+
+    /// Every active plugin (for sniffing a stream no port or rule names).
+    pub fn active_plugins(&self) -> Vec<Arc<Plugin>> {
+        self.read_lock()
+            .values()
+            .filter_map(|e| e.plugin.clone())
+            .collect()
+    }
+
     /// The active plugin attached to `port`, if any.
     pub fn for_port(&self, port: u16) -> Option<Arc<Plugin>> {
         self.read_lock()

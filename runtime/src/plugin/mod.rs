@@ -10,6 +10,7 @@
 //!   (the plugin directory through `cap-std`), [`manager`] (install / list /
 //!   remove, activation without restart).
 
+pub mod bundled;
 pub mod cache;
 pub mod contract;
 pub mod directory;
@@ -23,6 +24,8 @@ pub mod metrics;
 pub mod store;
 
 pub use contract::ContractVersion;
+/// A plugin's answer to "is this your protocol?".
+pub use contract::v0_1::exports::loupe::plugin::parser::SniffVerdict;
 pub use error::{ConnError, InstallError};
 pub use host::{Plugin, PluginHost};
 pub use info::{FieldSpec, FieldType, PluginInfo, Transport};

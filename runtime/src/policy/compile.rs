@@ -90,6 +90,24 @@ pub struct L7Port {
     pub policy: String,
 }
 
+/// An allow without L7 rules that covers TCP ports (an L3-only rule covers them
+/// all): on a port with L7 rules, it allows its peers everything at L7.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L4Allow {
+    /// Endpoint number.
+    pub ep: u16,
+    /// Direction.
+    pub dir: Direction,
+    /// Remote identities (sorted; `[0]` = any).
+    pub identities: Vec<u32>,
+    /// First port.
+    pub first: u16,
+    /// Last port.
+    pub last: u16,
+    /// The policy it comes from (`namespace/name`).
+    pub policy: String,
+}
+
 /// The result of compilation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Compiled {
@@ -101,6 +119,8 @@ pub struct Compiled {
     pub cidrs: BTreeMap<IpNet, u32>,
     /// Ports with L7 rules.
     pub l7: Vec<L7Port>,
+    /// Allows without L7 rules on TCP ports, for the L7 engine.
+    pub l4_allows: Vec<L4Allow>,
     /// Policy names; `PolicyValue::rule` is an index + 1 into this list.
     pub rule_names: Vec<String>,
     /// Which endpoints each policy selects.
@@ -187,6 +207,7 @@ pub fn compile(
             .insert(policy.key(), selected.into_iter().collect());
     }
     deny_covered_allows(&mut out.entries);
+    super::l7::enforcement_flags(&mut out);
     if allow_localhost {
         let enforced: Vec<u16> = out
             .enforcement
@@ -258,12 +279,20 @@ fn add_rule(
         for &identity in &identities {
             merge(&mut out.entries, base(identity), act, 0, rule_ref);
         }
+        if act == action::ALLOW {
+            out.l4_allows.push(L4Allow {
+                ep: ep.id,
+                dir,
+                identities,
+                first: 0,
+                last: u16::MAX,
+                policy: policy.key(),
+            });
+        }
         return;
     }
     for (ranges, l7) in &rule.ports {
         let flags = if l7.is_some() { policy_flags::L7 } else { 0 };
-        // proxy branch (to reconcile with the L7 engine's compile): restricting rules redirect.
-        let flags = flags | l7.as_ref().map_or(0, crate::proxy::enforce_flag);
         for range in ranges {
             for &proto in range.protocol.numbers() {
                 let blocks = if range.first == 0 {
@@ -282,6 +311,20 @@ fn add_rule(
                         merge(&mut out.entries, key, act, flags, rule_ref);
                     }
                 }
+            }
+            if l7.is_none() && act == action::ALLOW && range.protocol.numbers().contains(&6) {
+                out.l4_allows.push(L4Allow {
+                    ep: ep.id,
+                    dir,
+                    identities: identities.clone(),
+                    first: range.first,
+                    last: if range.first == 0 {
+                        u16::MAX
+                    } else {
+                        range.last
+                    },
+                    policy: policy.key(),
+                });
             }
             if let Some(spec) = l7 {
                 out.l7.push(L7Port {

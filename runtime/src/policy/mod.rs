@@ -5,6 +5,7 @@
 
 pub mod cnp;
 pub mod compile;
+pub mod l7;
 pub mod parse;
 pub mod repository;
 pub mod selector;
@@ -186,8 +187,19 @@ pub enum L7Spec {
     },
 }
 
+impl L7Spec {
+    /// The protocol the rules are for (`http`, `kafka`, or the `l7proto`).
+    pub fn protocol(&self) -> &str {
+        match self {
+            Self::Http(_) => "http",
+            Self::Kafka(_) => "kafka",
+            Self::Generic { protocol, .. } => protocol,
+        }
+    }
+}
+
 /// Direction of a rule relative to the selected endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
     /// Into the endpoint.
     Ingress,

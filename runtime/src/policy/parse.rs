@@ -522,24 +522,63 @@ fn l7_rules(at: &str, rules: L7Rules) -> Result<L7Spec, FieldErr> {
                     check_regex(re).map_err(|m| (format!("{at}.http[{i}].{name}"), m))?;
                 }
             }
+            for (j, h) in r.headers.iter().flatten().enumerate() {
+                let (name, _) = super::l7::rules::split_header(h);
+                if name.is_empty() || !name.bytes().all(is_token_byte) {
+                    return Err((
+                        format!("{at}.http[{i}].headers[{j}]"),
+                        format!("{h:?} is not \"Name: value\" or \"Name\" (a header name)"),
+                    ));
+                }
+            }
         }
         return Ok(L7Spec::Http(http));
     }
     if let Some(kafka) = rules.kafka {
         for (i, r) in kafka.iter().enumerate() {
-            if let Some(role) = &r.role {
-                if role != "produce" && role != "consume" {
+            let nonempty = |f: &Option<String>| f.clone().filter(|v| !v.is_empty());
+            if let Some(role) = nonempty(&r.role) {
+                if super::l7::kafka::role(&role).is_none() {
                     return Err((
                         format!("{at}.kafka[{i}].role"),
                         format!("{role:?} is not produce or consume"),
                     ));
                 }
-                if r.api_key.is_some() {
+                if nonempty(&r.api_key).is_some() {
                     return Err((
                         format!("{at}.kafka[{i}]"),
                         "set role or apiKey, not both".into(),
                     ));
                 }
+            }
+            if let Some(key) = nonempty(&r.api_key)
+                && super::l7::kafka::api_key(&key).is_none()
+            {
+                return Err((
+                    format!("{at}.kafka[{i}].apiKey"),
+                    format!(
+                        "unknown Kafka API key {key:?} (known: {})",
+                        super::l7::kafka::api_key_names()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            if let Some(version) = nonempty(&r.api_version)
+                && version.parse::<u16>().map_or(true, |v| v > 32767)
+            {
+                return Err((
+                    format!("{at}.kafka[{i}].apiVersion"),
+                    format!("{version:?} is not an API version (0-32767)"),
+                ));
+            }
+            if let Some(topic) = nonempty(&r.topic)
+                && !super::l7::kafka::valid_topic(&topic)
+            {
+                return Err((
+                    format!("{at}.kafka[{i}].topic"),
+                    format!("{topic:?} is not a topic name (1-255 of a-z A-Z 0-9 . _ -)"),
+                ));
             }
         }
         return Ok(L7Spec::Kafka(kafka));
@@ -577,6 +616,11 @@ fn l7_rules(at: &str, rules: L7Rules) -> Result<L7Spec, FieldErr> {
             "rules is empty (use http: [{}] for visibility)".into(),
         )),
     }
+}
+
+/// An HTTP token character (RFC 9110), as header names use.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn check_regex(re: &str) -> Result<(), String> {

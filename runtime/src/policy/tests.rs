@@ -116,7 +116,7 @@ fn article_db_policy_compiles_to_one_allow_and_host() {
 fn article_http_policy_marks_the_port_for_l7() {
     let c = compile_text(API_ALLOW_FRONTEND, PolicyEnforcementMode::Default);
     let k = key(2, Direction::Ingress, 1001, 6, 80, POLICY_PREFIX_FULL);
-    // proxy branch: GET-only rules restrict, so the port is also L7_ENFORCE (redirected).
+    // `GET /get` restricts requests: the connection is enforced, not only observed.
     assert_eq!(
         c.entries[&k].flags,
         loupe_common::policy_flags::L7 | loupe_common::policy_flags::L7_ENFORCE

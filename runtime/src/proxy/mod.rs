@@ -16,12 +16,14 @@
 //!
 //! - [`inspect`]: the inspector contract and the pass-through.
 //! - [`plugin`]: the plugin-backed inspector, [`Decider`], [`ProxyEvents`].
+//! - [`policy`]: the L7 policy engine as a [`Decider`].
 //! - [`transparent`]: the listener and upstream sockets.
 //! - [`server`]: the accept loop and the per-connection relay.
 //! - [`routing`]: the policy routing rules for the proxy mark.
 
 pub mod inspect;
 pub mod plugin;
+pub mod policy;
 pub mod routing;
 pub mod server;
 pub mod transparent;
@@ -31,55 +33,5 @@ pub use plugin::{
     AllowAll, Decider, NoEvents, PluginInspector, PluginInspectorFactory, ProxyEvents, Verdict,
     field_text,
 };
+pub use policy::PolicyDecider;
 pub use server::{Proxy, ProxyError, ProxyStats};
-
-use crate::policy::{L7Spec, cnp};
-
-/// The policy flags an L7 spec adds for the datapath: [`L7_ENFORCE`] when its
-/// rules restrict something (at least one rule with a condition), nothing for
-/// visibility-only rules such as `http: [{}]`, which allow everything.
-///
-/// [`L7_ENFORCE`]: loupe_common::policy_flags::L7_ENFORCE
-pub fn enforce_flag(spec: &L7Spec) -> u8 {
-    let restricts = match spec {
-        L7Spec::Http(rules) => rules.iter().any(|r| *r != cnp::HttpRule::default()),
-        L7Spec::Kafka(rules) => rules.iter().any(|r| *r != cnp::KafkaRule::default()),
-        L7Spec::Generic { rules, .. } => rules.iter().any(|r| !r.is_empty()),
-    };
-    if restricts {
-        loupe_common::policy_flags::L7_ENFORCE
-    } else {
-        0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use loupe_common::policy_flags::L7_ENFORCE;
-
-    #[test]
-    fn only_restricting_rules_enforce() {
-        assert_eq!(
-            enforce_flag(&L7Spec::Http(vec![cnp::HttpRule::default()])),
-            0
-        );
-        let get = cnp::HttpRule {
-            method: Some("GET".into()),
-            ..cnp::HttpRule::default()
-        };
-        assert_eq!(enforce_flag(&L7Spec::Http(vec![get])), L7_ENFORCE);
-        let generic = |rules: Vec<std::collections::BTreeMap<String, String>>| L7Spec::Generic {
-            protocol: "redis".into(),
-            rules,
-        };
-        assert_eq!(enforce_flag(&generic(vec![Default::default()])), 0);
-        assert_eq!(
-            enforce_flag(&generic(vec![
-                [("command".to_string(), "GET".to_string())].into()
-            ])),
-            L7_ENFORCE
-        );
-        assert_eq!(enforce_flag(&L7Spec::Kafka(vec![])), 0);
-    }
-}

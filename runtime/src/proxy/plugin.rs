@@ -400,11 +400,13 @@ impl Drop for PluginInspector {
     }
 }
 
-/// Makes plugin inspectors: the plugin is chosen by the original destination
-/// port (`for_port`), one shared [`Worker`] per plugin version; connections on a
-/// port no installed plugin claims pass through unparsed.
+/// Makes plugin inspectors: `select` chooses each connection's plugin, one
+/// shared [`Worker`] per plugin version. A connection no plugin parses passes
+/// through unparsed, or is reset with [`PluginInspectorFactory::refuse_unparsed`]
+/// (the agent's choice: a connection steered to the proxy is an enforced one).
 pub struct PluginInspectorFactory {
-    for_port: Box<dyn Fn(u16) -> Option<Arc<Plugin>> + Send + Sync>,
+    select: Box<dyn Fn(&ConnInfo) -> Option<Arc<Plugin>> + Send + Sync>,
+    refuse_unparsed: bool,
     decider: Arc<dyn Decider>,
     events: Arc<dyn ProxyEvents>,
     fail_open: Vec<String>,
@@ -420,21 +422,28 @@ impl std::fmt::Debug for PluginInspectorFactory {
 }
 
 impl PluginInspectorFactory {
-    /// A factory choosing plugins with `for_port`; `fail_open` names the
+    /// A factory choosing plugins with `select`; `fail_open` names the
     /// protocols whose connections continue unparsed when their plugin fails.
     pub fn new(
-        for_port: impl Fn(u16) -> Option<Arc<Plugin>> + Send + Sync + 'static,
+        select: impl Fn(&ConnInfo) -> Option<Arc<Plugin>> + Send + Sync + 'static,
         decider: Arc<dyn Decider>,
         events: Arc<dyn ProxyEvents>,
         fail_open: Vec<String>,
     ) -> Self {
         Self {
-            for_port: Box::new(for_port),
+            select: Box::new(select),
+            refuse_unparsed: false,
             decider,
             events,
             fail_open,
             workers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Resets connections no plugin parses instead of passing them through.
+    pub fn refuse_unparsed(mut self, refuse: bool) -> Self {
+        self.refuse_unparsed = refuse;
+        self
     }
 
     fn worker(&self, plugin: &Arc<Plugin>) -> Arc<Mutex<Worker>> {
@@ -456,7 +465,13 @@ impl PluginInspectorFactory {
 
 impl InspectorFactory for PluginInspectorFactory {
     fn inspector(&self, conn: &ConnInfo) -> Box<dyn Inspector> {
-        let Some(plugin) = (self.for_port)(conn.server.port()) else {
+        let Some(plugin) = (self.select)(conn) else {
+            if self.refuse_unparsed {
+                return Box::new(Refuse(format!(
+                    "no installed plugin parses {} for its L7 policy",
+                    conn.server
+                )));
+            }
             return Box::new(PassThrough);
         };
         let fail_open = self
@@ -470,5 +485,19 @@ impl InspectorFactory for PluginInspectorFactory {
             self.events.clone(),
             fail_open,
         ))
+    }
+}
+
+/// Resets the connection at its first bytes (an enforced connection nothing
+/// can parse fails closed).
+struct Refuse(String);
+
+impl Inspector for Refuse {
+    fn client_bytes(&mut self, _: &[u8]) -> Vec<Action> {
+        vec![Action::Reset(self.0.clone())]
+    }
+
+    fn server_bytes(&mut self, _: &[u8]) -> Vec<Action> {
+        vec![Action::Reset(self.0.clone())]
     }
 }

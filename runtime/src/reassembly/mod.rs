@@ -218,6 +218,18 @@ impl Reassembler {
 
     /// Feeds one segment.
     pub fn push(&mut self, seg: &Segment<'_>, out: &mut Vec<Event>) {
+        self.push_hinted(seg, None, out);
+    }
+
+    /// Feeds one segment; `server` says which address accepted the connection when
+    /// the caller knows it (the live path knows the port policy observes), for a
+    /// connection first seen without its SYN.
+    pub fn push_hinted(
+        &mut self,
+        seg: &Segment<'_>,
+        server: Option<SocketAddr>,
+        out: &mut Vec<Event>,
+    ) {
         let syn = seg.flags & tcp_flags::SYN != 0;
         let ack = seg.flags & tcp_flags::ACK != 0;
         let (key, side) = match self.find(seg.src, seg.dst) {
@@ -240,7 +252,7 @@ impl Reassembler {
                 }
                 // A SYN-ACK's sender is the server; otherwise the first sender is
                 // taken for the client.
-                let key = if syn && ack {
+                let key = if (syn && ack) || (!syn && server == Some(seg.src)) {
                     ConnKey {
                         client: seg.dst,
                         server: seg.src,

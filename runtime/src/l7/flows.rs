@@ -1,0 +1,388 @@
+//! Plugin messages as Hubble L7 flows: HTTP in `l7.http`, Kafka in `l7.kafka` (as
+//! Hubble has them), and every plugin's fields in `Flow.extensions` as Loupe's own
+//! [`L7Extension`]. Requests go client → server, responses server → client with
+//! `is_reply` and the latency since their request.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use crate::api::proto::extension::{self as ext, L7Extension};
+use crate::api::proto::flow::{
+    CiliumEventType, Endpoint, Flow, FlowType, Http, HttpHeader, Ip, IpVersion, Kafka, L7FlowType,
+    Layer4, Layer7, Tcp, TrafficDirection, Verdict, layer4, layer7,
+};
+use crate::datapath::flows::timestamp;
+use crate::plugin::{FieldType, Message, MessageKind, Plugin, Value};
+use crate::reassembly::ConnKey;
+
+/// Cilium's monitor type for L7 records (`MessageTypeAccessLog`).
+pub const EVENT_TYPE_L7: i32 = 129;
+
+/// Who a connection joins, as its flows show it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConnContext {
+    /// The side that opened the connection.
+    pub client: Endpoint,
+    /// The side that accepted it.
+    pub server: Endpoint,
+    /// Ingress when observed at the server's endpoint, egress at the client's.
+    pub traffic_direction: TrafficDirection,
+    /// The protocol policy names for the connection's port, if any.
+    pub protocol: Option<String>,
+}
+
+/// What a response needs of its request: when it was sent and what it asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestSummary {
+    /// When the request was seen.
+    pub time: SystemTime,
+    /// Its fields, named.
+    pub fields: Vec<ext::Field>,
+    /// HTTP method and URL.
+    pub http: Option<Http>,
+    /// Kafka API, topic and correlation id.
+    pub kafka: Option<Kafka>,
+}
+
+/// A message's fields, named and typed as the plugin's schema says.
+pub fn named_fields(plugin: &Plugin, msg: &Message) -> Vec<ext::Field> {
+    let schema = &plugin.info.fields;
+    msg.fields
+        .iter()
+        .filter_map(|f| {
+            let spec = schema.get(usize::from(f.id))?;
+            let kind = match &f.value {
+                Value::Slice { .. } => {
+                    let bytes = msg.slice(f)?;
+                    match std::str::from_utf8(bytes) {
+                        // Binary-safe fields (a Redis key) read as text when they are.
+                        Ok(text) => ext::value::Kind::String(text.to_string()),
+                        Err(_) if spec.ty == FieldType::Bytes => {
+                            ext::value::Kind::Bytes(bytes.to_vec())
+                        }
+                        Err(_) => {
+                            ext::value::Kind::String(String::from_utf8_lossy(bytes).into_owned())
+                        }
+                    }
+                }
+                Value::Text(t) => ext::value::Kind::String(t.clone()),
+                Value::Unsigned(u) => ext::value::Kind::Uint(*u),
+                Value::Signed(i) => ext::value::Kind::Int(*i),
+                Value::Flag(b) => ext::value::Kind::Bool(*b),
+            };
+            Some(ext::Field {
+                name: spec.name.clone(),
+                value: Some(ext::Value { kind: Some(kind) }),
+            })
+        })
+        .collect()
+}
+
+/// A field's value as text (numbers in decimal).
+pub fn text(fields: &[ext::Field], name: &str) -> Option<String> {
+    let value = fields.iter().find(|f| f.name == name)?.value.as_ref()?;
+    Some(match value.kind.as_ref()? {
+        ext::value::Kind::String(s) => s.clone(),
+        ext::value::Kind::Int(i) => i.to_string(),
+        ext::value::Kind::Uint(u) => u.to_string(),
+        ext::value::Kind::Bool(b) => b.to_string(),
+        ext::value::Kind::Float(f) => f.to_string(),
+        ext::value::Kind::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        ext::value::Kind::List(_) => return None,
+    })
+}
+
+fn number(fields: &[ext::Field], name: &str) -> Option<i64> {
+    text(fields, name)?.parse().ok()
+}
+
+/// Hubble's HTTP record of a request.
+fn http_request(fields: &[ext::Field]) -> Http {
+    let host = text(fields, "host").unwrap_or_default();
+    let target = text(fields, "url")
+        .or_else(|| text(fields, "path"))
+        .unwrap_or_default();
+    let absolute = target.starts_with("http://") || target.starts_with("https://");
+    let url = if absolute || host.is_empty() {
+        target
+    } else {
+        format!("http://{host}{target}")
+    };
+    Http {
+        code: 0,
+        method: text(fields, "method").unwrap_or_default(),
+        url,
+        protocol: text(fields, "version").unwrap_or_default(),
+        headers: headers(fields),
+    }
+}
+
+fn headers(fields: &[ext::Field]) -> Vec<HttpHeader> {
+    [
+        ("host", "Host"),
+        ("content-type", "Content-Type"),
+        ("content-length", "Content-Length"),
+        ("user-agent", "User-Agent"),
+    ]
+    .into_iter()
+    .filter_map(|(field, header)| {
+        text(fields, field).map(|value| HttpHeader {
+            key: header.into(),
+            value,
+        })
+    })
+    .collect()
+}
+
+/// Kafka API names as Cilium's policies and Hubble's flows spell them.
+pub fn kafka_api_key(name: &str) -> String {
+    match name {
+        "ListOffsets" => "offsets".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+fn kafka(fields: &[ext::Field]) -> Kafka {
+    Kafka {
+        error_code: number(fields, "error-code")
+            .and_then(|c| i32::try_from(c).ok())
+            .unwrap_or(0),
+        api_version: number(fields, "api-version")
+            .and_then(|v| i32::try_from(v).ok())
+            .unwrap_or(0),
+        api_key: text(fields, "api-name")
+            .map(|n| kafka_api_key(&n))
+            .unwrap_or_default(),
+        correlation_id: number(fields, "correlation-id")
+            .and_then(|c| i32::try_from(c).ok())
+            .unwrap_or(0),
+        topic: text(fields, "topic").unwrap_or_default(),
+    }
+}
+
+/// What a later response needs to know about this request.
+pub fn summarize_request(plugin: &Plugin, msg: &Message, time: SystemTime) -> RequestSummary {
+    let fields = named_fields(plugin, msg);
+    let (http, kafka) = match plugin.info.protocol.as_str() {
+        "http" => (Some(http_request(&fields)), None),
+        "kafka" => (None, Some(kafka(&fields))),
+        _ => (None, None),
+    };
+    RequestSummary {
+        time,
+        fields,
+        http,
+        kafka,
+    }
+}
+
+/// The flow of one message. `request` is the request a response answers.
+pub fn message_flow(
+    ctx: &ConnContext,
+    key: &ConnKey,
+    plugin: &Plugin,
+    msg: &Message,
+    time: SystemTime,
+    request: Option<&RequestSummary>,
+) -> Flow {
+    let mut fields = named_fields(plugin, msg);
+    let (l7_type, reply) = match msg.kind {
+        MessageKind::Request => (L7FlowType::Request, false),
+        MessageKind::Response => (L7FlowType::Response, true),
+        MessageKind::Event => (L7FlowType::Sample, true),
+    };
+    let latency_ns = match (msg.kind, request) {
+        (MessageKind::Response, Some(req)) => time
+            .duration_since(req.time)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let record = match plugin.info.protocol.as_str() {
+        "http" => Some(layer7::Record::Http(match (msg.kind, request) {
+            (MessageKind::Request, _) => http_request(&fields),
+            (_, req) => {
+                let mut http = req.and_then(|r| r.http.clone()).unwrap_or_default();
+                http.code = number(&fields, "status")
+                    .and_then(|c| u32::try_from(c).ok())
+                    .unwrap_or(0);
+                if let Some(version) = text(&fields, "version") {
+                    http.protocol = version;
+                }
+                http.headers = headers(&fields);
+                http
+            }
+        })),
+        "kafka" => Some(layer7::Record::Kafka(match (msg.kind, request) {
+            (MessageKind::Request, _) => kafka(&fields),
+            (_, req) => {
+                let mut k = req.and_then(|r| r.kafka.clone()).unwrap_or_default();
+                let own = kafka(&fields);
+                k.error_code = own.error_code;
+                k.correlation_id = own.correlation_id;
+                if k.topic.is_empty() {
+                    k.topic = own.topic;
+                }
+                k
+            }
+        })),
+        _ => None,
+    };
+    // A response also carries what it answers (a Redis reply's `command`).
+    if let Some(req) = request {
+        for f in &req.fields {
+            if !fields.iter().any(|own| own.name == f.name) {
+                fields.push(f.clone());
+            }
+        }
+    }
+    let extension = L7Extension {
+        protocol: plugin.info.protocol.clone(),
+        plugin: plugin.info.name.clone(),
+        plugin_version: plugin.info.version.clone(),
+        fields,
+    };
+    let (src, dst, source, destination) = if reply {
+        (key.server, key.client, &ctx.server, &ctx.client)
+    } else {
+        (key.client, key.server, &ctx.client, &ctx.server)
+    };
+    Flow {
+        time: Some(timestamp(time)),
+        verdict: Verdict::Forwarded as i32,
+        l7: Some(Layer7 {
+            r#type: l7_type as i32,
+            latency_ns,
+            record,
+        }),
+        extensions: Some(crate::flow::extension_any(&extension)),
+        is_reply: Some(reply),
+        ..base_flow(ctx, src, dst, source, destination)
+    }
+}
+
+/// The flow that says a connection's L7 view stopped (parse error, plugin fault,
+/// a message over the size bound).
+pub fn error_flow(
+    ctx: &ConnContext,
+    key: &ConnKey,
+    plugin: &Plugin,
+    reason: &str,
+    time: SystemTime,
+) -> Flow {
+    let extension = L7Extension {
+        protocol: plugin.info.protocol.clone(),
+        plugin: plugin.info.name.clone(),
+        plugin_version: plugin.info.version.clone(),
+        fields: vec![ext::Field {
+            name: "parse-error".into(),
+            value: Some(ext::Value {
+                kind: Some(ext::value::Kind::String(reason.to_string())),
+            }),
+        }],
+    };
+    Flow {
+        time: Some(timestamp(time)),
+        verdict: Verdict::Error as i32,
+        l7: Some(Layer7 {
+            r#type: L7FlowType::UnknownL7Type as i32,
+            latency_ns: 0,
+            record: None,
+        }),
+        extensions: Some(crate::flow::extension_any(&extension)),
+        is_reply: Some(false),
+        ..base_flow(ctx, key.client, key.server, &ctx.client, &ctx.server)
+    }
+}
+
+fn base_flow(
+    ctx: &ConnContext,
+    src: SocketAddr,
+    dst: SocketAddr,
+    source: &Endpoint,
+    destination: &Endpoint,
+) -> Flow {
+    Flow {
+        ip: Some(Ip {
+            source: src.ip().to_canonical().to_string(),
+            destination: dst.ip().to_canonical().to_string(),
+            ip_version: if src.ip().to_canonical().is_ipv4() {
+                IpVersion::IPv4
+            } else {
+                IpVersion::IPv6
+            } as i32,
+            ..Ip::default()
+        }),
+        l4: Some(Layer4 {
+            protocol: Some(layer4::Protocol::Tcp(Tcp {
+                source_port: u32::from(src.port()),
+                destination_port: u32::from(dst.port()),
+                flags: None,
+            })),
+        }),
+        source: Some(source.clone()),
+        destination: Some(destination.clone()),
+        r#type: FlowType::L7 as i32,
+        event_type: Some(CiliumEventType {
+            r#type: EVENT_TYPE_L7,
+            sub_type: 0,
+        }),
+        traffic_direction: ctx.traffic_direction as i32,
+        ..Flow::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str, v: ext::value::Kind) -> ext::Field {
+        ext::Field {
+            name: name.into(),
+            value: Some(ext::Value { kind: Some(v) }),
+        }
+    }
+
+    #[test]
+    fn http_url_joins_host_and_target() {
+        let f = vec![
+            field("method", ext::value::Kind::String("GET".into())),
+            field("url", ext::value::Kind::String("/get?x=1".into())),
+            field("host", ext::value::Kind::String("api-service".into())),
+            field("version", ext::value::Kind::String("HTTP/1.1".into())),
+        ];
+        let h = http_request(&f);
+        assert_eq!(h.url, "http://api-service/get?x=1");
+        assert_eq!(h.method, "GET");
+        assert_eq!(h.protocol, "HTTP/1.1");
+        assert_eq!(h.headers[0].key, "Host");
+        // An absolute-form target is kept as is.
+        let f = vec![field("url", ext::value::Kind::String("http://x/y".into()))];
+        assert_eq!(http_request(&f).url, "http://x/y");
+    }
+
+    #[test]
+    fn kafka_names_follow_cilium() {
+        assert_eq!(kafka_api_key("Produce"), "produce");
+        assert_eq!(kafka_api_key("ListOffsets"), "offsets");
+        assert_eq!(kafka_api_key("OffsetCommit"), "offsetcommit");
+        let f = vec![
+            field("api-name", ext::value::Kind::String("Fetch".into())),
+            field("api-version", ext::value::Kind::Uint(11)),
+            field("correlation-id", ext::value::Kind::Int(7)),
+            field("error-code", ext::value::Kind::Int(29)),
+            field("topic", ext::value::Kind::String("orders".into())),
+        ];
+        let k = kafka(&f);
+        assert_eq!(
+            (
+                k.api_key.as_str(),
+                k.api_version,
+                k.correlation_id,
+                k.error_code
+            ),
+            ("fetch", 11, 7, 29)
+        );
+        assert_eq!(k.topic, "orders");
+    }
+}

@@ -447,14 +447,19 @@ fn starved_capture_reports_lost_events() {
     let dir = scratch_dir("l7loss");
     let policy = write_file(&dir, "visibility.yaml", VISIBILITY);
     agent.loupe_ok(&["policy", "apply", "-f", &policy]).unwrap();
-    // A follower sees the LostEvents as they happen.
+    // A follower sees the LostEvents as they happen (into a file: a pipe nobody
+    // reads would block it).
+    let stream = dir.join("follow.json");
     let follow = std::process::Command::new(loupe_tests::loupe_bin())
         .arg("--socket")
         .arg(&agent.socket)
         .args(["observe", "--follow", "-o", "json"])
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&stream).unwrap())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Let the follower subscribe before anything is lost.
+    std::thread::sleep(Duration::from_secs(2));
     let bench = lab
         .exec_ok(
             "api-service",
@@ -485,15 +490,27 @@ fn starved_capture_reports_lost_events() {
         ) > 0.0),
         "a 1-page buffer and an 8-packet queue lost nothing"
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // LostEvents are reported once a second.
+    std::thread::sleep(Duration::from_millis(2500));
     let mut follow = follow;
     let _ = follow.kill();
     let out = follow.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = std::fs::read_to_string(&stream).unwrap();
     assert!(
         text.lines()
             .any(|l| l.contains("lost_events") || l.contains("lostEvents")),
-        "no LostEvent in the flow stream"
+        "no LostEvent in the flow stream ({} lines: {:?}; stderr {}); metrics:\n{}",
+        text.lines().count(),
+        text.lines()
+            .filter(|l| !l.starts_with("{\"flow\""))
+            .take(3)
+            .collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr),
+        loupe_tests::sh("curl", &["-s", &format!("http://127.0.0.1:{prom}/metrics")])
+            .lines()
+            .filter(|l| l.starts_with("loupe_l7") || l.starts_with("hubble_lost"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // Still parsing, still serving.
     let pong = lab

@@ -10,7 +10,6 @@ use std::time::SystemTime;
 use aya::maps::perf::{PerfEvent, PerfEventArrayBuffer};
 use aya::maps::{Map, MapData, PerfEventArray};
 use loupe_common::PayloadEvent;
-use tokio::io::unix::AsyncFd;
 
 use super::events::BootClock;
 
@@ -54,79 +53,101 @@ pub fn decode(sample: &[u8], clock: &BootClock) -> Option<PayloadPacket> {
     })
 }
 
-/// Opens a buffer of `pages` pages per CPU and hands every packet to `sink` from
-/// one task per CPU, until the runtime stops.
+/// What the reader hands on: packets, and after every pass over all CPUs' buffers
+/// a watermark — every copy the datapath stamped before it has been handed on.
+#[derive(Debug)]
+pub enum PayloadItem {
+    /// A copied packet.
+    Packet(PayloadPacket),
+    /// `CLOCK_BOOTTIME` nanoseconds: no later packet has an earlier stamp.
+    Watermark(u64),
+}
+
+/// Copies are stamped in the kernel a few microseconds before they land in the
+/// buffer: the watermark stays this far behind the start of a pass.
+const WATERMARK_MARGIN_NS: u64 = 1_000_000;
+
+/// How long the reader sleeps after a pass that found nothing.
+const IDLE_SLEEP: std::time::Duration = std::time::Duration::from_millis(2);
+
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| (t.tv_sec().max(0) as u64) * 1_000_000_000 + t.tv_nsec().max(0) as u64)
+        .unwrap_or(0)
+}
+
+/// Opens a buffer of `pages` pages per CPU and reads them all from one thread,
+/// in passes: each pass drains every CPU's buffer, then hands on a watermark, so
+/// the consumer can put copies from different CPUs back in datapath order.
 pub fn start(
     map: Map,
     pages: usize,
     stats: Arc<PayloadStats>,
-    sink: impl Fn(PayloadPacket) + Send + Sync + 'static,
+    mut sink: impl FnMut(PayloadItem) + Send + 'static,
 ) -> Result<(), std::io::Error> {
     let mut array: PerfEventArray<MapData> =
         PerfEventArray::try_from(map).map_err(std::io::Error::other)?;
     let cpus = aya::util::online_cpus().map_err(|(_, e)| e)?;
-    let sink = Arc::new(sink);
+    let mut buffers = Vec::new();
     for cpu in cpus {
         let buffer = PerfEventArrayBuffer::open(cpu, pages).map_err(std::io::Error::other)?;
         array.set(cpu, &buffer).map_err(std::io::Error::other)?;
-        // SAFETY: the buffer owns its perf fd for as long as the AsyncFd owns the
-        // buffer, and always reports that same fd.
-        let mut fd =
-            unsafe { AsyncFd::register_with_interest(buffer, tokio::io::Interest::READABLE) }
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let sink = sink.clone();
-        let stats = stats.clone();
-        tokio::spawn(async move {
+        buffers.push((cpu, buffer));
+    }
+    std::thread::Builder::new()
+        .name("loupe-l7-read".into())
+        .spawn(move || {
+            // The array must outlive the reads: the kernel writes through its slots.
+            let _array = array;
             let clock = BootClock::now();
             let mut scratch = Vec::new();
             loop {
-                let Ok(mut guard) = fd.readable_mut().await else {
-                    tracing::error!(
-                        cpu,
-                        "payload buffer unreadable; L7 copies from this CPU stop"
-                    );
-                    return;
-                };
-                let buffer = guard.get_inner_mut();
-                let raw = buffer.as_raw_fd();
-                buffer.for_each(|event| match event {
-                    PerfEvent::Sample { head, tail } => {
-                        let sample = if tail.is_empty() {
-                            head
-                        } else {
-                            scratch.clear();
-                            scratch.extend_from_slice(head);
-                            scratch.extend_from_slice(tail);
-                            &scratch[..]
-                        };
-                        match decode(sample, &clock) {
-                            Some(packet) => {
-                                stats.packets.fetch_add(1, Ordering::Relaxed);
-                                stats
-                                    .bytes
-                                    .fetch_add(packet.frame.len() as u64, Ordering::Relaxed);
-                                sink(packet);
-                            }
-                            None => {
-                                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                let pass = boot_ns();
+                let mut read = 0usize;
+                for (cpu, buffer) in &mut buffers {
+                    let raw = buffer.as_raw_fd();
+                    buffer.for_each(|event| match event {
+                        PerfEvent::Sample { head, tail } => {
+                            read += 1;
+                            let sample = if tail.is_empty() {
+                                head
+                            } else {
+                                scratch.clear();
+                                scratch.extend_from_slice(head);
+                                scratch.extend_from_slice(tail);
+                                &scratch[..]
+                            };
+                            match decode(sample, &clock) {
+                                Some(packet) => {
+                                    stats.packets.fetch_add(1, Ordering::Relaxed);
+                                    stats
+                                        .bytes
+                                        .fetch_add(packet.frame.len() as u64, Ordering::Relaxed);
+                                    sink(PayloadItem::Packet(packet));
+                                }
+                                None => {
+                                    stats.malformed.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                         }
-                    }
-                    PerfEvent::Lost { count } => {
-                        stats.lost.fetch_add(count, Ordering::Relaxed);
-                        tracing::warn!(
-                            cpu,
-                            fd = raw,
-                            lost = count,
-                            "L7 payload copies lost: buffer full"
-                        );
-                    }
-                });
-                guard.clear_ready();
+                        PerfEvent::Lost { count } => {
+                            stats.lost.fetch_add(count, Ordering::Relaxed);
+                            tracing::debug!(
+                                cpu = *cpu,
+                                fd = raw,
+                                lost = count,
+                                "L7 payload copies lost: buffer full"
+                            );
+                        }
+                    });
+                }
+                sink(PayloadItem::Watermark(
+                    pass.saturating_sub(WATERMARK_MARGIN_NS),
+                ));
+                if read == 0 {
+                    std::thread::sleep(IDLE_SLEEP);
+                }
             }
-        });
-    }
-    // The array must outlive the tasks: the kernel writes through its slots.
-    std::mem::forget(array);
+        })?;
     Ok(())
 }

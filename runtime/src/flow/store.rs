@@ -60,7 +60,22 @@ struct Inner {
     node_name: String,
     started: Instant,
     uuid_seed: u64,
+    /// Synchronous consumers (flow-derived metrics), called for every flow on
+    /// the producer's thread: they never lose a flow.
+    hooks: Hooks,
 }
+
+#[derive(Default)]
+struct Hooks(RwLock<Vec<FlowHook>>);
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} hooks", read(&self.0).len())
+    }
+}
+
+/// A synchronous flow consumer (see [`FlowStore::add_hook`]).
+pub type FlowHook = Arc<dyn Fn(&Flow) + Send + Sync>;
 
 impl FlowStore {
     /// A store keeping the last `capacity` flows (at least 1), stamping flows
@@ -90,6 +105,7 @@ impl FlowStore {
                 node_name: node_name.into(),
                 started: Instant::now(),
                 uuid_seed: h.finish(),
+                hooks: Hooks::default(),
             }),
         }
     }
@@ -120,6 +136,9 @@ impl FlowStore {
             (seq, flow)
         };
         self.inner.seen.fetch_add(1, Ordering::Relaxed);
+        for hook in read(&self.inner.hooks.0).iter() {
+            hook(&flow);
+        }
         let subscribers = read(&self.inner.subscribers);
         let mut lost = 0;
         for slot in subscribers.iter() {
@@ -138,6 +157,13 @@ impl FlowStore {
         if self.inner.has_closed.swap(false, Ordering::Relaxed) {
             write(&self.inner.subscribers).retain(|s| !s.is_closed());
         }
+    }
+
+    /// Calls `hook` for every flow pushed from now on, on the producer's thread,
+    /// as Hubble runs its metric handlers: counters derived from flows never
+    /// miss one, whatever the burst. Keep it cheap (a lock and a few map updates).
+    pub fn add_hook(&self, hook: FlowHook) {
+        write(&self.inner.hooks.0).push(hook);
     }
 
     /// Records events a producer lost before they became flows (a full perf

@@ -22,7 +22,7 @@ use crate::api::proto::flow::{LostEvent, LostEventSource, TrafficDirection};
 use crate::capture::{LinkType, packet::Decoded};
 use crate::datapath::controller::SnapshotHandle;
 use crate::datapath::flows::EndpointSnapshot;
-use crate::datapath::payload::{self, PayloadPacket, PayloadStats};
+use crate::datapath::payload::{self, PayloadItem, PayloadPacket, PayloadStats};
 use crate::flow::FlowStore;
 use crate::metrics::{Collector, MetricFamily, MetricKind};
 use crate::plugin::PluginManager;
@@ -64,9 +64,9 @@ pub fn start(
     flows: FlowStore,
 ) -> std::io::Result<Arc<LiveStats>> {
     let stats = Arc::new(LiveStats::default());
-    let (tx, rx) = std::sync::mpsc::sync_channel::<PayloadPacket>(config.queue);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<PayloadItem>(config.queue);
     let sink_stats = stats.clone();
-    let sink = move |packet: PayloadPacket| enqueue(&tx, packet, &sink_stats);
+    let sink = move |item: PayloadItem| enqueue(&tx, item, &sink_stats);
     payload::start(map, config.buffer_pages, stats.payload.clone(), sink)?;
     let thread_stats = stats.clone();
     std::thread::Builder::new()
@@ -75,15 +75,10 @@ pub fn start(
     Ok(stats)
 }
 
-/// How long a copied packet waits for copies from other CPUs that the datapath
-/// saw earlier.
-const REORDER_WINDOW: Duration = Duration::from_millis(20);
-
-/// A packet waiting in the reorder window, ordered by datapath time.
+/// A packet waiting for the watermark, ordered by datapath time.
 struct Waiting {
     ts: u64,
     arrival: u64,
-    received: Instant,
     packet: PayloadPacket,
 }
 
@@ -107,9 +102,11 @@ impl Ord for Waiting {
     }
 }
 
-fn enqueue(tx: &SyncSender<PayloadPacket>, packet: PayloadPacket, stats: &LiveStats) {
-    match tx.try_send(packet) {
+fn enqueue(tx: &SyncSender<PayloadItem>, item: PayloadItem, stats: &LiveStats) {
+    match tx.try_send(item) {
         Ok(()) => {}
+        // A watermark that does not fit is superseded by the next one.
+        Err(TrySendError::Full(PayloadItem::Watermark(_))) => {}
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             stats.queue_lost.fetch_add(1, Ordering::Relaxed);
         }
@@ -117,7 +114,7 @@ fn enqueue(tx: &SyncSender<PayloadPacket>, packet: PayloadPacket, stats: &LiveSt
 }
 
 fn run(
-    rx: Receiver<PayloadPacket>,
+    rx: Receiver<PayloadItem>,
     config: LiveConfig,
     plugins: Arc<PluginManager>,
     snapshot: SnapshotHandle,
@@ -131,39 +128,36 @@ fn run(
     let mut out = Vec::new();
     let mut reported = (0u64, 0u64);
     let mut last_tick = Instant::now();
-    // The CPUs' buffers are read independently, so a response copied on one CPU
-    // can arrive before its request copied on another: packets wait here for
-    // `REORDER_WINDOW` and leave in the order the datapath saw them.
+    // Copies from different CPUs arrive in per-CPU batches: they wait here until
+    // the reader's watermark passes them, and leave in the order the datapath
+    // stamped them (a response never overtakes its request).
     let mut waiting: BinaryHeap<Reverse<Waiting>> = BinaryHeap::new();
     let mut arrivals = 0u64;
+    let mut watermark = 0u64;
     loop {
-        let wait = waiting
-            .peek()
-            .map_or(Duration::from_millis(500), |Reverse(w)| {
-                REORDER_WINDOW.saturating_sub(w.received.elapsed())
-            });
-        match rx.recv_timeout(wait) {
-            Ok(packet) => {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(PayloadItem::Packet(packet)) => {
                 arrivals += 1;
                 waiting.push(Reverse(Waiting {
                     ts: packet.header.ts_ns,
                     arrival: arrivals,
-                    received: Instant::now(),
                     packet,
                 }));
             }
+            Ok(PayloadItem::Watermark(ts)) => watermark = watermark.max(ts),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
+        let ready = |w: &Waiting, len: usize| w.ts <= watermark || len >= config.queue;
         if waiting
             .peek()
-            .is_some_and(|Reverse(w)| w.received.elapsed() >= REORDER_WINDOW)
+            .is_some_and(|Reverse(w)| ready(w, waiting.len()))
         {
             let snap = snapshot.read().map(|s| s.clone()).unwrap_or_default();
-            while let Some(Reverse(w)) = waiting.peek() {
-                if w.received.elapsed() < REORDER_WINDOW && waiting.len() < config.queue {
-                    break;
-                }
+            while waiting
+                .peek()
+                .is_some_and(|Reverse(w)| ready(w, waiting.len()))
+            {
                 let Some(Reverse(w)) = waiting.pop() else {
                     break;
                 };

@@ -113,14 +113,19 @@ impl FlowMetrics {
         }
     }
 
-    /// Feeds the metrics from a store subscription until the task is dropped.
+    /// Feeds the metrics from every flow the store receives (synchronously, so
+    /// no flow is missed), and counts upstream losses from a subscription until
+    /// the task is dropped.
     pub fn spawn(&self, store: &FlowStore, queue: usize) -> tokio::task::JoinHandle<()> {
-        let mut sub = store.subscribe(queue, None);
+        let this = self.clone();
+        store.add_hook(Arc::new(move |flow: &Flow| this.process(flow)));
+        // Flows are counted by the hook; this feed only carries LostEvents.
+        let mut sub = store.subscribe(queue, Some(Box::new(|_: &Flow| false)));
         let this = self.clone();
         tokio::spawn(async move {
             loop {
                 match sub.recv().await {
-                    Event::Flow { flow, .. } => this.process(&flow),
+                    Event::Flow { .. } => {}
                     Event::Lost(lost) => {
                         this.lock().lost += lost.num_events_lost;
                     }

@@ -400,12 +400,15 @@ impl Drop for PluginInspector {
     }
 }
 
+/// Chooses the plugin that parses a connection.
+pub type SelectPlugin = dyn Fn(&ConnInfo) -> Option<Arc<Plugin>> + Send + Sync;
+
 /// Makes plugin inspectors: `select` chooses each connection's plugin, one
 /// shared [`Worker`] per plugin version. A connection no plugin parses passes
 /// through unparsed, or is reset with [`PluginInspectorFactory::refuse_unparsed`]
 /// (the agent's choice: a connection steered to the proxy is an enforced one).
 pub struct PluginInspectorFactory {
-    select: Box<dyn Fn(&ConnInfo) -> Option<Arc<Plugin>> + Send + Sync>,
+    select: Box<SelectPlugin>,
     refuse_unparsed: bool,
     decider: Arc<dyn Decider>,
     events: Arc<dyn ProxyEvents>,

@@ -158,6 +158,34 @@ fn l7_enforced_connections_go_through_the_proxy_and_keep_their_addresses() {
     let flush = redis(&["FLUSHALL"]);
     assert!(flush.contains("NOPERM"), "{flush}");
     assert_eq!(redis(&["GET", "k"]).trim(), "v");
+    // Both decisions are L7 flows: the denied request DROPPED, the allowed one
+    // forwarded and answered.
+    let observe = |verdict: &str| {
+        agent
+            .loupe_ok(&[
+                "observe",
+                "--type",
+                "l7",
+                "--verdict",
+                verdict,
+                "--last",
+                "50",
+                "-o",
+                "json",
+            ])
+            .unwrap()
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || observe("DROPPED")
+            .contains("FLUSHALL")),
+        "{}",
+        observe("DROPPED")
+    );
+    let forwarded = observe("FORWARDED");
+    assert!(
+        forwarded.contains("\"GET\"") && forwarded.contains("RESPONSE"),
+        "{forwarded}"
+    );
 
     // A client that writes its whole pipeline before reading any reply (as
     // Redis allows) must not wedge the proxy: 20000 GETs of 1 KiB, tiny buffers.

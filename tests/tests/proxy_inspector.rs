@@ -33,8 +33,8 @@ struct Recorded {
 }
 
 impl ProxyEvents for Recorded {
-    fn request(&self, _: &ConnInfo, plugin: &PluginInfo, request: &Message, verdict: &Verdict) {
-        let command = field_text(plugin, request, "command").unwrap_or_default();
+    fn request(&self, _: &ConnInfo, plugin: &Plugin, request: &Message, verdict: &Verdict) {
+        let command = field_text(&plugin.info, request, "command").unwrap_or_default();
         let v = if *verdict == Verdict::Allow {
             "allow"
         } else {
@@ -42,11 +42,11 @@ impl ProxyEvents for Recorded {
         };
         self.log.lock().unwrap().push(format!("{command} {v}"));
     }
-    fn response(&self, _: &ConnInfo, plugin: &PluginInfo, req: &Message, _: &Message, _: Duration) {
-        let command = field_text(plugin, req, "command").unwrap_or_default();
+    fn response(&self, _: &ConnInfo, plugin: &Plugin, req: &Message, _: &Message, _: Duration) {
+        let command = field_text(&plugin.info, req, "command").unwrap_or_default();
         self.log.lock().unwrap().push(format!("{command} answered"));
     }
-    fn error(&self, _: &ConnInfo, _: &PluginInfo, reason: &str, closed: bool) {
+    fn error(&self, _: &ConnInfo, _: &Plugin, reason: &str, closed: bool) {
         self.log
             .lock()
             .unwrap()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{AgentState, ComponentState};
 use crate::policy::Direction;
-use crate::proxy::{self, ConnInfo, NoEvents, PluginInspectorFactory, PolicyDecider, Proxy};
+use crate::proxy::{self, ConnInfo, FlowEvents, PluginInspectorFactory, PolicyDecider, Proxy};
 
 /// Installs the routing and starts the proxy (when `bpf.enabled`; the listener
 /// only with `l7.proxyEnabled`). Failures are reported as the `proxy`
@@ -62,7 +62,7 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Option<Proxy> {
     let factory = PluginInspectorFactory::new(
         select,
         Arc::new(PolicyDecider::new(l7_policy)),
-        Arc::new(NoEvents),
+        Arc::new(FlowEvents::new(state.flows.clone())),
         config.l7.fail_open.clone(),
     )
     .refuse_unparsed(true);

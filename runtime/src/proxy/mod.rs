@@ -14,6 +14,7 @@
 //! asks a [`Decider`], forwards allowed requests byte for byte and answers denied
 //! ones with the plugin's deny reply, in pipeline order.
 //!
+//! - [`flows`]: proxy decisions as Hubble L7 flows ([`FlowEvents`]).
 //! - [`inspect`]: the inspector contract and the pass-through.
 //! - [`plugin`]: the plugin-backed inspector, [`Decider`], [`ProxyEvents`].
 //! - [`policy`]: the L7 policy engine as a [`Decider`].
@@ -21,6 +22,7 @@
 //! - [`server`]: the accept loop and the per-connection relay.
 //! - [`routing`]: the policy routing rules for the proxy mark.
 
+pub mod flows;
 pub mod inspect;
 pub mod plugin;
 pub mod policy;
@@ -28,6 +30,7 @@ pub mod routing;
 pub mod server;
 pub mod transparent;
 
+pub use flows::FlowEvents;
 pub use inspect::{Action, ConnInfo, Inspector, InspectorFactory, PassThrough, PassThroughFactory};
 pub use plugin::{
     AllowAll, Decider, NoEvents, PluginInspector, PluginInspectorFactory, ProxyEvents, Verdict,

@@ -64,19 +64,19 @@ impl Decider for AllowAll {
 /// connection's task: implementations must not block (push to a bounded queue).
 pub trait ProxyEvents: Send + Sync {
     /// A request and its verdict.
-    fn request(&self, conn: &ConnInfo, plugin: &PluginInfo, request: &Message, verdict: &Verdict);
+    fn request(&self, conn: &ConnInfo, plugin: &Plugin, request: &Message, verdict: &Verdict);
     /// A response to a forwarded request, `latency` after the request left.
     fn response(
         &self,
         conn: &ConnInfo,
-        plugin: &PluginInfo,
+        plugin: &Plugin,
         request: &Message,
         response: &Message,
         latency: Duration,
     );
     /// The connection's L7 view failed (`closed`: the connection was reset,
     /// fail-closed; otherwise it continues unparsed, fail-open).
-    fn error(&self, conn: &ConnInfo, plugin: &PluginInfo, reason: &str, closed: bool);
+    fn error(&self, conn: &ConnInfo, plugin: &Plugin, reason: &str, closed: bool);
 }
 
 /// Reports nothing.
@@ -84,9 +84,9 @@ pub trait ProxyEvents: Send + Sync {
 pub struct NoEvents;
 
 impl ProxyEvents for NoEvents {
-    fn request(&self, _: &ConnInfo, _: &PluginInfo, _: &Message, _: &Verdict) {}
-    fn response(&self, _: &ConnInfo, _: &PluginInfo, _: &Message, _: &Message, _: Duration) {}
-    fn error(&self, _: &ConnInfo, _: &PluginInfo, _: &str, _: bool) {}
+    fn request(&self, _: &ConnInfo, _: &Plugin, _: &Message, _: &Verdict) {}
+    fn response(&self, _: &ConnInfo, _: &Plugin, _: &Message, _: &Message, _: Duration) {}
+    fn error(&self, _: &ConnInfo, _: &Plugin, _: &str, _: bool) {}
 }
 
 /// The text of a message's field by schema name: a slice as (lossy) UTF-8, or
@@ -198,7 +198,7 @@ impl PluginInspector {
     fn failure(&mut self, reason: String, out: &mut Vec<Action>) {
         let reason = format!("{} plugin: {reason}", self.plugin.info.name);
         self.events
-            .error(&self.conn, &self.plugin.info, &reason, !self.fail_open);
+            .error(&self.conn, &self.plugin, &reason, !self.fail_open);
         if !self.fail_open {
             out.push(Action::Reset(reason));
             return;
@@ -268,7 +268,7 @@ impl PluginInspector {
     ) -> Result<(), String> {
         let verdict = self.decider.decide(&self.conn, &self.plugin.info, &message);
         self.events
-            .request(&self.conn, &self.plugin.info, &message, &verdict);
+            .request(&self.conn, &self.plugin, &message, &verdict);
         let paired = !matches!(message.correlation, crate::plugin::Correlation::None);
         match verdict {
             Verdict::Allow => {
@@ -345,7 +345,7 @@ impl PluginInspector {
                 {
                     self.events.response(
                         &self.conn,
-                        &self.plugin.info,
+                        &self.plugin,
                         &request,
                         &message,
                         sent.elapsed(),

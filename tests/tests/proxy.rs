@@ -71,6 +71,35 @@ spec:
         kafka: [{role: produce}]
 "#;
 
+/// The broker's port parsed by the hostile line plugin, one line allowed.
+const LINES_L7: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: kafka-lines, namespace: demo-app}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: api-service}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        l7proto: lines
+        l7: [{line: "hello"}]
+"#;
+
+/// Sends a line the hostile plugin traps on; prints how the connection ended.
+const TRAP_SCRIPT: &str = r#"
+import socket
+s = socket.create_connection(('kafka', 9092), timeout=5)
+s.sendall(b'trap\n')
+try:
+    print('data' if s.recv(100) else 'eof')
+except ConnectionResetError:
+    print('reset')
+except socket.timeout:
+    print('timeout')
+"#;
+
 fn pod_ip(lab: &TestLab, pod: &str, family: &str) -> String {
     let state = lab.state().unwrap();
     state["pods"]
@@ -236,6 +265,28 @@ print(got, want)
     // L3/L4 policy still applies under L7 rules: the frontend is not allowed.
     assert!(!tcp_ok(&lab, "frontend", "db-service", 6379, 2));
     assert_eq!(proxied(), before);
+
+    // A plugin that traps on an enforced connection: the agent resets it and
+    // reports an ERROR flow with the reason.
+    agent
+        .loupe_ok(&[
+            "plugin",
+            "install",
+            guest("loupe_hostile_misbehave").to_str().unwrap(),
+        ])
+        .unwrap();
+    let file = write_policy(&agent, "lines.yaml", LINES_L7);
+    agent.loupe_ok(&["policy", "apply", "-f", &file]).unwrap();
+    let outcome = lab
+        .exec_ok("api-service", &["python3", "-c", TRAP_SCRIPT])
+        .unwrap();
+    assert_eq!(outcome.trim(), "reset");
+    assert!(
+        wait_for(Duration::from_secs(5), || observe("ERROR")
+            .contains("trapped")),
+        "{}",
+        observe("ERROR")
+    );
 
     // Without its proxy, L7 enforcement fails closed; nothing else changes; a
     // restarted agent serves enforced connections again.
@@ -404,19 +455,8 @@ sys.stdout.buffer.write(buf)
     assert_eq!(stats.resets.load(std::sync::atomic::Ordering::Relaxed), 0);
 
     // A plugin that traps on an enforced connection: reset, not a pass.
-    let script = r#"
-import socket
-s = socket.create_connection(('kafka', 9092), timeout=5)
-s.sendall(b'trap\n')
-try:
-    print('data' if s.recv(100) else 'eof')
-except ConnectionResetError:
-    print('reset')
-except socket.timeout:
-    print('timeout')
-"#;
     let outcome = lab
-        .exec_ok("api-service", &["python3", "-c", script])
+        .exec_ok("api-service", &["python3", "-c", TRAP_SCRIPT])
         .unwrap();
     assert_eq!(outcome.trim(), "reset");
     assert_eq!(stats.resets.load(std::sync::atomic::Ordering::Relaxed), 1);

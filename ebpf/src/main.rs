@@ -16,9 +16,9 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         __sk_buff, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        TC_ACT_OK, TC_ACT_SHOT,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple,
     },
-    helpers::bpf_ktime_get_boot_ns,
+    helpers::{bpf_ktime_get_boot_ns, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::{classifier, map},
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray, RingBuf, lpm_trie::Key,
@@ -29,7 +29,7 @@ use loupe_common::{
     COUNTER_ENTRIES, COUNTER_PAYLOAD, Counter, CtKey, CtValue, DatapathConfig, EndpointInfo,
     FlowEvent, IpcacheValue, MAX_PAYLOAD_COPY, POLICY_PREFIX_FULL, PayloadEvent, PolicyKey,
     PolicyValue, action, counter_index, ct_flags, ct_status, direction, drop_reason,
-    endpoint_flags, event_kind, identity, sizes,
+    endpoint_flags, event_kind, identity, policy_flags, proxy, sizes,
 };
 
 #[map(name = "LOUPE_IPCACHE")]
@@ -197,6 +197,11 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         if ct.flags & ct_flags::L7 != 0 {
             copy_payload(ctx, &ep, dir, pkt, ct.remote_identity);
         }
+        if ct.flags & ct_flags::FROM_PROXY != 0 {
+            // The server answers the proxy's upstream socket, which is bound to the
+            // client's address: local routing delivers it there, not to the client.
+            ctx.set_mark(proxy::TO_PROXY);
+        }
         if first_reply || closing != 0 {
             trace(ctx, &ep, dir, pkt, ct.remote_identity, ct_status::REPLY, 0);
         }
@@ -229,19 +234,34 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
             // The client reused the port of a closed connection: a new connection
             // on the old entry. Start its life afresh (garbage collection must not
             // take it for the closed one).
-            ct.flags &= ct_flags::L7;
+            ct.flags &= ct_flags::L7 | ct_flags::PROXY | ct_flags::FROM_PROXY;
             ct.created_ns = now;
+            let remote_identity = ct.remote_identity;
+            if ct.flags & ct_flags::PROXY != 0
+                && let Err(reason) = steer(ctx, pkt, config.proxy_port, true)
+            {
+                return drop(ctx, &ep, dir, pkt, remote_identity, reason);
+            }
             if ct.flags & ct_flags::L7 != 0 {
-                copy_payload(ctx, &ep, dir, pkt, ct.remote_identity);
+                copy_payload(ctx, &ep, dir, pkt, remote_identity);
             }
             count(dir, drop_reason::NONE, pkt.len);
-            trace(ctx, &ep, dir, pkt, ct.remote_identity, ct_status::NEW, 0);
+            trace(ctx, &ep, dir, pkt, remote_identity, ct_status::NEW, 0);
             return TC_PASS;
         }
         let closing = close_flags(pkt.tcp_flags, ct_flags::FIN_FWD, ct.flags);
         ct.flags |= closing;
         if ct.flags & ct_flags::L7 != 0 {
             copy_payload(ctx, &ep, dir, pkt, ct.remote_identity);
+        }
+        if ct.flags & ct_flags::PROXY != 0 {
+            // A retransmitted SYN needs the listener again; everything else finds
+            // the proxy's socket by local routing.
+            let syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            if let Err(reason) = steer(ctx, pkt, config.proxy_port, syn) {
+                let remote_identity = ct.remote_identity;
+                return drop(ctx, &ep, dir, pkt, remote_identity, reason);
+            }
         }
         if closing != 0 {
             trace(
@@ -259,13 +279,21 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     }
 
     // The first packet of a connection.
-    let remote_identity = lookup_identity(remote_addr(pkt, dir));
+    let remote = lookup_ipcache(remote_addr(pkt, dir));
+    let remote_identity = remote.identity;
     let policy_flags = match verdict(&ep, generation, dir, remote_identity, pkt, enforced) {
         Ok(flags) => flags,
         Err(reason) => return drop(ctx, &ep, dir, pkt, remote_identity, reason),
     };
-    // Globally visible ports are observed where the server is: the ingress hook.
-    let l7 = if policy_flags & loupe_common::policy_flags::L7 != 0
+    let mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
+    let l7 = if dir == direction::INGRESS && mark & proxy::MARK_MASK == proxy::FROM_PROXY {
+        // The proxy's upstream connection: enforced at L7 already, L4 checked
+        // above with the client's identity; no redirect, no payload copy.
+        ct_flags::FROM_PROXY
+    } else if redirects(&ep, generation, dir, &remote, pkt, policy_flags, &config) {
+        ct_flags::PROXY
+    } else if policy_flags & policy_flags::L7 != 0
+        // Globally visible ports are observed where the server is: the ingress hook.
         || (dir == direction::INGRESS
             && pkt.proto == IPPROTO_TCP
             && unsafe { L7_PORTS.get(&pkt.dport) }.is_some())
@@ -296,7 +324,13 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
             );
         }
     }
-    if l7 != 0 {
+    if l7 == ct_flags::PROXY
+        && let Err(reason) = steer(ctx, pkt, config.proxy_port, true)
+    {
+        let _ = CONNTRACK.remove(&scratch.key);
+        return drop(ctx, &ep, dir, pkt, remote_identity, reason);
+    }
+    if l7 == ct_flags::L7 {
         // The SYN: the L7 path learns who the client is and where both streams start.
         copy_payload(ctx, &ep, dir, pkt, remote_identity);
     }
@@ -311,6 +345,103 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     );
     count(dir, drop_reason::NONE, pkt.len);
     TC_PASS
+}
+
+/// Whether a new connection leaving an endpoint goes through the L7 proxy: a TCP
+/// SYN whose port carries enforcing L7 rules in the client's egress policy or in
+/// the (local) server's ingress policy for the client's identity. Decided here, at
+/// the client's hook, because `bpf_sk_assign` works only on TC ingress.
+#[inline(always)]
+fn redirects(
+    ep: &EndpointInfo,
+    generation: u8,
+    dir: u8,
+    remote: &IpcacheValue,
+    pkt: &Packet,
+    policy_flags: u8,
+    config: &DatapathConfig,
+) -> bool {
+    if dir != direction::EGRESS
+        || config.proxy_port == 0
+        || pkt.proto != IPPROTO_TCP
+        || pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
+    {
+        return false;
+    }
+    if policy_flags & policy_flags::L7_ENFORCE != 0 {
+        return true;
+    }
+    if remote.ep_id == 0 {
+        return false;
+    }
+    let server = EndpointInfo {
+        ep_id: remote.ep_id,
+        flags: 0,
+        identity: remote.identity,
+    };
+    // Unenforced lookup: only the flags of an allow entry matter here; a denied
+    // connection is dropped at the server's own hook as before.
+    matches!(
+        verdict(&server, generation, direction::INGRESS, ep.identity, pkt, false),
+        Ok(flags) if flags & policy_flags::L7_ENFORCE != 0
+    )
+}
+
+/// Steers a packet of a proxied connection to the proxy: the mark selects local
+/// routing; a SYN is also assigned to the proxy's listener (found by the proxy
+/// port on the original destination address), since local routing alone would
+/// look for a listener on the original port.
+#[inline(always)]
+fn steer(ctx: &TcContext, pkt: &Packet, proxy_port: u16, syn: bool) -> Result<(), u8> {
+    ctx.set_mark(proxy::TO_PROXY);
+    if !syn {
+        return Ok(());
+    }
+    // SAFETY: a plain C union of integers; all-zero is a valid value.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if pkt.family == 4 {
+        let v4 = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
+        v4.saddr = u32::from_ne_bytes([pkt.saddr[12], pkt.saddr[13], pkt.saddr[14], pkt.saddr[15]]);
+        v4.daddr = u32::from_ne_bytes([pkt.daddr[12], pkt.daddr[13], pkt.daddr[14], pkt.daddr[15]]);
+        v4.sport = pkt.sport.to_be();
+        v4.dport = proxy_port.to_be();
+        core::mem::size_of_val(v4) as u32
+    } else {
+        let v6 = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
+        let mut i = 0;
+        while i < 4 {
+            v6.saddr[i] = u32::from_ne_bytes([
+                pkt.saddr[4 * i],
+                pkt.saddr[4 * i + 1],
+                pkt.saddr[4 * i + 2],
+                pkt.saddr[4 * i + 3],
+            ]);
+            v6.daddr[i] = u32::from_ne_bytes([
+                pkt.daddr[4 * i],
+                pkt.daddr[4 * i + 1],
+                pkt.daddr[4 * i + 2],
+                pkt.daddr[4 * i + 3],
+            ]);
+            i += 1;
+        }
+        v6.sport = pkt.sport.to_be();
+        v6.dport = proxy_port.to_be();
+        core::mem::size_of_val(v6) as u32
+    };
+    // SAFETY: helper calls with the program's own context and a stack tuple; the
+    // returned socket is released before returning, as the verifier demands.
+    unsafe {
+        let sk = bpf_skc_lookup_tcp(ctx.as_ptr(), &mut tuple, size, u64::MAX, 0);
+        if sk.is_null() {
+            return Err(drop_reason::SOCKET_LOOKUP_FAILED);
+        }
+        let assigned = bpf_sk_assign(ctx.as_ptr(), sk.cast(), 0);
+        bpf_sk_release(sk.cast());
+        if assigned != 0 {
+            return Err(drop_reason::SOCKET_ASSIGN_FAILED);
+        }
+    }
+    Ok(())
 }
 
 #[inline(always)]
@@ -352,10 +483,19 @@ fn remote_addr(pkt: &Packet, dir: u8) -> &[u8; 16] {
 
 #[inline(always)]
 fn lookup_identity(addr: &[u8; 16]) -> u32 {
+    lookup_ipcache(addr).identity
+}
+
+#[inline(always)]
+fn lookup_ipcache(addr: &[u8; 16]) -> IpcacheValue {
     let key = Key::new(128, *addr);
     match IPCACHE.get(&key) {
-        Some(v) => v.identity,
-        None => identity::WORLD,
+        Some(v) => *v,
+        None => IpcacheValue {
+            identity: identity::WORLD,
+            ep_id: 0,
+            flags: 0,
+        },
     }
 }
 

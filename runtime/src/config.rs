@@ -111,6 +111,16 @@ pub struct L7Config {
     pub redis_protocol: bool,
     /// DNS: no plugin yet; refused when on.
     pub dns_protocol: bool,
+    /// Port of the transparent L7 proxy the datapath steers L7-enforced
+    /// connections to (0: no redirect; such ports are then only observed).
+    pub proxy_port: u16,
+    /// Run the proxy in the agent (false: something else listens on `proxyPort`).
+    pub proxy_enabled: bool,
+    /// Connections the proxy carries at once; more are refused (reset).
+    pub proxy_max_connections: u32,
+    /// Protocols (plugin names) whose enforced connections stay open, unparsed,
+    /// when their plugin fails (traps, deadline, parse error). Default: fail closed.
+    pub fail_open: Vec<String>,
     /// Pages (4 KiB) of the per-CPU buffer the datapath copies packets into, a
     /// power of two. Past it copies are lost (and counted).
     pub buffer_pages: u32,
@@ -298,6 +308,10 @@ impl Default for L7Config {
         Self {
             http_protocol: false,
             grpc_protocol: false,
+            proxy_port: 10_480,
+            proxy_enabled: true,
+            proxy_max_connections: 4096,
+            fail_open: Vec::new(),
             kafka_protocol: false,
             redis_protocol: false,
             dns_protocol: false,
@@ -474,6 +488,29 @@ impl AgentConfig {
                 return Err(invalid(field, format!("{value} is outside {lo}..={hi}")));
             }
         }
+        if self.l7.proxy_enabled && self.l7.proxy_port == 0 {
+            return Err(invalid(
+                "l7.proxyPort",
+                "must be set while l7.proxyEnabled is true".into(),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.l7.proxy_max_connections) {
+            return Err(invalid(
+                "l7.proxyMaxConnections",
+                format!("{} is outside 1..=1000000", self.l7.proxy_max_connections),
+            ));
+        }
+        if let Some(bad) = self.l7.fail_open.iter().find(|p| {
+            p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) {
+            return Err(invalid(
+                "l7.failOpen",
+                format!("{bad:?} is not a protocol name"),
+            ));
+        }
         if self.node_name.as_ref().is_some_and(String::is_empty) {
             return Err(invalid("nodeName", "must not be empty".into()));
         }
@@ -590,6 +627,28 @@ mod tests {
         assert_eq!(c.policy_enforcement_mode, PolicyEnforcementMode::Always);
         assert_eq!(c.bpf.ct_global_tcp_max, 2_000_000);
         assert_eq!(c.bpf.ct_global_any_max, 262_144);
+    }
+
+    #[test]
+    fn l7_proxy_settings_are_checked() {
+        let c = parse("l7:\n  proxyPort: 15001\n  failOpen: [redis]\n").unwrap();
+        assert_eq!(c.l7.proxy_port, 15001);
+        assert_eq!(c.l7.fail_open, ["redis"]);
+        let e = parse("l7:\n  proxyPort: 0\n").unwrap_err().to_string();
+        assert!(e.contains("l7.proxyPort: must be set"), "{e}");
+        // Port 0 turns the redirect off, which is fine without the proxy.
+        assert!(parse("l7:\n  proxyPort: 0\n  proxyEnabled: false\n").is_ok());
+        let e = parse("l7:\n  proxyMaxConnections: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("l7.proxyMaxConnections: 0 is outside"), "{e}");
+        let e = parse("l7:\n  failOpen: [\"re dis\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("l7.failOpen: \"re dis\" is not a protocol name"),
+            "{e}"
+        );
     }
 
     #[test]

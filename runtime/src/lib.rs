@@ -16,6 +16,7 @@ pub mod labels;
 pub mod metrics;
 pub mod plugin;
 pub mod policy;
+pub mod proxy;
 pub mod reassembly;
 
 /// Loupe's version, as reported by the API and the CLI.

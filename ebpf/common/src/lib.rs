@@ -90,6 +90,11 @@ pub mod drop_reason {
     pub const INVALID_IPV6_EXTENSION_HEADER: u8 = 156;
     /// A non-first IP fragment on an enforced endpoint.
     pub const IP_FRAGMENTATION_NOT_SUPPORTED: u8 = 157;
+    /// The L7 proxy's socket was not found (the agent's proxy is not listening):
+    /// an L7-enforced connection fails closed.
+    pub const SOCKET_LOOKUP_FAILED: u8 = 178;
+    /// Assigning the packet to the L7 proxy's socket failed.
+    pub const SOCKET_ASSIGN_FAILED: u8 = 179;
     /// An explicit deny rule matched (`POLICY_DENY`, "Policy denied by denylist").
     pub const POLICY_DENY: u8 = 181;
 }
@@ -161,17 +166,44 @@ pub mod ct_flags {
     pub const RST: u16 = 8;
     /// The connection's port carries L7 rules.
     pub const L7: u16 = 16;
+    /// The connection is steered to the runtime's L7 proxy (client side).
+    pub const PROXY: u16 = 32;
+    /// The connection was opened by the runtime's L7 proxy towards the server;
+    /// its replies go back to the proxy.
+    pub const FROM_PROXY: u16 = 64;
+}
+
+/// Packet marks and policy routing of the L7 proxy redirect. The datapath marks
+/// packets for the proxy with [`proxy::TO_PROXY`]; the agent installs a policy
+/// routing rule sending that mark to a table whose only route is `local` (IPv4
+/// and IPv6), so the kernel delivers them to the proxy's sockets whatever their
+/// destination address. The proxy's upstream sockets carry [`proxy::FROM_PROXY`]
+/// (`SO_MARK`) so the datapath knows them and never redirects them again.
+pub mod proxy {
+    /// Bits of `skb->mark` the proxy marks use.
+    pub const MARK_MASK: u32 = 0x0F00;
+    /// Deliver to the proxy (local routing).
+    pub const TO_PROXY: u32 = 0x0C00;
+    /// Sent by the proxy's upstream socket; already enforced at L7.
+    pub const FROM_PROXY: u32 = 0x0D00;
+    /// Routing table of the `local` default routes.
+    pub const ROUTE_TABLE: u32 = 2046;
+    /// Priority of the `fwmark` rule (before the main table's 32766).
+    pub const RULE_PRIORITY: u32 = 95;
 }
 
 /// Value of the ipcache LPM trie; its key is a 16-byte address (IPv4 as `::ffff:a.b.c.d`)
 /// with a prefix length counted on those 128 bits.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IpcacheValue {
     /// The security identity of addresses under this prefix.
     pub identity: u32,
+    /// The endpoint number when the address is a local endpoint's, 0 otherwise
+    /// (the client's hook reads the server's ingress policy with it).
+    pub ep_id: u16,
     /// Reserved, zero.
-    pub flags: u32,
+    pub flags: u16,
 }
 
 /// Value of the endpoint map, keyed by the host-side interface index.
@@ -311,7 +343,10 @@ pub struct DatapathConfig {
     /// The policy generation in force (0 or 1).
     pub active_gen: u8,
     /// Reserved, zero.
-    pub pad: [u8; 3],
+    pub pad: u8,
+    /// Port of the runtime's transparent L7 proxy (host order); 0: no redirect,
+    /// L7-enforced ports are only copied to the L7 path.
+    pub proxy_port: u16,
 }
 
 /// A record on the event ring buffer.

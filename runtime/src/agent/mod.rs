@@ -2,6 +2,7 @@
 //! runs until SIGINT / SIGTERM.
 
 mod observability;
+mod proxy;
 
 pub use observability::ObservabilityError;
 
@@ -254,6 +255,7 @@ async fn serve(
     }
 
     tokio::spawn(collect_conntrack(state.clone()));
+    let l7_proxy = proxy::start(&state).await;
     let observability = observability::start(&state).await?;
     if state.config.plugins.bundled {
         let installed = crate::plugin::bundled::install_missing(&state.plugins);
@@ -283,6 +285,7 @@ async fn serve(
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let result = server.await;
     observability.stop();
+    proxy::stop(l7_proxy, state.config.bpf.enabled);
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("agent stopped");
     result.map_err(Into::into)

@@ -103,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             if pin_path.exists() {
                 std::fs::remove_dir_all(&pin_path)?;
             }
+            crate::proxy::routing::remove();
             println!("removed {} ({detached} links)", pin_path.display());
             Ok(0)
         }

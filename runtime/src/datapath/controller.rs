@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use loupe_common::{DatapathConfig, EndpointInfo, endpoint_flags, identity as id};
+use loupe_common::{DatapathConfig, EndpointInfo, IpcacheValue, endpoint_flags, identity as id};
 
 use super::flows::EndpointSnapshot;
 use super::metrics::DatapathGauges;
@@ -86,7 +86,7 @@ pub struct Controller {
     allow_localhost: bool,
     endpoints: Vec<(Endpoint, u32)>,
     compiled: Option<Compiled>,
-    ipcache: BTreeMap<([u8; 16], u32), u32>,
+    ipcache: BTreeMap<([u8; 16], u32), IpcacheValue>,
     stats: ControllerStats,
     gauges: Arc<DatapathGauges>,
     snapshot: SnapshotHandle,
@@ -94,6 +94,8 @@ pub struct Controller {
     l7: L7PolicyHandle,
     /// Policy map entries one generation may hold (`bpf.policyMapEntries`).
     policy_capacity: usize,
+    /// The L7 proxy's port the datapath redirects to (`l7.proxyPort`, 0: none).
+    proxy_port: u16,
 }
 
 /// The endpoint snapshot flows are enriched from, swapped after every change.
@@ -139,6 +141,7 @@ impl Controller {
                 snapshot: SnapshotHandle::default(),
                 l7: L7PolicyHandle::default(),
                 policy_capacity: config.bpf.policy_map_entries as usize,
+                proxy_port: config.l7.proxy_port,
             },
             errors,
         ))
@@ -160,6 +163,7 @@ impl Controller {
             snapshot: SnapshotHandle::default(),
             l7: L7PolicyHandle::default(),
             policy_capacity: config.bpf.policy_map_entries as usize,
+            proxy_port: config.l7.proxy_port,
         }
     }
 
@@ -486,15 +490,19 @@ impl Controller {
 
         // 1. The ipcache gains every address the new policy may look up.
         let desired = desired_ipcache(&self.endpoints, &compiled.cidrs);
-        for (&(addr, len), &identity) in &desired {
-            if self.ipcache.get(&(addr, len)) != Some(&identity) {
-                dp.set_ipcache(addr, len, identity)?;
-                self.ipcache.insert((addr, len), identity);
+        for (&(addr, len), &value) in &desired {
+            if self.ipcache.get(&(addr, len)) != Some(&value) {
+                dp.set_ipcache(addr, len, value)?;
+                self.ipcache.insert((addr, len), value);
             }
         }
 
         // 2. Endpoints and enforcement, under the generation about to become active.
-        let config = dp.config();
+        let mut config = dp.config();
+        if config.proxy_port != self.proxy_port {
+            config.proxy_port = self.proxy_port;
+            dp.set_config(config)?;
+        }
         let active = config.active_gen & 1;
         let changed = self.compiled.as_ref() != Some(&compiled);
         let next = if changed { active ^ 1 } else { active };
@@ -550,7 +558,8 @@ impl Controller {
             dp.set_config(DatapathConfig {
                 policy_rev: config.policy_rev.wrapping_add(1),
                 active_gen: next,
-                pad: [0; 3],
+                pad: 0,
+                proxy_port: self.proxy_port,
             })?;
             for (len, key) in dp.policy_keys() {
                 if key.generation != next {
@@ -594,27 +603,34 @@ impl Controller {
 fn desired_ipcache(
     endpoints: &[(Endpoint, u32)],
     cidrs: &BTreeMap<IpNet, u32>,
-) -> BTreeMap<([u8; 16], u32), u32> {
+) -> BTreeMap<([u8; 16], u32), IpcacheValue> {
+    let value = |identity, ep_id| IpcacheValue {
+        identity,
+        ep_id,
+        flags: 0,
+    };
     let mut out = BTreeMap::new();
     out.insert(
         mapped(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
-        id::WORLD,
+        value(id::WORLD, 0),
     );
     out.insert(
         mapped(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
-        id::WORLD,
+        value(id::WORLD, 0),
     );
     for (net, identity) in cidrs {
-        out.insert(mapped(net.network(), net.prefix_len()), *identity);
+        out.insert(mapped(net.network(), net.prefix_len()), value(*identity, 0));
     }
     for addr in host_addresses() {
         let len = if addr.is_ipv4() { 32 } else { 128 };
-        out.insert(mapped(addr, len), id::HOST);
+        out.insert(mapped(addr, len), value(id::HOST, 0));
     }
     for (ep, identity) in endpoints {
         for ip in ep.spec.ips() {
             let len = if ip.is_ipv4() { 32 } else { 128 };
-            out.insert(mapped(ip, len), *identity);
+            // Local endpoints carry their number: the client's hook reads the
+            // server's ingress policy with it to decide an L7 redirect.
+            out.insert(mapped(ip, len), value(*identity, ep.id));
         }
     }
     out

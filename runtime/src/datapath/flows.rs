@@ -108,6 +108,11 @@ impl EndpointSnapshot {
         snap
     }
 
+    /// The local endpoint with this address.
+    pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
+        self.by_ip.get(&ip)
+    }
+
     /// Records the protocols policy names for L7 ports.
     pub fn set_l7_ports(&mut self, ports: Vec<L7PortProtocol>) {
         self.l7_ports = ports;

@@ -341,12 +341,12 @@ impl Datapath {
         let _ = self.endpoints.remove(&ifindex);
     }
 
-    /// The ipcache: (prefix, prefix length over the 16-byte address) -> identity.
-    pub fn ipcache(&self) -> BTreeMap<([u8; 16], u32), u32> {
+    /// The ipcache: (prefix, prefix length over the 16-byte address) -> value.
+    pub fn ipcache(&self) -> BTreeMap<([u8; 16], u32), IpcacheValue> {
         self.ipcache
             .iter()
             .filter_map(Result::ok)
-            .map(|(k, v)| ((k.data(), k.prefix_len()), v.identity))
+            .map(|(k, v)| ((k.data(), k.prefix_len()), v))
             .collect()
     }
 
@@ -355,14 +355,10 @@ impl Datapath {
         &mut self,
         addr: [u8; 16],
         prefix_len: u32,
-        identity: u32,
+        value: IpcacheValue,
     ) -> Result<(), DatapathError> {
         self.ipcache
-            .insert(
-                &Key::new(prefix_len, addr),
-                &IpcacheValue { identity, flags: 0 },
-                0,
-            )
+            .insert(&Key::new(prefix_len, addr), &value, 0)
             .map_err(map_err(maps::IPCACHE))
     }
 

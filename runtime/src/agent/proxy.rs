@@ -1,0 +1,104 @@
+//! Starts the L7 proxy with the agent: policy routing for the redirect mark,
+//! the transparent listeners, plugin inspectors chosen by port, metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{AgentState, ComponentState};
+use crate::policy::Direction;
+use crate::proxy::{self, ConnInfo, FlowEvents, PluginInspectorFactory, PolicyDecider, Proxy};
+
+/// Installs the routing and starts the proxy (when `bpf.enabled`; the listener
+/// only with `l7.proxyEnabled`). Failures are reported as the `proxy`
+/// component's health: L7-enforced connections then fail closed in the datapath.
+pub(super) async fn start(state: &Arc<AgentState>) -> Option<Proxy> {
+    let config = &state.config;
+    if !config.bpf.enabled {
+        state
+            .set_component("proxy", ComponentState::Disabled, "bpf.enabled: false")
+            .await;
+        return None;
+    }
+    if let Err(e) = proxy::routing::install() {
+        state
+            .set_component("proxy", ComponentState::Error, e.to_string())
+            .await;
+        return None;
+    }
+    if !config.l7.proxy_enabled {
+        state
+            .set_component("proxy", ComponentState::Disabled, "l7.proxyEnabled: false")
+            .await;
+        return None;
+    }
+    let (snapshot, l7_policy) = {
+        let controller = state.controller.lock().await;
+        (controller.snapshot(), controller.l7_policy())
+    };
+    let resolver: proxy::server::Resolver = Arc::new(move |ip| {
+        let snap = snapshot.read().ok()?.clone();
+        snap.endpoint_by_ip(ip).cloned()
+    });
+    let plugins = state.plugins.clone();
+    let rules = l7_policy.clone();
+    // The plugin the port's L7 rules name (the server's ingress rules first,
+    // then the client's egress rules), else the one installed for the port.
+    let select = move |conn: &ConnInfo| {
+        let policy = rules.load();
+        let port = conn.server.port();
+        let ep = |e: &Option<crate::api::proto::flow::Endpoint>| {
+            e.as_ref().and_then(|e| u16::try_from(e.id).ok())
+        };
+        let parser = ep(&conn.server_endpoint)
+            .and_then(|id| policy.parser(id, Direction::Ingress, port))
+            .or_else(|| {
+                ep(&conn.client_endpoint).and_then(|id| policy.parser(id, Direction::Egress, port))
+            });
+        match parser {
+            Some(p) => plugins.for_protocol(p.protocol()),
+            None => plugins.for_port(port),
+        }
+    };
+    let factory = PluginInspectorFactory::new(
+        select,
+        Arc::new(PolicyDecider::new(l7_policy)),
+        Arc::new(FlowEvents::new(state.flows.clone())),
+        config.l7.fail_open.clone(),
+    )
+    .refuse_unparsed(true);
+    let settings = proxy::server::ProxySettings {
+        port: config.l7.proxy_port,
+        max_connections: config.l7.proxy_max_connections as usize,
+        connect_timeout: Duration::from_secs(5),
+    };
+    match Proxy::start(settings, resolver, Arc::new(factory)) {
+        Ok(proxy) => {
+            let stats = proxy.stats();
+            state.metrics.register_fn("proxy", move || stats.families());
+            state
+                .set_component(
+                    "proxy",
+                    ComponentState::Ok,
+                    format!("listening on port {}", config.l7.proxy_port),
+                )
+                .await;
+            Some(proxy)
+        }
+        Err(e) => {
+            state
+                .set_component("proxy", ComponentState::Error, e.to_string())
+                .await;
+            None
+        }
+    }
+}
+
+/// Stops the proxy and removes the routing.
+pub(super) fn stop(proxy: Option<Proxy>, bpf_enabled: bool) {
+    if let Some(p) = proxy {
+        p.stop();
+    }
+    if bpf_enabled {
+        proxy::routing::remove();
+    }
+}

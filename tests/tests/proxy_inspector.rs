@@ -1,0 +1,225 @@
+//! The proxy's plugin-backed inspector on the real Redis plugin, without
+//! sockets: forwarding byte for byte, deny replies in pipeline order across
+//! arbitrary splits, bounded buffering, fail-closed and fail-open.
+// Integration tests: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use loupe_runtime::plugin::{Limits, Message, Plugin, PluginHost, PluginInfo, Worker};
+use loupe_runtime::proxy::{
+    Action, ConnInfo, Decider, Inspector, PluginInspector, ProxyEvents, Verdict, field_text,
+};
+use loupe_tests::guest;
+
+struct DenyFlushall;
+
+impl Decider for DenyFlushall {
+    fn decide(&self, _: &ConnInfo, plugin: &PluginInfo, request: &Message) -> Verdict {
+        match field_text(plugin, request, "command") {
+            Some(c) if c.eq_ignore_ascii_case("flushall") => Verdict::Deny {
+                policy: "test".into(),
+                reason: "flushall".into(),
+            },
+            _ => Verdict::Allow,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Recorded {
+    log: Mutex<Vec<String>>,
+}
+
+impl ProxyEvents for Recorded {
+    fn request(&self, _: &ConnInfo, plugin: &Plugin, request: &Message, verdict: &Verdict) {
+        let command = field_text(&plugin.info, request, "command").unwrap_or_default();
+        let v = if *verdict == Verdict::Allow {
+            "allow"
+        } else {
+            "deny"
+        };
+        self.log.lock().unwrap().push(format!("{command} {v}"));
+    }
+    fn response(&self, _: &ConnInfo, plugin: &Plugin, req: &Message, _: &Message, _: Duration) {
+        let command = field_text(&plugin.info, req, "command").unwrap_or_default();
+        self.log.lock().unwrap().push(format!("{command} answered"));
+    }
+    fn error(&self, _: &ConnInfo, _: &Plugin, reason: &str, closed: bool) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("error closed={closed}: {reason}"));
+    }
+}
+
+fn conn() -> ConnInfo {
+    ConnInfo {
+        id: 1,
+        client: "10.0.0.1:40000".parse().unwrap(),
+        server: "10.0.0.2:6379".parse().unwrap(),
+        client_endpoint: None,
+        server_endpoint: None,
+        accepted: Instant::now(),
+    }
+}
+
+fn redis(limits: Limits) -> Arc<Plugin> {
+    let host = PluginHost::new(limits).unwrap();
+    let bytes = std::fs::read(guest("loupe_plugin_redis")).unwrap();
+    Arc::new(host.load(&bytes, None).unwrap())
+}
+
+fn inspector(limits: Limits, fail_open: bool) -> (PluginInspector, Arc<Recorded>) {
+    inspector_on(redis(limits), fail_open)
+}
+
+fn inspector_on(plugin: Arc<Plugin>, fail_open: bool) -> (PluginInspector, Arc<Recorded>) {
+    let worker = Arc::new(Mutex::new(Worker::new(plugin)));
+    let events = Arc::new(Recorded::default());
+    let insp = PluginInspector::new(
+        worker,
+        conn(),
+        Arc::new(DenyFlushall),
+        events.clone(),
+        fail_open,
+    );
+    (insp, events)
+}
+
+fn cmd(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+/// Concatenates the bytes of each side, in the order the actions give them.
+fn sides(actions: &[Action]) -> (Vec<u8>, Vec<u8>, Option<String>) {
+    let (mut server, mut client, mut reset) = (Vec::new(), Vec::new(), None);
+    for a in actions {
+        match a {
+            Action::ToServer(b) => server.extend_from_slice(b),
+            Action::ToClient(b) => client.extend_from_slice(b),
+            Action::Reset(r) => reset = Some(r.clone()),
+        }
+    }
+    (server, client, reset)
+}
+
+#[test]
+fn pipelined_denies_are_answered_in_order_whatever_the_splits() {
+    let requests = [
+        cmd(&["SET", "a", "1"]),
+        cmd(&["FLUSHALL"]),
+        cmd(&["GET", "a"]),
+        cmd(&["FLUSHALL"]),
+    ]
+    .concat();
+    let forwarded = [cmd(&["SET", "a", "1"]), cmd(&["GET", "a"])].concat();
+    let replies = b"+OK\r\n$1\r\n1\r\n".to_vec();
+    let plugin = redis(Limits::default());
+    let mut compared = 0;
+    for cut in 1..requests.len() {
+        for rcut in 1..replies.len() {
+            let (mut insp, _) = inspector_on(plugin.clone(), false);
+            let mut actions = insp.client_bytes(&requests[..cut]);
+            actions.extend(insp.client_bytes(&requests[cut..]));
+            let (to_server, early, reset) = sides(&actions);
+            assert_eq!(reset, None);
+            assert_eq!(to_server, forwarded, "cut {cut}");
+            // Nothing for the client before the SET is answered.
+            assert!(early.is_empty(), "cut {cut}: {early:?}");
+            let mut actions = insp.server_bytes(&replies[..rcut]);
+            actions.extend(insp.server_bytes(&replies[rcut..]));
+            let (_, to_client, reset) = sides(&actions);
+            assert_eq!(reset, None);
+            let denied = String::from_utf8_lossy(&to_client).to_string();
+            // +OK, deny, $1 1, deny — the deny replies' text is the plugin's.
+            let parts: Vec<&str> = denied.split("\r\n").collect();
+            assert_eq!(parts[0], "+OK", "{denied:?}");
+            assert!(parts[1].starts_with("-NOPERM"), "{denied:?}");
+            assert_eq!(&parts[2..4], ["$1", "1"], "{denied:?}");
+            assert!(parts[4].starts_with("-NOPERM"), "{denied:?}");
+            assert_eq!(to_client.len(), replies.len() + 2 * parts[1].len() + 4);
+            compared += 1;
+        }
+    }
+    println!("{compared} split pairs compared");
+}
+
+#[test]
+fn server_bytes_stream_through_while_nothing_is_denied_and_events_pair() {
+    let (mut insp, events) = inspector(Limits::default(), false);
+    let (to_server, _, _) = sides(&insp.client_bytes(&cmd(&["GET", "k"])));
+    assert_eq!(to_server, cmd(&["GET", "k"]));
+    // A partial bulk reply goes out at once: nothing needs to wait for it.
+    let (_, to_client, _) = sides(&insp.server_bytes(b"$5\r\nhel"));
+    assert_eq!(to_client, b"$5\r\nhel");
+    let (_, to_client, _) = sides(&insp.server_bytes(b"lo\r\n"));
+    assert_eq!(to_client, b"lo\r\n");
+    let (_, to_client, _) = sides(&insp.client_bytes(&cmd(&["FLUSHALL"])));
+    assert!(String::from_utf8_lossy(&to_client).starts_with("-NOPERM"));
+    let log = events.log.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        ["GET allow", "GET answered", "FLUSHALL deny"],
+        "{log:?}"
+    );
+}
+
+#[test]
+fn a_request_without_an_end_fails_closed_within_the_bound() {
+    let limits = Limits {
+        max_pending_bytes: 4096,
+        ..Limits::default()
+    };
+    let (mut insp, events) = inspector(limits, false);
+    let mut head = b"*1\r\n$100000\r\n".to_vec();
+    head.extend(std::iter::repeat_n(b'x', 1000));
+    let (to_server, _, reset) = sides(&insp.client_bytes(&head));
+    assert!(to_server.is_empty());
+    assert_eq!(reset, None);
+    let mut reset = None;
+    for _ in 0..10 {
+        let (to_server, _, r) = sides(&insp.client_bytes(&[b'x'; 1000]));
+        assert!(
+            to_server.is_empty(),
+            "nothing of an undecided request leaves"
+        );
+        if r.is_some() {
+            reset = r;
+            break;
+        }
+    }
+    let reason = reset.expect("reset past the bound");
+    assert!(reason.contains("4096"), "{reason}");
+    let log = events.log.lock().unwrap().clone();
+    assert!(
+        log.iter().any(|l| l.starts_with("error closed=true")),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn fail_open_passes_the_rest_through_unparsed() {
+    let limits = Limits {
+        max_pending_bytes: 4096,
+        ..Limits::default()
+    };
+    let (mut insp, _) = inspector(limits, true);
+    let mut sent = Vec::new();
+    let mut head = b"*1\r\n$100000\r\n".to_vec();
+    head.extend(std::iter::repeat_n(b'x', 3000));
+    sent.extend(sides(&insp.client_bytes(&head)).0);
+    let (to_server, _, reset) = sides(&insp.client_bytes(&[b'y'; 2000]));
+    assert_eq!(reset, None);
+    sent.extend(to_server);
+    // Everything held was released in order, then bytes flow unchanged.
+    assert_eq!(sent.len(), head.len() + 2000);
+    assert!(sent.starts_with(&head));
+    let (to_server, _, _) = sides(&insp.client_bytes(&cmd(&["FLUSHALL"])));
+    assert_eq!(to_server, cmd(&["FLUSHALL"]));
+}

@@ -45,7 +45,7 @@ fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
     std::fs::write(
         &config,
         format!(
-            "socketPath: {socket}\nstateDir: {}\nbpf:\n  enabled: false\nendpoints:\n  lab: false\nplugins:\n  deadlineMs: 50\n",
+            "socketPath: {socket}\nstateDir: {}\nbpf:\n  enabled: false\nendpoints:\n  lab: false\nplugins:\n  bundled: false\n  deadlineMs: 50\n",
             dir.join("state").display()
         ),
     )

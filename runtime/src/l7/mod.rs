@@ -543,8 +543,16 @@ mod tests {
         let k = key(6379);
         let (flows, stats) = run(
             vec![
-                Event::Opened { key: k, time: at(0) },
-                data(k, Side::Client, 0, b"*3\r\n$3\r\nSET\r\n$5\r\ncache\r\n$1\r\n1\r\n*1\r\n$4\r\nPING\r\n"),
+                Event::Opened {
+                    key: k,
+                    time: at(0),
+                },
+                data(
+                    k,
+                    Side::Client,
+                    0,
+                    b"*3\r\n$3\r\nSET\r\n$5\r\ncache\r\n$1\r\n1\r\n*1\r\n$4\r\nPING\r\n",
+                ),
                 data(k, Side::Server, 5, b"+OK\r\n"),
                 data(k, Side::Server, 7, b"+PONG\r\n"),
             ],
@@ -556,8 +564,14 @@ mod tests {
             .filter(|f| kind(f) == L7FlowType::Response as i32)
             .collect();
         assert_eq!(replies.len(), 2);
-        assert_eq!(replies[0].l7.as_ref().map(|l| l.latency_ns), Some(5_000_000));
-        assert_eq!(replies[1].l7.as_ref().map(|l| l.latency_ns), Some(7_000_000));
+        assert_eq!(
+            replies[0].l7.as_ref().map(|l| l.latency_ns),
+            Some(5_000_000)
+        );
+        assert_eq!(
+            replies[1].l7.as_ref().map(|l| l.latency_ns),
+            Some(7_000_000)
+        );
         // A reply names the command it answers.
         assert_eq!(field(replies[0], "command").as_deref(), Some("SET"));
         assert_eq!(field(replies[0], "key").as_deref(), Some("cache"));
@@ -571,8 +585,16 @@ mod tests {
         let k = key(12_345);
         let (flows, stats) = run(
             vec![
-                Event::Opened { key: k, time: at(0) },
-                data(k, Side::Client, 0, b"GET /x?y=1 HTTP/1.1\r\nHost: svc\r\n\r\n"),
+                Event::Opened {
+                    key: k,
+                    time: at(0),
+                },
+                data(
+                    k,
+                    Side::Client,
+                    0,
+                    b"GET /x?y=1 HTTP/1.1\r\nHost: svc\r\n\r\n",
+                ),
                 data(
                     k,
                     Side::Server,
@@ -600,7 +622,10 @@ mod tests {
         let k = key(12_346);
         let (flows, stats) = run(
             vec![
-                Event::Opened { key: k, time: at(0) },
+                Event::Opened {
+                    key: k,
+                    time: at(0),
+                },
                 data(k, Side::Client, 0, &[0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3]),
             ],
             None,
@@ -614,7 +639,10 @@ mod tests {
         let k = key(6379);
         let (flows, stats) = run(
             vec![
-                Event::Opened { key: k, time: at(0) },
+                Event::Opened {
+                    key: k,
+                    time: at(0),
+                },
                 data(k, Side::Client, 0, b"*1\r\n$4\r\nPING\r\n"),
                 data(k, Side::Server, 1, b"+PONG\r\n"),
                 Event::Gap {
@@ -648,9 +676,17 @@ mod tests {
         let k = key(8080);
         let (flows, stats) = run(
             vec![
-                Event::Opened { key: k, time: at(0) },
+                Event::Opened {
+                    key: k,
+                    time: at(0),
+                },
                 data(k, Side::Client, 0, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
-                data(k, Side::Client, 1, b"\x00\x01garbage that is no request\r\n\r\n"),
+                data(
+                    k,
+                    Side::Client,
+                    1,
+                    b"\x00\x01garbage that is no request\r\n\r\n",
+                ),
                 data(k, Side::Client, 2, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
             ],
             Some("http"),

@@ -138,7 +138,7 @@ fn l7_visibility_matches_real_clients() {
         "l7",
         "e2e-l7",
         &format!(
-            "prometheus:\n  enabled: true\n  port: {prom}\n  address: 127.0.0.1\nhubble:\n  metrics:\n    port: {hubble}\n    address: 127.0.0.1\n    enabled: [\"httpV2\", \"kafka\", \"redis\"]\n"
+            "prometheus:\n  enabled: true\n  port: {prom}\n  address: 127.0.0.1\nhubble:\n  metrics:\n    port: {hubble}\n    address: 127.0.0.1\n    enabled: [\"httpV2\", \"kafka\", \"redis\"]\nl7:\n  bufferPages: 1024\n  queueSize: 262144\n"
         ),
         4,
     )

@@ -285,7 +285,7 @@ async fn serve(
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let result = server.await;
     observability.stop();
-    proxy::stop(l7_proxy, state.config.bpf.enabled);
+    proxy::stop(l7_proxy);
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("agent stopped");
     result.map_err(Into::into)

@@ -8,8 +8,8 @@ use super::{AgentState, ComponentState};
 use crate::policy::Direction;
 use crate::proxy::{self, ConnInfo, FlowEvents, PluginInspectorFactory, PolicyDecider, Proxy};
 
-/// Installs the routing and starts the proxy (when `bpf.enabled`; the listener
-/// only with `l7.proxyEnabled`). Failures are reported as the `proxy`
+/// Installs the routing and starts the proxy (with a kernel datapath and
+/// `l7.proxyEnabled`). Failures are reported as the `proxy`
 /// component's health: L7-enforced connections then fail closed in the datapath.
 pub(super) async fn start(state: &Arc<AgentState>) -> Option<Proxy> {
     let config = &state.config;
@@ -19,15 +19,23 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Option<Proxy> {
             .await;
         return None;
     }
-    if let Err(e) = proxy::routing::install() {
+    if state.controller.lock().await.datapath().is_none() {
+        // Embedded without a kernel datapath (tests, `run_with_state`): nothing
+        // can be redirected, so no listener and no host routing.
         state
-            .set_component("proxy", ComponentState::Error, e.to_string())
+            .set_component("proxy", ComponentState::Disabled, "no kernel datapath")
             .await;
         return None;
     }
     if !config.l7.proxy_enabled {
         state
             .set_component("proxy", ComponentState::Disabled, "l7.proxyEnabled: false")
+            .await;
+        return None;
+    }
+    if let Err(e) = proxy::routing::install() {
+        state
+            .set_component("proxy", ComponentState::Error, e.to_string())
             .await;
         return None;
     }
@@ -93,12 +101,10 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Option<Proxy> {
     }
 }
 
-/// Stops the proxy and removes the routing.
-pub(super) fn stop(proxy: Option<Proxy>, bpf_enabled: bool) {
+/// Stops the proxy and removes the routing it installed.
+pub(super) fn stop(proxy: Option<Proxy>) {
     if let Some(p) = proxy {
         p.stop();
-    }
-    if bpf_enabled {
         proxy::routing::remove();
     }
 }

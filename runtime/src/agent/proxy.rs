@@ -8,16 +8,16 @@ use super::{AgentState, ComponentState};
 use crate::policy::Direction;
 use crate::proxy::{self, ConnInfo, FlowEvents, PluginInspectorFactory, PolicyDecider, Proxy};
 
-/// Installs the routing and starts the proxy (with a kernel datapath and
-/// `l7.proxyEnabled`). Failures are reported as the `proxy`
+/// With a kernel datapath: installs the routing, and starts the proxy unless
+/// `l7.proxyEnabled` is off. Failures are reported as the `proxy`
 /// component's health: L7-enforced connections then fail closed in the datapath.
-pub(super) async fn start(state: &Arc<AgentState>) -> Option<Proxy> {
+pub(super) async fn start(state: &Arc<AgentState>) -> Routed {
     let config = &state.config;
     if !config.bpf.enabled {
         state
             .set_component("proxy", ComponentState::Disabled, "bpf.enabled: false")
             .await;
-        return None;
+        return Routed(None, false);
     }
     if state.controller.lock().await.datapath().is_none() {
         // Embedded without a kernel datapath (tests, `run_with_state`): nothing
@@ -25,19 +25,19 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Option<Proxy> {
         state
             .set_component("proxy", ComponentState::Disabled, "no kernel datapath")
             .await;
-        return None;
-    }
-    if !config.l7.proxy_enabled {
-        state
-            .set_component("proxy", ComponentState::Disabled, "l7.proxyEnabled: false")
-            .await;
-        return None;
+        return Routed(None, false);
     }
     if let Err(e) = proxy::routing::install() {
         state
             .set_component("proxy", ComponentState::Error, e.to_string())
             .await;
-        return None;
+        return Routed(None, false);
+    }
+    if !config.l7.proxy_enabled {
+        state
+            .set_component("proxy", ComponentState::Disabled, "l7.proxyEnabled: false")
+            .await;
+        return Routed(None, true);
     }
     let (snapshot, l7_policy) = {
         let controller = state.controller.lock().await;
@@ -90,21 +90,27 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Option<Proxy> {
                     format!("listening on port {}", config.l7.proxy_port),
                 )
                 .await;
-            Some(proxy)
+            Routed(Some(proxy), true)
         }
         Err(e) => {
             state
                 .set_component("proxy", ComponentState::Error, e.to_string())
                 .await;
-            None
+            Routed(None, true)
         }
     }
 }
 
-/// Stops the proxy and removes the routing it installed.
-pub(super) fn stop(proxy: Option<Proxy>) {
+/// The running proxy, if any, and whether this agent installed the redirect's
+/// policy routing (with a kernel datapath, even when the listener is off).
+pub(super) struct Routed(Option<Proxy>, bool);
+
+/// Stops the proxy and removes the routing this agent installed.
+pub(super) fn stop(Routed(proxy, routed): Routed) {
     if let Some(p) = proxy {
         p.stop();
+    }
+    if routed {
         proxy::routing::remove();
     }
 }

@@ -1,0 +1,121 @@
+//! The article's L7 scenario with the agent as a user runs it: the
+//! `api-allow-frontend` policy applied verbatim, real curl from the frontend pod,
+//! and the denied request read back with `loupe observe`.
+// Integration tests: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use loupe_tests::{TestAgent, TestLab, root, serial};
+
+#[test]
+fn article_api_allow_frontend_allows_get_and_denies_post() {
+    let _guard = serial();
+    let lab = TestLab::up("e2e-art7", 234).unwrap();
+    let agent = TestAgent::start("art7", "e2e-art7", "", 4).unwrap();
+    let policy = root()
+        .join("examples/policies/api-allow-frontend.yaml")
+        .display()
+        .to_string();
+    agent.loupe_ok(&["policy", "apply", "-f", &policy]).unwrap();
+
+    let get = lab
+        .exec_ok(
+            "frontend",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://api-service/get",
+            ],
+        )
+        .unwrap();
+    assert_eq!(get.trim(), "200");
+    let post = lab
+        .exec_ok(
+            "frontend",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "10",
+                "-w",
+                " %{http_code}",
+                "-X",
+                "POST",
+                "http://api-service/post",
+            ],
+        )
+        .unwrap();
+    assert_eq!(post.trim(), "Access denied 403");
+    // Another path than the rule's is denied too (the path is anchored).
+    let other = lab
+        .exec_ok(
+            "frontend",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://api-service/headers",
+            ],
+        )
+        .unwrap();
+    assert_eq!(other.trim(), "403");
+
+    let dropped = agent
+        .loupe_ok(&[
+            "observe",
+            "--namespace",
+            "demo-app",
+            "--verdict",
+            "DROPPED",
+            "--last",
+            "20",
+        ])
+        .unwrap();
+    let line = dropped
+        .lines()
+        .find(|l| l.contains("http-request DROPPED") && l.contains("POST"))
+        .unwrap_or_else(|| panic!("no denied POST in:\n{dropped}"));
+    assert!(line.contains("demo-app/frontend-"), "{line}");
+    assert!(line.contains("demo-app/api-service-"), "{line}");
+    assert!(line.contains(":80 "), "{line}");
+    assert!(line.contains("http://api-service/post"), "{line}");
+    // The allowed GET is a forwarded request with its response.
+    let forwarded = agent
+        .loupe_ok(&[
+            "observe",
+            "--namespace",
+            "demo-app",
+            "--type",
+            "l7",
+            "--verdict",
+            "FORWARDED",
+            "--last",
+            "20",
+        ])
+        .unwrap();
+    assert!(
+        forwarded
+            .lines()
+            .any(|l| l.contains("http-request FORWARDED")
+                && l.contains("GET http://api-service/get")),
+        "{forwarded}"
+    );
+    assert!(
+        forwarded
+            .lines()
+            .any(|l| l.contains("http-response FORWARDED") && l.contains(" 200 ")),
+        "{forwarded}"
+    );
+    drop(agent);
+    drop(lab);
+}

@@ -119,3 +119,54 @@ fn article_api_allow_frontend_allows_get_and_denies_post() {
     drop(agent);
     drop(lab);
 }
+
+const KAFKA_ORDERS: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: kafka-orders, namespace: demo-app}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: api-service}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka: [{role: produce, topic: orders}]
+"#;
+
+#[test]
+fn kafka_produce_rule_allows_orders_and_denies_payments() {
+    let _guard = serial();
+    let lab = TestLab::up("e2e-art7k", 235).unwrap();
+    let agent = TestAgent::start("art7k", "e2e-art7k", "", 4).unwrap();
+    let dir = loupe_tests::scratch_dir("art7k");
+    let policy = loupe_tests::write_file(&dir, "kafka.yaml", KAFKA_ORDERS);
+    agent.loupe_ok(&["policy", "apply", "-f", &policy]).unwrap();
+    let out = lab
+        .exec_ok(
+            "api-service",
+            &[
+                "python3",
+                &loupe_tests::client("kafka_produce_acl.py"),
+                "kafka:9092",
+                "orders",
+                "payments",
+            ],
+        )
+        .unwrap();
+    // The denied produce is answered with error 29 in its own version, which the
+    // client reads as TOPIC_AUTHORIZATION_FAILED.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "orders: delivered",
+            "payments: TOPIC_AUTHORIZATION_FAILED",
+            "orders: delivered"
+        ],
+        "{out}\n{}",
+        agent
+            .loupe_ok(&["observe", "--type", "l7", "--last", "30"])
+            .unwrap_or_default()
+    );
+}

@@ -305,12 +305,12 @@ async fn start_l7(state: &Arc<AgentState>, map: aya::maps::Map) {
             ),
         }
     }
-    let snapshot = {
+    let (snapshot, policy) = {
         let mut controller = state.controller.lock().await;
         if let Err(e) = controller.set_l7_ports(&global_ports) {
             tracing::error!(error = %e, "could not set the globally visible L7 ports");
         }
-        controller.snapshot()
+        (controller.snapshot(), controller.l7_policy())
     };
     let config = crate::l7::live::LiveConfig {
         buffer_pages: l7.buffer_pages as usize,
@@ -323,6 +323,7 @@ async fn start_l7(state: &Arc<AgentState>, map: aya::maps::Map) {
         config,
         state.plugins.clone(),
         snapshot,
+        policy,
         state.flows.clone(),
     ) {
         Ok(stats) => {

@@ -185,21 +185,7 @@ impl Controller {
 
     fn publish(&self) {
         let cidrs = self.compiled.iter().flat_map(|c| c.cidrs.values().copied());
-        let mut snap =
-            EndpointSnapshot::build(&self.endpoints, |id| self.identity_labels(id), cidrs);
-        snap.set_l7_ports(
-            self.compiled
-                .iter()
-                .flat_map(|c| c.l7.iter())
-                .map(|p| super::flows::L7PortProtocol {
-                    ep: p.ep,
-                    dir: p.dir.datapath(),
-                    first: p.first,
-                    last: p.last,
-                    protocol: p.spec.protocol().to_string(),
-                })
-                .collect(),
-        );
+        let snap = EndpointSnapshot::build(&self.endpoints, |id| self.identity_labels(id), cidrs);
         if let Ok(mut guard) = self.snapshot.write() {
             *guard = Arc::new(snap);
         }

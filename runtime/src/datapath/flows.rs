@@ -37,22 +37,6 @@ pub struct EndpointSnapshot {
     by_id: HashMap<u16, Endpoint>,
     by_ip: HashMap<IpAddr, Endpoint>,
     identity_labels: HashMap<u32, Vec<String>>,
-    l7_ports: Vec<L7PortProtocol>,
-}
-
-/// Which protocol an L7 port's rules name, for the L7 path's dispatch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct L7PortProtocol {
-    /// Endpoint number.
-    pub ep: u16,
-    /// Datapath direction ([`direction`]).
-    pub dir: u8,
-    /// First port.
-    pub first: u16,
-    /// Last port.
-    pub last: u16,
-    /// `http`, `kafka`, or the `l7proto` of generic rules.
-    pub protocol: String,
 }
 
 impl EndpointSnapshot {
@@ -111,19 +95,6 @@ impl EndpointSnapshot {
     /// The local endpoint with this address.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
         self.by_ip.get(&ip)
-    }
-
-    /// Records the protocols policy names for L7 ports.
-    pub fn set_l7_ports(&mut self, ports: Vec<L7PortProtocol>) {
-        self.l7_ports = ports;
-    }
-
-    /// The protocol policy names for `port` of endpoint `ep` in direction `dir`.
-    pub fn l7_protocol(&self, ep: u16, dir: u8, port: u16) -> Option<&str> {
-        self.l7_ports
-            .iter()
-            .find(|p| p.ep == ep && p.dir == dir && (p.first..=p.last).contains(&port))
-            .map(|p| p.protocol.as_str())
     }
 
     /// The endpoint with address `ip`, else what identity `identity` says of it.

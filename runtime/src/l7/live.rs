@@ -15,8 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
-use loupe_common::direction;
-
 use super::{ConnContext, Engine, EngineLimits, EngineStats};
 use crate::api::proto::flow::{LostEvent, LostEventSource, TrafficDirection};
 use crate::capture::{LinkType, packet::Decoded};
@@ -26,6 +24,8 @@ use crate::datapath::payload::{self, PayloadItem, PayloadPacket, PayloadStats};
 use crate::flow::FlowStore;
 use crate::metrics::{Collector, MetricFamily, MetricKind};
 use crate::plugin::PluginManager;
+use crate::policy::Direction;
+use crate::policy::l7::{L7Policy, L7PolicyHandle};
 use crate::reassembly::{ConnKey, Event, Reassembler, Segment};
 
 /// Counters of the live path.
@@ -61,6 +61,7 @@ pub fn start(
     config: LiveConfig,
     plugins: Arc<PluginManager>,
     snapshot: SnapshotHandle,
+    policy: L7PolicyHandle,
     flows: FlowStore,
 ) -> std::io::Result<Arc<LiveStats>> {
     let stats = Arc::new(LiveStats::default());
@@ -71,8 +72,31 @@ pub fn start(
     let thread_stats = stats.clone();
     std::thread::Builder::new()
         .name("loupe-l7".into())
-        .spawn(move || run(rx, config, plugins, snapshot, flows, thread_stats))?;
+        .spawn(move || run(rx, config, plugins, snapshot, policy, flows, thread_stats))?;
     Ok(stats)
+}
+
+/// What the parsing thread reads of the agent's state, loaded once per batch:
+/// endpoints for flows, the L7 rules for which plugin a port's policy names.
+struct View {
+    endpoints: Arc<EndpointSnapshot>,
+    policy: Arc<L7Policy>,
+}
+
+impl View {
+    fn load(snapshot: &SnapshotHandle, policy: &L7PolicyHandle) -> Self {
+        Self {
+            endpoints: snapshot.read().map(|s| s.clone()).unwrap_or_default(),
+            policy: policy.load(),
+        }
+    }
+
+    /// The protocol the L7 rules name for `port` of endpoint `ep`.
+    fn protocol(&self, ep: u16, dir: Direction, port: u16) -> Option<String> {
+        self.policy
+            .parser(ep, dir, port)
+            .map(|p| p.protocol().to_string())
+    }
 }
 
 /// A packet waiting for the watermark, ordered by datapath time.
@@ -118,6 +142,7 @@ fn run(
     config: LiveConfig,
     plugins: Arc<PluginManager>,
     snapshot: SnapshotHandle,
+    policy: L7PolicyHandle,
     flows: FlowStore,
     stats: Arc<LiveStats>,
 ) {
@@ -153,7 +178,7 @@ fn run(
             .peek()
             .is_some_and(|Reverse(w)| ready(w, waiting.len()))
         {
-            let snap = snapshot.read().map(|s| s.clone()).unwrap_or_default();
+            let view = View::load(&snapshot, &policy);
             while waiting
                 .peek()
                 .is_some_and(|Reverse(w)| ready(w, waiting.len()))
@@ -163,7 +188,7 @@ fn run(
                 };
                 process(
                     &w.packet,
-                    &snap,
+                    &view,
                     &config.global_ports,
                     &mut reassembler,
                     &mut engine,
@@ -179,9 +204,9 @@ fn run(
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();
             reassembler.expire(SystemTime::now(), &mut events);
-            let snap = snapshot.read().map(|s| s.clone()).unwrap_or_default();
+            let view = View::load(&snapshot, &policy);
             for event in events.drain(..) {
-                engine.handle(event, &|key| context(key, None, &snap), &mut out);
+                engine.handle(event, &|key| context(key, None, &view), &mut out);
             }
             for flow in out.drain(..) {
                 flows.push(flow);
@@ -219,7 +244,7 @@ fn report_lost(stats: &LiveStats, flows: &FlowStore, reported: &mut (u64, u64)) 
 #[allow(clippy::too_many_arguments)]
 fn process(
     packet: &PayloadPacket,
-    snap: &EndpointSnapshot,
+    view: &View,
     global_ports: &BTreeSet<u16>,
     reassembler: &mut Reassembler,
     engine: &mut Engine,
@@ -238,18 +263,21 @@ fn process(
         stats.undecodable.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let h = &packet.header;
+    let ep = packet.header.ep_id;
     let observed = |port: u16| {
         global_ports.contains(&port)
-            || [direction::INGRESS, direction::EGRESS]
+            || [Direction::Ingress, Direction::Egress]
                 .into_iter()
-                .any(|d| snap.l7_protocol(h.ep_id, d, port).is_some())
+                .any(|d| view.policy.parser(ep, d, port).is_some())
     };
-    // Without its SYN, the side on the observed port is the server.
-    let server = if observed(src.port()) && !observed(dst.port()) {
-        Some(src)
-    } else {
-        Some(dst)
+    // For a connection first seen without its SYN: the side on the observed
+    // port is the server.
+    let server = || {
+        if observed(src.port()) && !observed(dst.port()) {
+            src
+        } else {
+            dst
+        }
     };
     let seg = Segment {
         time: packet.time,
@@ -261,13 +289,14 @@ fn process(
     };
     reassembler.push_hinted(&seg, server, events);
     for event in events.drain(..) {
-        engine.handle(event, &|key| context(key, Some(packet), snap), out);
+        engine.handle(event, &|key| context(key, Some(packet), view), out);
     }
 }
 
 /// Who a connection joins: endpoints from the snapshot (local ones by address),
 /// the remote identity from the datapath's copy.
-fn context(key: &ConnKey, packet: Option<&PayloadPacket>, snap: &EndpointSnapshot) -> ConnContext {
+fn context(key: &ConnKey, packet: Option<&PayloadPacket>, view: &View) -> ConnContext {
+    let snap = &view.endpoints;
     let remote_identity = packet.map_or(0, |p| p.header.remote_identity);
     let ip = |a: SocketAddr| -> IpAddr { a.ip().to_canonical() };
     let client = snap.remote(ip(key.client), remote_identity);
@@ -275,13 +304,11 @@ fn context(key: &ConnKey, packet: Option<&PayloadPacket>, snap: &EndpointSnapsho
     let observer = packet.map(|p| p.header.ep_id);
     let at_server = observer.is_none_or(|ep| server.id == u32::from(ep));
     let (traffic_direction, policy_dir) = if at_server {
-        (TrafficDirection::Ingress, direction::INGRESS)
+        (TrafficDirection::Ingress, Direction::Ingress)
     } else {
-        (TrafficDirection::Egress, direction::EGRESS)
+        (TrafficDirection::Egress, Direction::Egress)
     };
-    let protocol = observer
-        .and_then(|ep| snap.l7_protocol(ep, policy_dir, key.server.port()))
-        .map(str::to_string);
+    let protocol = observer.and_then(|ep| view.protocol(ep, policy_dir, key.server.port()));
     ConnContext {
         client,
         server,

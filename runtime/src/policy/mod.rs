@@ -187,17 +187,6 @@ pub enum L7Spec {
     },
 }
 
-impl L7Spec {
-    /// The protocol the rules are for (`http`, `kafka`, or the `l7proto`).
-    pub fn protocol(&self) -> &str {
-        match self {
-            Self::Http(_) => "http",
-            Self::Kafka(_) => "kafka",
-            Self::Generic { protocol, .. } => protocol,
-        }
-    }
-}
-
 /// Direction of a rule relative to the selected endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {

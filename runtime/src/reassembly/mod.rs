@@ -218,16 +218,17 @@ impl Reassembler {
 
     /// Feeds one segment.
     pub fn push(&mut self, seg: &Segment<'_>, out: &mut Vec<Event>) {
-        self.push_hinted(seg, None, out);
+        // The first sender is taken for the client.
+        self.push_hinted(seg, || seg.dst, out);
     }
 
     /// Feeds one segment; `server` says which address accepted the connection when
-    /// the caller knows it (the live path knows the port policy observes), for a
-    /// connection first seen without its SYN.
+    /// the caller knows it (the live path knows the port policy observes). It is
+    /// asked only for a connection first seen without its SYN.
     pub fn push_hinted(
         &mut self,
         seg: &Segment<'_>,
-        server: Option<SocketAddr>,
+        server: impl FnOnce() -> SocketAddr,
         out: &mut Vec<Event>,
     ) {
         let syn = seg.flags & tcp_flags::SYN != 0;
@@ -252,7 +253,7 @@ impl Reassembler {
                 }
                 // A SYN-ACK's sender is the server; otherwise the first sender is
                 // taken for the client.
-                let key = if (syn && ack) || (!syn && server == Some(seg.src)) {
+                let key = if (syn && ack) || (!syn && server() == seg.src) {
                     ConnKey {
                         client: seg.dst,
                         server: seg.src,

@@ -401,11 +401,8 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
 /// The sum of the samples of metric `name` on `127.0.0.1:port/metrics` whose
 /// labels contain every `labels` fragment (`command="SET"`); 0 when absent.
 pub fn metric(port: u16, name: &str, labels: &[&str]) -> f64 {
-    let text = sh(
-        "curl",
-        &["-s", "-m", "5", &format!("http://127.0.0.1:{port}/metrics")],
-    );
-    text.lines()
+    scrape(port)
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
@@ -415,6 +412,24 @@ pub fn metric(port: u16, name: &str, labels: &[&str]) -> f64 {
                 .flatten()
         })
         .sum()
+}
+
+/// The exposition text of `127.0.0.1:port/metrics` (empty if it does not answer).
+pub fn scrape(port: u16) -> String {
+    sh(
+        "curl",
+        &["-s", "-m", "5", &format!("http://127.0.0.1:{port}/metrics")],
+    )
+}
+
+/// The sample lines of `127.0.0.1:port/metrics` whose metric starts with one of
+/// `prefixes`, for a failing assertion's message.
+pub fn samples(port: u16, prefixes: &[&str]) -> String {
+    scrape(port)
+        .lines()
+        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Writes `text` to `dir/name` and returns the path.

@@ -229,11 +229,7 @@ fn l7_visibility_matches_real_clients() {
         responses.len() as u64,
         10 + wrk_count,
         "one response per request: {by_url:?}\n{}",
-        loupe_tests::sh("curl", &["-s", &format!("http://127.0.0.1:{prom}/metrics")])
-            .lines()
-            .filter(|l| l.starts_with("loupe_l7") || l.starts_with("loupe_datapath_payload"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        loupe_tests::samples(prom, &["loupe_l7", "loupe_datapath_payload"])
     );
     let teapots: Vec<&&Value> = responses
         .iter()
@@ -387,19 +383,8 @@ fn l7_visibility_matches_real_clients() {
             agent
                 .loupe_ok(&["observe", "--verdict", "ERROR", "--last", "5", "-o", "json"])
                 .unwrap_or_default(),
-            loupe_tests::sh("curl", &["-s", &format!("http://127.0.0.1:{prom}/metrics")])
-                .lines()
-                .filter(|l| l.starts_with("loupe_l7") || l.starts_with("hubble_lost"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            loupe_tests::sh(
-                "curl",
-                &["-s", &format!("http://127.0.0.1:{hubble}/metrics")]
-            )
-            .lines()
-            .filter(|l| l.starts_with("loupe_redis_requests") || l.starts_with("hubble_lost"))
-            .collect::<Vec<_>>()
-            .join("\n")
+            loupe_tests::samples(prom, &["loupe_l7", "hubble_lost"]),
+            loupe_tests::samples(hubble, &["loupe_redis_requests", "hubble_lost"])
         );
     }
     let requests = metric(prom, "loupe_l7_messages_total", &["kind=\"request\""]);
@@ -506,11 +491,7 @@ fn starved_capture_reports_lost_events() {
             .take(3)
             .collect::<Vec<_>>(),
         String::from_utf8_lossy(&out.stderr),
-        loupe_tests::sh("curl", &["-s", &format!("http://127.0.0.1:{prom}/metrics")])
-            .lines()
-            .filter(|l| l.starts_with("loupe_l7") || l.starts_with("hubble_lost"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        loupe_tests::samples(prom, &["loupe_l7", "hubble_lost"])
     );
     // Still parsing, still serving.
     let pong = lab

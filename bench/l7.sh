@@ -7,29 +7,10 @@
 # Usage (root): bench/l7.sh [ROUNDS]     (default 2; ~5 min on 2 vCPU)
 # Prints a Markdown table (also written to bench/results/l7.md).
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 rounds=${1:-2}
-loupe=${CARGO_TARGET_DIR:-$root/target}/release/loupe
-work=$(mktemp -d /tmp/loupe-bench-l7.XXXXXX)
-lab_name=l7bench
-pin=/sys/fs/bpf/loupe-bench-l7
-sock=$work/loupe.sock
 prom=19990
-agent_pid=
-
-cargo build --release --quiet --bins
-sed -e "s/^name: demo$/name: $lab_name/" -e 's/10\.200\.0\./10.231.0./g' \
-    -e 's/fd00:10:200::/fd00:10:231::/g' -e "s#{lab}/#$root/lab/#g" \
-    lab/demo-app.yaml >"$work/lab.yaml"
-
-cleanup() {
-  if [[ -n $agent_pid ]]; then kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; fi
-  rm -rf "$pin/links" "$pin"
-  "$loupe" lab down --file "$work/lab.yaml" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_setup l7bench 231
 
 policy() {
   local rules_http=$1 rules_redis=$2
@@ -56,26 +37,11 @@ EOF
 policy "" "" >"$work/off.yaml"
 policy ", rules: {http: [{}]}" ", rules: {l7proto: redis, l7: [{}]}" >"$work/on.yaml"
 
-cat >"$work/agent.yaml" <<EOF
-socketPath: $sock
-stateDir: $work/state
-bpf:
-  pinPath: $pin
-endpoints:
-  labNames: [$lab_name]
-prometheus:
+bench_start_agent "prometheus:
   enabled: true
   port: $prom
   address: 127.0.0.1
-EOF
-
-"$loupe" lab up --file "$work/lab.yaml" >/dev/null
-"$loupe" agent --config "$work/agent.yaml" >>"$work/agent.log" 2>&1 &
-agent_pid=$!
-for _ in $(seq 100); do
-  [[ $("$loupe" --socket "$sock" endpoint list --json 2>/dev/null | wc -l) -ge 4 ]] && break
-  sleep 0.1
-done
+"
 
 metric() {
   curl -s "http://127.0.0.1:$prom/metrics" |

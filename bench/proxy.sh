@@ -9,31 +9,10 @@
 # Usage (root): bench/proxy.sh [ROUNDS]     (default 3; ~4 min on 2 vCPU)
 # Prints a Markdown table (also written to bench/results/proxy.md).
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 rounds=${1:-3}
-loupe=${CARGO_TARGET_DIR:-$root/target}/release/loupe
-work=$(mktemp -d /tmp/loupe-bench-px.XXXXXX)
-lab_name=pxbench
-pin=/sys/fs/bpf/loupe-bench-px
-sock=$work/loupe.sock
 host_ip=10.232.0.1
-haproxy_pid=
-agent_pid=
-
-cargo build --release --quiet --bins
-sed -e "s/^name: demo$/name: $lab_name/" -e 's/10\.200\.0\./10.232.0./g' \
-    -e 's/fd00:10:200::/fd00:10:232::/g' -e "s#{lab}/#$root/lab/#g" \
-    lab/demo-app.yaml >"$work/lab.yaml"
-
-cleanup() {
-  [[ -n $haproxy_pid ]] && kill "$haproxy_pid" 2>/dev/null || true
-  if [[ -n $agent_pid ]]; then kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; fi
-  rm -rf "$pin/links" "$pin"
-  "$loupe" lab down --file "$work/lab.yaml" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_setup pxbench 232
 
 policy() {
   local redis_rules=$1 http_rules=$2
@@ -61,14 +40,6 @@ policy "" "" >"$work/l4.yaml"
 policy ', rules: {l7proto: redis, l7: [{command: "GET|SET|CONFIG|PING"}]}' \
   ', rules: {http: [{method: "GET", path: "/.*"}]}' >"$work/l7.yaml"
 
-cat >"$work/agent.yaml" <<EOF
-socketPath: $sock
-stateDir: $work/state
-bpf:
-  pinPath: $pin
-endpoints:
-  labNames: [$lab_name]
-EOF
 cat >"$work/haproxy.cfg" <<EOF
 global
   maxconn 4096
@@ -85,15 +56,10 @@ listen web
   server web 10.232.0.10:80
 EOF
 
-"$loupe" lab up --file "$work/lab.yaml" >/dev/null
-"$loupe" agent --config "$work/agent.yaml" >>"$work/agent.log" 2>&1 &
-agent_pid=$!
-for _ in $(seq 100); do
-  [[ $("$loupe" --socket "$sock" endpoint list --json 2>/dev/null | wc -l) -ge 4 ]] && break
-  sleep 0.1
-done
+bench_start_agent
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
 haproxy_pid=$!
+bench_on_exit "kill $haproxy_pid"
 sleep 0.5
 
 # "redis_rps redis_p50_us redis_p99_us wrk_rps wrk_p50_us wrk_p99_us"

@@ -3,6 +3,12 @@
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
+// The agent allocates per message on its hot paths (flows, plugin frames, relay
+// chunks) from several threads; glibc's allocator spent a fifth of the proxy's
+// CPU time there (bench/proxy.sh under perf).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = loupe_runtime::cli::Cli::parse();
     if !matches!(cli.command, loupe_runtime::cli::Command::Agent { .. }) {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use loupe_runtime::plugin::{Limits, Message, Plugin, PluginHost, PluginInfo, Worker};
 use loupe_runtime::proxy::{
-    Action, ConnInfo, Decider, Inspector, PluginInspector, ProxyEvents, Verdict, field_text,
+    Action, ConnEvents, ConnInfo, Decider, Inspector, PluginInspector, ProxyEvents, Verdict,
+    field_text,
 };
 use loupe_tests::guest;
 
@@ -29,12 +30,26 @@ impl Decider for DenyFlushall {
 
 #[derive(Default)]
 struct Recorded {
-    log: Mutex<Vec<String>>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+struct RecordedConn {
+    plugin: Arc<Plugin>,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ProxyEvents for Recorded {
-    fn request(&self, _: &ConnInfo, plugin: &Plugin, request: &Message, verdict: &Verdict) {
-        let command = field_text(&plugin.info, request, "command").unwrap_or_default();
+    fn connection(&self, _: &ConnInfo, plugin: &Arc<Plugin>) -> Box<dyn ConnEvents> {
+        Box::new(RecordedConn {
+            plugin: plugin.clone(),
+            log: self.log.clone(),
+        })
+    }
+}
+
+impl ConnEvents for RecordedConn {
+    fn request(&mut self, request: &Message, verdict: &Verdict) {
+        let command = field_text(&self.plugin.info, request, "command").unwrap_or_default();
         let v = if *verdict == Verdict::Allow {
             "allow"
         } else {
@@ -42,11 +57,11 @@ impl ProxyEvents for Recorded {
         };
         self.log.lock().unwrap().push(format!("{command} {v}"));
     }
-    fn response(&self, _: &ConnInfo, plugin: &Plugin, req: &Message, _: &Message, _: Duration) {
-        let command = field_text(&plugin.info, req, "command").unwrap_or_default();
+    fn response(&mut self, req: &Message, _: &Message, _: Duration) {
+        let command = field_text(&self.plugin.info, req, "command").unwrap_or_default();
         self.log.lock().unwrap().push(format!("{command} answered"));
     }
-    fn error(&self, _: &ConnInfo, _: &Plugin, reason: &str, closed: bool) {
+    fn error(&mut self, reason: &str, closed: bool) {
         self.log
             .lock()
             .unwrap()
@@ -111,15 +126,25 @@ fn sides(actions: &[Action]) -> (Vec<u8>, Vec<u8>, Option<String>) {
 
 #[test]
 fn pipelined_denies_are_answered_in_order_whatever_the_splits() {
+    let (set, get) = (cmd(&["SET", "a", "1"]), cmd(&["GET", "a"]));
     let requests = [
-        cmd(&["SET", "a", "1"]),
+        set.clone(),
         cmd(&["FLUSHALL"]),
-        cmd(&["GET", "a"]),
+        get.clone(),
         cmd(&["FLUSHALL"]),
     ]
     .concat();
-    let forwarded = [cmd(&["SET", "a", "1"]), cmd(&["GET", "a"])].concat();
+    // The server answers what reaches it: SET, then GET.
     let replies = b"+OK\r\n$1\r\n1\r\n".to_vec();
+    let answered = |to_server: &[u8]| -> usize {
+        if to_server.starts_with(&[set.clone(), get.clone()].concat()) {
+            replies.len()
+        } else if to_server.starts_with(&set) {
+            5
+        } else {
+            0
+        }
+    };
     let plugin = redis(Limits::default());
     let mut compared = 0;
     for cut in 1..requests.len() {
@@ -127,15 +152,30 @@ fn pipelined_denies_are_answered_in_order_whatever_the_splits() {
             let (mut insp, _) = inspector_on(plugin.clone(), false);
             let mut actions = insp.client_bytes(&requests[..cut]);
             actions.extend(insp.client_bytes(&requests[cut..]));
-            let (to_server, early, reset) = sides(&actions);
+            let (mut to_server, early, reset) = sides(&actions);
             assert_eq!(reset, None);
-            assert_eq!(to_server, forwarded, "cut {cut}");
-            // Nothing for the client before the SET is answered.
+            // Nothing is forwarded behind the pending deny reply, and nothing
+            // reaches the client before the SET is answered.
+            assert_eq!(to_server, set, "cut {cut}");
             assert!(early.is_empty(), "cut {cut}: {early:?}");
-            let mut actions = insp.server_bytes(&replies[..rcut]);
-            actions.extend(insp.server_bytes(&replies[rcut..]));
-            let (_, to_client, reset) = sides(&actions);
-            assert_eq!(reset, None);
+            // The server's replies arrive split at `rcut` (and wherever a
+            // request reaches it): the GET only once the first deny reply left.
+            let mut to_client = Vec::new();
+            let mut delivered = 0;
+            while delivered < answered(&to_server) {
+                let end = if delivered < rcut {
+                    rcut.min(answered(&to_server))
+                } else {
+                    answered(&to_server)
+                };
+                let (more_server, more_client, reset) =
+                    sides(&insp.server_bytes(&replies[delivered..end]));
+                assert_eq!(reset, None);
+                delivered = end;
+                to_server.extend(more_server);
+                to_client.extend(more_client);
+            }
+            assert_eq!(to_server, [set.clone(), get.clone()].concat(), "cut {cut}");
             let denied = String::from_utf8_lossy(&to_client).to_string();
             // +OK, deny, $1 1, deny — the deny replies' text is the plugin's.
             let parts: Vec<&str> = denied.split("\r\n").collect();
@@ -222,4 +262,31 @@ fn fail_open_passes_the_rest_through_unparsed() {
     assert!(sent.starts_with(&head));
     let (to_server, _, _) = sides(&insp.client_bytes(&cmd(&["FLUSHALL"])));
     assert_eq!(to_server, cmd(&["FLUSHALL"]));
+}
+
+#[test]
+fn requests_held_behind_a_denial_pause_the_client_until_it_is_answered() {
+    let (mut insp, _) = inspector(Limits::default(), false);
+    let first = cmd(&["SET", "a", "1"]);
+    let big = "x".repeat(1000);
+    let held: Vec<u8> = (0..300)
+        .flat_map(|i| cmd(&["SET", &format!("k{i}"), &big]))
+        .collect();
+    let (to_server, to_client, _) = sides(&insp.client_bytes(&first));
+    assert_eq!(to_server, first);
+    assert!(to_client.is_empty());
+    assert!(!insp.client_paused());
+    let (to_server, _, _) = sides(&insp.client_bytes(&cmd(&["FLUSHALL"])));
+    assert!(to_server.is_empty());
+    let (to_server, _, _) = sides(&insp.client_bytes(&held));
+    assert!(to_server.is_empty(), "held behind the pending deny reply");
+    assert!(insp.client_paused(), "{} bytes held", held.len());
+    let (to_server, to_client, reset) = sides(&insp.server_bytes(b"+OK\r\n"));
+    assert_eq!(reset, None);
+    assert_eq!(
+        to_server, held,
+        "released in order once the deny reply left"
+    );
+    assert!(String::from_utf8_lossy(&to_client).starts_with("+OK\r\n-NOPERM"));
+    assert!(!insp.client_paused());
 }

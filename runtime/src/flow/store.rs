@@ -121,7 +121,8 @@ impl FlowStore {
         if flow.node_name.is_empty() {
             flow.node_name.clone_from(&self.inner.node_name);
         }
-        let (seq, flow) = {
+        // The evicted flow is freed after the lock is released.
+        let (seq, flow, _evicted) = {
             let mut ring = lock(&self.inner.ring);
             let seq = ring.next_seq;
             ring.next_seq += 1;
@@ -129,11 +130,13 @@ impl FlowStore {
                 flow.uuid = self.uuid(seq);
             }
             let flow = Arc::new(flow);
-            if ring.flows.len() >= self.inner.capacity {
-                ring.flows.pop_front();
-            }
+            let evicted = if ring.flows.len() >= self.inner.capacity {
+                ring.flows.pop_front()
+            } else {
+                None
+            };
             ring.flows.push_back((seq, flow.clone()));
-            (seq, flow)
+            (seq, flow, evicted)
         };
         self.inner.seen.fetch_add(1, Ordering::Relaxed);
         for hook in read(&self.inner.hooks.0).iter() {

@@ -40,6 +40,11 @@ pub trait Inspector: Send {
     fn client_bytes(&mut self, bytes: &[u8]) -> Vec<Action>;
     /// Bytes from the server. Returns what to do, in order.
     fn server_bytes(&mut self, bytes: &[u8]) -> Vec<Action>;
+    /// Whether the proxy should stop reading the client for now (the
+    /// inspector holds enough of its bytes); asked again after every step.
+    fn client_paused(&self) -> bool {
+        false
+    }
     /// The connection ended (either side closed or it was reset).
     fn closed(&mut self) {}
 }

@@ -33,8 +33,8 @@ pub mod transparent;
 pub use flows::FlowEvents;
 pub use inspect::{Action, ConnInfo, Inspector, InspectorFactory, PassThrough, PassThroughFactory};
 pub use plugin::{
-    AllowAll, Decider, NoEvents, PluginInspector, PluginInspectorFactory, ProxyEvents, Verdict,
-    field_text,
+    AllowAll, ConnEvents, Decider, NoEvents, PluginInspector, PluginInspectorFactory, ProxyEvents,
+    Verdict, field_text,
 };
 pub use policy::PolicyDecider;
 pub use server::{Proxy, ProxyError, ProxyStats};

@@ -1,33 +1,35 @@
 //! The plugin-backed inspector: requests framed by a parser plugin, decided one
 //! by one, answered in pipeline order.
 //!
-//! Each connection has two plugin connections on a shared [`Worker`]: the
-//! *client view* is fed every client byte and frames the requests that are
-//! decided; the *server view* is fed only the bytes actually forwarded plus the
-//! server's bytes, so the plugin pairs responses (and reads response headers
-//! that depend on the request, as Kafka's do) exactly as the server sees the
-//! conversation, without the denied requests.
+//! Each connection has one plugin connection (the *view*, on a [`Worker`]
+//! shared with other connections) fed exactly what the client sees: every
+//! client byte, and every byte the client receives — the server's bytes and
+//! the deny replies, in the order they reach it. So each byte is parsed once,
+//! and the plugin pairs responses with requests as the client does (Kafka
+//! response headers and HTTP `HEAD` answers depend on their request).
 //!
 //! Replies to the client leave strictly in request order: a queue holds one
-//! slot per paired request — forwarded (waiting for the server's response) or
-//! denied (holding the plugin's deny reply). Server bytes stream straight
-//! through while no denied slot is queued; otherwise they are released message by
-//! message, and a denied slot's reply goes out as soon as every slot before it
-//! is answered. Unpaired requests (Kafka `acks=0`) take no slot and a denied one
-//! gets no reply, since the client expects none.
+//! slot per paired request — forwarded (waiting for the server's response),
+//! denied (holding the plugin's deny reply), or allowed but *held* behind a
+//! denied one. Nothing is forwarded behind a pending deny reply, so the server
+//! never answers past it and its bytes always stream straight through; a deny
+//! reply goes out once every slot before it is answered and the client's stream
+//! is between two messages, then the requests held behind it are forwarded.
+//! Pipelines without denials never wait; one with a denial in the middle
+//! waits one round trip. Unpaired requests (Kafka `acks=0`) take no slot of
+//! their own and a denied one gets no reply, since the client expects none.
 //!
-//! Bytes held are bounded by the plugin's per-direction limit
-//! (`plugins.maxMessageKib`): the host refuses to buffer more without a message
-//! boundary, which fails the connection like any plugin error.
+//! Bytes held are bounded: unframed ones by the plugin's per-direction limit
+//! (`plugins.maxMessageKib`: the host refuses to buffer more without a message
+//! boundary, which fails the connection like any plugin error), held requests
+//! by [`Inspector::client_paused`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::inspect::{Action, ConnInfo, Inspector, InspectorFactory, PassThrough};
-use crate::plugin::{
-    ConnError, ConnId, Direction, Message, MessageKind, Plugin, PluginInfo, Worker,
-};
+use crate::plugin::{ConnId, Direction, Message, MessageKind, Plugin, PluginInfo, Worker};
 
 /// A decision on one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,23 +62,24 @@ impl Decider for AllowAll {
     }
 }
 
-/// What the proxy reports per message, to build L7 flows from. Called on the
-/// connection's task: implementations must not block (push to a bounded queue).
+/// What the proxy reports, to build L7 flows from: a [`ConnEvents`] per
+/// connection, made when the connection starts (so what is the same for all
+/// its messages is worked out once).
 pub trait ProxyEvents: Send + Sync {
+    /// The reporter of `conn`, parsed by `plugin`.
+    fn connection(&self, conn: &ConnInfo, plugin: &Arc<Plugin>) -> Box<dyn ConnEvents>;
+}
+
+/// What the proxy reports per message of one connection. Called on the
+/// connection's task: implementations must not block (push to a bounded queue).
+pub trait ConnEvents: Send {
     /// A request and its verdict.
-    fn request(&self, conn: &ConnInfo, plugin: &Plugin, request: &Message, verdict: &Verdict);
+    fn request(&mut self, request: &Message, verdict: &Verdict);
     /// A response to a forwarded request, `latency` after the request left.
-    fn response(
-        &self,
-        conn: &ConnInfo,
-        plugin: &Plugin,
-        request: &Message,
-        response: &Message,
-        latency: Duration,
-    );
+    fn response(&mut self, request: &Message, response: &Message, latency: Duration);
     /// The connection's L7 view failed (`closed`: the connection was reset,
     /// fail-closed; otherwise it continues unparsed, fail-open).
-    fn error(&self, conn: &ConnInfo, plugin: &Plugin, reason: &str, closed: bool);
+    fn error(&mut self, reason: &str, closed: bool);
 }
 
 /// Reports nothing.
@@ -84,9 +87,15 @@ pub trait ProxyEvents: Send + Sync {
 pub struct NoEvents;
 
 impl ProxyEvents for NoEvents {
-    fn request(&self, _: &ConnInfo, _: &Plugin, _: &Message, _: &Verdict) {}
-    fn response(&self, _: &ConnInfo, _: &Plugin, _: &Message, _: &Message, _: Duration) {}
-    fn error(&self, _: &ConnInfo, _: &Plugin, _: &str, _: bool) {}
+    fn connection(&self, _: &ConnInfo, _: &Arc<Plugin>) -> Box<dyn ConnEvents> {
+        Box::new(NoEvents)
+    }
+}
+
+impl ConnEvents for NoEvents {
+    fn request(&mut self, _: &Message, _: &Verdict) {}
+    fn response(&mut self, _: &Message, _: &Message, _: Duration) {}
+    fn error(&mut self, _: &str, _: bool) {}
 }
 
 /// The text of a message's field by schema name: a slice as (lossy) UTF-8, or
@@ -106,31 +115,55 @@ pub fn field_text(plugin: &PluginInfo, message: &Message, name: &str) -> Option<
 }
 
 enum Slot {
+    /// Sent to the server; waiting for its response.
     Forwarded { request: Message, sent: Instant },
+    /// Denied: the plugin's reply goes out once every slot before it is answered.
     Denied { reply: Vec<u8> },
+    /// Allowed behind a denied request: held (with any body bytes that follow
+    /// it) until the deny reply ahead has gone, so no server response can
+    /// overtake a deny reply. `request` is `None` for an unpaired request.
+    Held {
+        request: Option<Message>,
+        bytes: Vec<u8>,
+    },
+    /// A held unpaired request, forwarded (removed at once).
+    Gone,
 }
+
+/// Where the client bytes that follow the last request (a body) go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    Forward,
+    Hold,
+    Drop,
+}
+
+/// Bytes of allowed requests held behind a denied one past which the proxy
+/// stops reading the client (until the deny reply ahead goes out).
+const MAX_HELD: usize = 256 * 1024;
 
 /// Frames, decides and orders one connection's requests with a plugin.
 pub struct PluginInspector {
     worker: Arc<Mutex<Worker>>,
     plugin: Arc<Plugin>,
-    client_view: ConnId,
-    server_view: ConnId,
+    view: ConnId,
     decider: Arc<dyn Decider>,
-    events: Arc<dyn ProxyEvents>,
+    events: Box<dyn ConnEvents>,
     conn: ConnInfo,
     fail_open: bool,
-    /// Client bytes not framed yet (the client view's unframed bytes), from
-    /// stream offset `client_base`.
+    /// Client bytes not framed yet, from stream offset `client_base`.
     client_held: Vec<u8>,
     client_base: u64,
-    /// Server bytes not released yet, from stream offset `server_released`.
-    server_held: Vec<u8>,
-    server_released: u64,
-    /// Whether bytes that follow the last request (bodies) are forwarded.
-    forwarding: bool,
+    /// Bytes fed to the view towards the client (server bytes and deny
+    /// replies), and the end of the last message framed in them: deny replies
+    /// go out only where the two are equal (between messages).
+    rx_fed: u64,
+    rx_framed: u64,
+    tail: Tail,
     slots: VecDeque<Slot>,
     denied_queued: usize,
+    /// Bytes in `Held` slots.
+    held_bytes: usize,
     /// After a fail-open failure: bytes pass unparsed.
     open: Option<PassThrough>,
 }
@@ -154,38 +187,46 @@ impl PluginInspector {
         events: Arc<dyn ProxyEvents>,
         fail_open: bool,
     ) -> Self {
-        let (plugin, client_view, server_view) = {
+        let (plugin, view) = {
             let mut w = worker.lock().unwrap_or_else(|p| p.into_inner());
-            (w.plugin().clone(), w.open(), w.open())
+            (w.plugin().clone(), w.open())
         };
+        let events = events.connection(&conn, &plugin);
         Self {
             worker,
             plugin,
-            client_view,
-            server_view,
+            view,
             decider,
             events,
             conn,
             fail_open,
             client_held: Vec::new(),
             client_base: 0,
-            server_held: Vec::new(),
-            server_released: 0,
-            forwarding: true,
+            rx_fed: 0,
+            rx_framed: 0,
+            tail: Tail::Forward,
             slots: VecDeque::new(),
             denied_queued: 0,
+            held_bytes: 0,
             open: None,
         }
     }
 
-    fn feed(
-        &self,
-        view: ConnId,
-        direction: Direction,
-        bytes: &[u8],
-    ) -> Result<Vec<Message>, ConnError> {
+    fn feed(&self, direction: Direction, bytes: &[u8]) -> Result<Vec<Message>, String> {
         let mut worker = self.worker.lock().unwrap_or_else(|p| p.into_inner());
-        worker.feed(view, direction, bytes)
+        worker
+            .feed(self.view, direction, bytes)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Feeds the view what the client is about to receive.
+    fn feed_to_client(&mut self, bytes: &[u8]) -> Result<Vec<Message>, String> {
+        let messages = self.feed(Direction::ToClient, bytes)?;
+        self.rx_fed += bytes.len() as u64;
+        if let Some(last) = messages.last() {
+            self.rx_framed = last.start + last.bytes.len() as u64;
+        }
+        Ok(messages)
     }
 
     fn deny_reply(&self, request: &[u8]) -> Option<Vec<u8>> {
@@ -197,8 +238,7 @@ impl PluginInspector {
     /// rest through unparsed (fail open, configured per protocol).
     fn failure(&mut self, reason: String, out: &mut Vec<Action>) {
         let reason = format!("{} plugin: {reason}", self.plugin.info.name);
-        self.events
-            .error(&self.conn, &self.plugin, &reason, !self.fail_open);
+        self.events.error(&reason, !self.fail_open);
         if !self.fail_open {
             out.push(Action::Reset(reason));
             return;
@@ -206,58 +246,65 @@ impl PluginInspector {
         tracing::warn!(conn = self.conn.id, %reason, "L7 view lost; continuing unparsed (fail-open)");
         // Release what was held, in order, then stop parsing.
         while let Some(slot) = self.slots.pop_front() {
-            if let Slot::Denied { reply } = slot {
-                out.push(Action::ToClient(reply));
+            match slot {
+                Slot::Denied { reply } => out.push(Action::ToClient(reply)),
+                Slot::Held { bytes, .. } => out.push(Action::ToServer(bytes)),
+                Slot::Forwarded { .. } | Slot::Gone => {}
             }
         }
         self.denied_queued = 0;
-        if !self.server_held.is_empty() {
-            out.push(Action::ToClient(std::mem::take(&mut self.server_held)));
-        }
+        self.held_bytes = 0;
         if !self.client_held.is_empty() {
             out.push(Action::ToServer(std::mem::take(&mut self.client_held)));
         }
         self.open = Some(PassThrough);
     }
 
-    /// Feeds the client view what the client is about to receive, so it pairs
-    /// (and stays bounded) as the client sees the conversation, deny replies
-    /// included.
-    fn mirror(&mut self, out: &mut Vec<Action>) {
-        let mut failed = None;
-        for action in out.iter() {
-            if let Action::ToClient(bytes) = action
-                && let Err(e) = self.feed(self.client_view, Direction::ToClient, bytes)
-            {
-                failed = Some(e.to_string());
-                break;
-            }
-        }
-        if let Some(reason) = failed {
-            self.failure(reason, out);
-        }
-    }
-
-    /// Replies of denied slots at the head of the queue.
-    fn release_denied(&mut self, out: &mut Vec<Action>) {
-        while let Some(Slot::Denied { .. }) = self.slots.front() {
+    /// Sends what may go now: deny replies at the head of the queue (between
+    /// two messages of the client's stream), then every held request that no
+    /// denied one precedes any more.
+    fn advance(&mut self, out: &mut Vec<Action>) -> Result<(), String> {
+        while matches!(self.slots.front(), Some(Slot::Denied { .. }))
+            && self.rx_fed == self.rx_framed
+        {
             if let Some(Slot::Denied { reply }) = self.slots.pop_front() {
                 self.denied_queued -= 1;
+                // The view sees what the client sees, so it pairs as the client does.
+                self.feed_to_client(&reply)?;
                 out.push(Action::ToClient(reply));
             }
         }
-    }
-
-    /// Server bytes up to stream offset `end`.
-    fn release_server(&mut self, end: u64, out: &mut Vec<Action>) {
-        if end <= self.server_released {
-            return;
+        if self.held_bytes == 0 && !self.slots.iter().any(|s| matches!(s, Slot::Held { .. })) {
+            return Ok(());
         }
-        let n = usize::try_from(end - self.server_released)
-            .unwrap_or(usize::MAX)
-            .min(self.server_held.len());
-        out.push(Action::ToClient(self.server_held.drain(..n).collect()));
-        self.server_released += n as u64;
+        let mut removed = false;
+        for slot in self.slots.iter_mut() {
+            match slot {
+                Slot::Denied { .. } => break,
+                Slot::Forwarded { .. } | Slot::Gone => {}
+                Slot::Held { request, bytes } => {
+                    self.held_bytes -= bytes.len();
+                    out.push(Action::ToServer(std::mem::take(bytes)));
+                    *slot = match request.take() {
+                        Some(request) => Slot::Forwarded {
+                            request,
+                            sent: Instant::now(),
+                        },
+                        None => {
+                            removed = true;
+                            Slot::Gone
+                        }
+                    };
+                }
+            }
+        }
+        if removed {
+            self.slots.retain(|s| !matches!(s, Slot::Gone));
+        }
+        if self.tail == Tail::Hold && !matches!(self.slots.back(), Some(Slot::Held { .. })) {
+            self.tail = Tail::Forward;
+        }
+        Ok(())
     }
 
     fn request(
@@ -267,14 +314,19 @@ impl PluginInspector {
         out: &mut Vec<Action>,
     ) -> Result<(), String> {
         let verdict = self.decider.decide(&self.conn, &self.plugin.info, &message);
-        self.events
-            .request(&self.conn, &self.plugin, &message, &verdict);
+        self.events.request(&message, &verdict);
         let paired = !matches!(message.correlation, crate::plugin::Correlation::None);
         match verdict {
+            Verdict::Allow if self.denied_queued > 0 => {
+                self.tail = Tail::Hold;
+                self.held_bytes += unit.len();
+                self.slots.push_back(Slot::Held {
+                    request: paired.then_some(message),
+                    bytes: unit,
+                });
+            }
             Verdict::Allow => {
-                self.forwarding = true;
-                self.feed(self.server_view, Direction::ToServer, &unit)
-                    .map_err(|e| e.to_string())?;
+                self.tail = Tail::Forward;
                 out.push(Action::ToServer(unit));
                 if paired {
                     self.slots.push_back(Slot::Forwarded {
@@ -284,7 +336,7 @@ impl PluginInspector {
                 }
             }
             Verdict::Deny { .. } => {
-                self.forwarding = false;
+                self.tail = Tail::Drop;
                 if paired {
                     let reply = self
                         .deny_reply(&message.bytes)
@@ -300,9 +352,7 @@ impl PluginInspector {
     fn client_inner(&mut self, bytes: &[u8], out: &mut Vec<Action>) -> Result<(), String> {
         // Held before feeding: if the plugin fails, fail-open still has them.
         self.client_held.extend_from_slice(bytes);
-        let messages = self
-            .feed(self.client_view, Direction::ToServer, bytes)
-            .map_err(|e| e.to_string())?;
+        let messages = self.feed(Direction::ToServer, bytes)?;
         let mut consumed = 0usize;
         for message in messages {
             // Bytes between the previous message and this one's end travel with it.
@@ -314,51 +364,38 @@ impl PluginInspector {
             consumed = rel_end;
             match message.kind {
                 MessageKind::Request => self.request(message, unit, out)?,
-                MessageKind::Event | MessageKind::Response => {
-                    if self.forwarding {
-                        self.feed(self.server_view, Direction::ToServer, &unit)
-                            .map_err(|e| e.to_string())?;
-                        out.push(Action::ToServer(unit));
+                // Body pieces follow their request.
+                MessageKind::Event | MessageKind::Response => match self.tail {
+                    Tail::Forward => out.push(Action::ToServer(unit)),
+                    Tail::Hold => {
+                        if let Some(Slot::Held { bytes, .. }) = self.slots.back_mut() {
+                            self.held_bytes += unit.len();
+                            bytes.extend_from_slice(&unit);
+                        }
                     }
-                }
+                    Tail::Drop => {}
+                },
             }
         }
         self.client_held.drain(..consumed);
         self.client_base += consumed as u64;
-        self.release_denied(out);
-        Ok(())
+        self.advance(out)
     }
 
     fn server_inner(&mut self, bytes: &[u8], out: &mut Vec<Action>) -> Result<(), String> {
-        self.server_held.extend_from_slice(bytes);
-        let messages = self
-            .feed(self.server_view, Direction::ToClient, bytes)
-            .map_err(|e| e.to_string())?;
+        // The server only answers what was forwarded, and nothing is forwarded
+        // behind a pending deny reply: its bytes go out as they come.
+        let messages = self.feed_to_client(bytes)?;
+        out.push(Action::ToClient(bytes.to_vec()));
         for message in messages {
-            let end = message.start + message.bytes.len() as u64;
-            if self.denied_queued > 0 {
-                self.release_server(end, out);
-            }
-            if message.kind == MessageKind::Response {
-                if let Some(Slot::Forwarded { .. }) = self.slots.front()
-                    && let Some(Slot::Forwarded { request, sent }) = self.slots.pop_front()
-                {
-                    self.events.response(
-                        &self.conn,
-                        &self.plugin,
-                        &request,
-                        &message,
-                        sent.elapsed(),
-                    );
-                }
-                self.release_denied(out);
+            if message.kind == MessageKind::Response
+                && let Some(Slot::Forwarded { .. }) = self.slots.front()
+                && let Some(Slot::Forwarded { request, sent }) = self.slots.pop_front()
+            {
+                self.events.response(&request, &message, sent.elapsed());
             }
         }
-        if self.denied_queued == 0 && !self.server_held.is_empty() {
-            let end = self.server_released + self.server_held.len() as u64;
-            self.release_server(end, out);
-        }
-        Ok(())
+        self.advance(out)
     }
 }
 
@@ -368,9 +405,8 @@ impl Inspector for PluginInspector {
             return open.client_bytes(bytes);
         }
         let mut out = Vec::new();
-        match self.client_inner(bytes, &mut out) {
-            Ok(()) => self.mirror(&mut out),
-            Err(reason) => self.failure(reason, &mut out),
+        if let Err(reason) = self.client_inner(bytes, &mut out) {
+            self.failure(reason, &mut out);
         }
         out
     }
@@ -380,17 +416,21 @@ impl Inspector for PluginInspector {
             return open.server_bytes(bytes);
         }
         let mut out = Vec::new();
-        match self.server_inner(bytes, &mut out) {
-            Ok(()) => self.mirror(&mut out),
-            Err(reason) => self.failure(reason, &mut out),
+        if let Err(reason) = self.server_inner(bytes, &mut out) {
+            self.failure(reason, &mut out);
         }
         out
     }
 
+    fn client_paused(&self) -> bool {
+        // Unframed bytes are bounded by the plugin's limit, and a request must
+        // be read whole to be decided: only bytes held behind a denial count.
+        self.open.is_none() && self.held_bytes > MAX_HELD
+    }
+
     fn closed(&mut self) {
         let mut worker = self.worker.lock().unwrap_or_else(|p| p.into_inner());
-        worker.close(self.client_view);
-        worker.close(self.server_view);
+        worker.close(self.view);
     }
 }
 
@@ -403,8 +443,9 @@ impl Drop for PluginInspector {
 /// Chooses the plugin that parses a connection.
 pub type SelectPlugin = dyn Fn(&ConnInfo) -> Option<Arc<Plugin>> + Send + Sync;
 
-/// Makes plugin inspectors: `select` chooses each connection's plugin, one
-/// shared [`Worker`] per plugin version. A connection no plugin parses passes
+/// Makes plugin inspectors: `select` chooses each connection's plugin; each
+/// plugin version has a few [`Worker`]s (two per core), connections spread
+/// over them, so connections on different threads rarely wait for each other. A connection no plugin parses passes
 /// through unparsed, or is reset with [`PluginInspectorFactory::refuse_unparsed`]
 /// (the agent's choice: a connection steered to the proxy is an enforced one).
 pub struct PluginInspectorFactory {
@@ -413,7 +454,8 @@ pub struct PluginInspectorFactory {
     decider: Arc<dyn Decider>,
     events: Arc<dyn ProxyEvents>,
     fail_open: Vec<String>,
-    workers: Mutex<HashMap<String, Arc<Mutex<Worker>>>>,
+    workers: Mutex<HashMap<String, Vec<Arc<Mutex<Worker>>>>>,
+    shards: usize,
 }
 
 impl std::fmt::Debug for PluginInspectorFactory {
@@ -440,6 +482,7 @@ impl PluginInspectorFactory {
             events,
             fail_open,
             workers: Mutex::new(HashMap::new()),
+            shards: std::thread::available_parallelism().map_or(2, |n| 2 * n.get()),
         }
     }
 
@@ -449,20 +492,25 @@ impl PluginInspectorFactory {
         self
     }
 
-    fn worker(&self, plugin: &Arc<Plugin>) -> Arc<Mutex<Worker>> {
+    fn worker(&self, plugin: &Arc<Plugin>, conn: &ConnInfo) -> Arc<Mutex<Worker>> {
         let key = format!(
             "{}@{}#{}",
             plugin.info.name, plugin.info.version, plugin.sha256
         );
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         // Workers of replaced versions go once their last connection closes.
-        workers.retain(|_, w| {
-            Arc::strong_count(w) > 1 || w.lock().map(|w| w.connections() > 0).unwrap_or(false)
+        workers.retain(|_, shards| {
+            shards.iter().any(|w| {
+                Arc::strong_count(w) > 1 || w.lock().map(|w| w.connections() > 0).unwrap_or(false)
+            })
         });
-        workers
-            .entry(key)
-            .or_insert_with(|| Arc::new(Mutex::new(Worker::new(plugin.clone()))))
-            .clone()
+        let shards = workers.entry(key).or_insert_with(|| {
+            (0..self.shards)
+                .map(|_| Arc::new(Mutex::new(Worker::new(plugin.clone()))))
+                .collect()
+        });
+        let index = usize::try_from(conn.id).unwrap_or(0) % shards.len().max(1);
+        shards[index].clone()
     }
 }
 
@@ -482,7 +530,7 @@ impl InspectorFactory for PluginInspectorFactory {
             .iter()
             .any(|p| *p == plugin.info.protocol || *p == plugin.info.name);
         Box::new(PluginInspector::new(
-            self.worker(&plugin),
+            self.worker(&plugin, conn),
             conn.clone(),
             self.decider.clone(),
             self.events.clone(),

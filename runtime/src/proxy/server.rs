@@ -334,7 +334,9 @@ async fn relay(
         // Client bytes keep flowing while the server takes them, even when the
         // client is not reading its replies yet (a pipeline written before it is
         // read, as servers allow); only a flood of local deny replies stops them.
-        let read_client = to_server.queued < MAX_QUEUED && to_client.queued < 4 * MAX_QUEUED;
+        let read_client = to_server.queued < MAX_QUEUED
+            && to_client.queued < 4 * MAX_QUEUED
+            && !inspector.client_paused();
         let read_server = to_client.queued < MAX_QUEUED;
         let actions = tokio::select! {
             r = client_rd.read(&mut client_buf), if !client_eof && read_client => match r {

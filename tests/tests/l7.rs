@@ -502,5 +502,8 @@ fn starved_capture_reports_lost_events() {
         .exec_ok("api-service", &["redis-cli", "-h", "db-service", "PING"])
         .unwrap();
     assert_eq!(pong.trim(), "PONG");
-    assert!(agent.loupe_ok(&["status"]).is_ok());
+    // The bundled plugins, and the one that parsed all this, in the metrics.
+    let status = agent.loupe_ok(&["status"]).unwrap();
+    assert!(status.contains("Plugins:        4\n"), "{status}");
+    assert!(metric(prom, "loupe_plugin_messages_total", &["plugin=\"redis\""]) > 0.0);
 }

@@ -266,6 +266,10 @@ async fn serve(
     if let Some(map) = io.payload {
         start_l7(&state, map).await;
     }
+    let plugins = state.plugins.clone();
+    state
+        .metrics
+        .register_fn("plugins", move || plugins.families());
     let detail = format!(
         "{} installed in {}",
         state.plugins.list().len(),

@@ -16,6 +16,7 @@ use super::error::InstallError;
 use super::host::{Plugin, PluginHost};
 use super::limits::Limits;
 use super::metrics::MetricsSnapshot;
+use crate::metrics::{MetricFamily, MetricKind};
 
 /// An installed plugin's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +209,111 @@ impl PluginManager {
     /// One installed plugin.
     pub fn get(&self, name: &str) -> Option<PluginSummary> {
         self.read_lock().get(name).map(summary)
+    }
+
+    /// The plugins as Prometheus families: `loupe_plugins{state}` and, per
+    /// active plugin, its counters (`loupe_plugin_*{plugin}`).
+    pub fn families(&self) -> Vec<MetricFamily> {
+        let installed = self.read_lock();
+        let failed = installed
+            .values()
+            .filter(|e| matches!(e.state, PluginState::Failed(_)))
+            .count();
+        let mut families = vec![
+            MetricFamily::new(
+                "loupe_plugins",
+                "Installed L7 parser plugins, by state.",
+                MetricKind::Gauge,
+            )
+            .value(&[("state", "active")], (installed.len() - failed) as f64)
+            .value(&[("state", "failed")], failed as f64),
+        ];
+        type Read = fn(&MetricsSnapshot) -> f64;
+        let counters: [(&str, &str, MetricKind, Read); 9] = [
+            (
+                "loupe_plugin_calls_total",
+                "Calls into the plugin.",
+                MetricKind::Counter,
+                |m| m.calls as f64,
+            ),
+            (
+                "loupe_plugin_bytes_total",
+                "Bytes fed to the plugin.",
+                MetricKind::Counter,
+                |m| m.bytes as f64,
+            ),
+            (
+                "loupe_plugin_messages_total",
+                "Messages the plugin framed.",
+                MetricKind::Counter,
+                |m| m.messages as f64,
+            ),
+            (
+                "loupe_plugin_call_seconds_total",
+                "Time spent inside the plugin.",
+                MetricKind::Counter,
+                |m| m.parse_nanos as f64 / 1e9,
+            ),
+            (
+                "loupe_plugin_parse_errors_total",
+                "Connections the plugin found not to speak its protocol.",
+                MetricKind::Counter,
+                |m| m.parse_errors as f64,
+            ),
+            (
+                "loupe_plugin_traps_total",
+                "Calls that trapped, deadline and memory kills included.",
+                MetricKind::Counter,
+                |m| m.traps as f64,
+            ),
+            (
+                "loupe_plugin_violations_total",
+                "Plugin results the host refused.",
+                MetricKind::Counter,
+                |m| m.violations as f64,
+            ),
+            (
+                "loupe_plugin_instances_created_total",
+                "Plugin instances created.",
+                MetricKind::Counter,
+                |m| m.instances_created as f64,
+            ),
+            (
+                "loupe_plugin_memory_bytes",
+                "Linear memory of the plugin's latest grown instance.",
+                MetricKind::Gauge,
+                |m| m.memory_bytes as f64,
+            ),
+        ];
+        let active: Vec<(&str, MetricsSnapshot)> = installed
+            .iter()
+            .filter_map(|(name, e)| Some((name.as_str(), e.plugin.as_ref()?.metrics.snapshot())))
+            .collect();
+        for (name, help, kind, read) in counters {
+            let mut family = MetricFamily::new(name, help, kind);
+            for (plugin, snapshot) in &active {
+                family = family.value(&[("plugin", plugin)], read(snapshot));
+            }
+            families.push(family);
+        }
+        let mut kills = MetricFamily::new(
+            "loupe_plugin_kills_total",
+            "Calls the host stopped, by reason.",
+            MetricKind::Counter,
+        );
+        for (plugin, m) in &active {
+            kills = kills
+                .value(
+                    &[("plugin", plugin), ("reason", "deadline")],
+                    m.deadline_kills as f64,
+                )
+                .value(
+                    &[("plugin", plugin), ("reason", "memory")],
+                    m.memory_kills as f64,
+                );
+        }
+        families.push(kills);
+        families
     }
 
     // A poisoned lock only means a panic elsewhere while holding it; the map is

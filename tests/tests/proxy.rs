@@ -41,6 +41,22 @@ spec:
         l7: [{command: "GET|SET|CLIENT"}]
 "#;
 
+/// api-service may send db-service Redis GETs (and CLIENT) only.
+const API_EGRESS_L7: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: api-redis-egress, namespace: demo-app}
+spec:
+  endpointSelector: {matchLabels: {app: api-service}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: db-service}}]
+    toPorts:
+    - ports: [{port: "6379", protocol: TCP}]
+      rules:
+        l7proto: redis
+        l7: [{command: "GET|CLIENT"}]
+"#;
+
 /// api-service takes HTTP from the frontend, GET /get only.
 const HTTP_L7: &str = r#"
 apiVersion: cilium.io/v2
@@ -256,6 +272,21 @@ print(got, want)
         "{clients6} (api-service is {api6})"
     );
     assert_eq!(proxied(), before + 1.0);
+    let flush6 = lab
+        .exec_ok("api-service", &["redis-cli", "-h", &db6, "FLUSHALL"])
+        .unwrap();
+    assert!(flush6.contains("NOPERM"), "{flush6}");
+
+    // Egress rules of the client's own endpoint are enforced too, on top of
+    // the server's ingress rules: SET is allowed at db-service but not by
+    // api-service's egress policy.
+    let file = write_policy(&agent, "egress.yaml", API_EGRESS_L7);
+    agent.loupe_ok(&["policy", "apply", "-f", &file]).unwrap();
+    let set = redis(&["SET", "k", "w"]);
+    assert!(set.contains("NOPERM"), "{set}");
+    assert_eq!(redis(&["GET", "k"]).trim(), "v");
+    agent.loupe_ok(&["policy", "delete", "-f", &file]).unwrap();
+    assert_eq!(redis(&["SET", "k", "v"]).trim(), "OK");
 
     // Ports without L7 rules never touch the proxy.
     let before = proxied();

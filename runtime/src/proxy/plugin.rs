@@ -482,6 +482,8 @@ impl PluginInspectorFactory {
             events,
             fail_open,
             workers: Mutex::new(HashMap::new()),
+            // A multiple of the proxy's threads (one per core): a shard is
+            // only ever used from one thread.
             shards: std::thread::available_parallelism().map_or(2, |n| 2 * n.get()),
         }
     }

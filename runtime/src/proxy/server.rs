@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -34,6 +35,9 @@ pub enum ProxyError {
         /// The error.
         source: std::io::Error,
     },
+    /// The proxy's threads could not be started.
+    #[error("L7 proxy threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// How the proxy runs.
@@ -105,11 +109,41 @@ impl ProxyStats {
     }
 }
 
-/// A running proxy: listeners on the proxy port; each connection its own task.
+/// A running proxy: listeners on the proxy port; each connection its own task
+/// on one of the proxy's threads (one per core, each a single-threaded
+/// runtime), so a connection's reads, parsing and writes stay on one thread and
+/// connections on different threads share no lock (see
+/// [`super::PluginInspectorFactory`]'s worker shards).
 pub struct Proxy {
     stats: Arc<ProxyStats>,
     listeners: Vec<JoinHandle<()>>,
     addrs: Vec<SocketAddr>,
+    /// Dropped with the proxy: its threads end, and their connections with them.
+    _threads: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Starts `n` proxy threads; returns their runtimes' handles and their stop
+/// senders.
+fn start_threads(
+    n: usize,
+) -> std::io::Result<(Vec<Handle>, Vec<tokio::sync::oneshot::Sender<()>>)> {
+    let mut handles = Vec::new();
+    let mut stops = Vec::new();
+    for i in 0..n {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        handles.push(runtime.handle().clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        std::thread::Builder::new()
+            .name(format!("loupe-proxy-{i}"))
+            .spawn(move || {
+                // Runs the connections spawned on it until the proxy is dropped.
+                let _ = runtime.block_on(stopped);
+            })?;
+    }
+    Ok((handles, stops))
 }
 
 impl std::fmt::Debug for Proxy {
@@ -131,6 +165,9 @@ impl Proxy {
         factory: Arc<dyn InspectorFactory>,
     ) -> Result<Self, ProxyError> {
         let stats = Arc::new(ProxyStats::default());
+        let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let (handles, stops) = start_threads(threads).map_err(ProxyError::Threads)?;
+        let handles = Arc::new(handles);
         let limit = Arc::new(Semaphore::new(settings.max_connections));
         let next_id = Arc::new(AtomicU64::new(1));
         let mut listeners = Vec::new();
@@ -149,13 +186,14 @@ impl Proxy {
                 Err(source) => return Err(ProxyError::Listen { addr, source }),
             };
             addrs.push(addr);
-            let (stats, limit, next_id, resolver, factory, settings) = (
+            let (stats, limit, next_id, resolver, factory, settings, handles) = (
                 stats.clone(),
                 limit.clone(),
                 next_id.clone(),
                 resolver.clone(),
                 factory.clone(),
                 settings.clone(),
+                handles.clone(),
             );
             listeners.push(tokio::spawn(async move {
                 loop {
@@ -186,7 +224,16 @@ impl Proxy {
                     };
                     let (stats, factory, timeout) =
                         (stats.clone(), factory.clone(), settings.connect_timeout);
-                    tokio::spawn(async move {
+                    // The connection moves to its thread (the same one for the
+                    // same worker shard: both follow the connection id).
+                    let Ok(client) = client.into_std() else {
+                        continue;
+                    };
+                    let thread = usize::try_from(conn.id).unwrap_or(0) % handles.len().max(1);
+                    handles[thread].spawn(async move {
+                        let Ok(client) = TcpStream::from_std(client) else {
+                            return;
+                        };
                         stats.active.fetch_add(1, Ordering::Relaxed);
                         handle(client, conn, factory, &stats, timeout).await;
                         stats.active.fetch_sub(1, Ordering::Relaxed);
@@ -200,6 +247,7 @@ impl Proxy {
             stats,
             listeners,
             addrs,
+            _threads: stops,
         })
     }
 

@@ -14,16 +14,23 @@ use loupe_runtime::proxy::{
 };
 use loupe_tests::guest;
 
+/// Denies Redis FLUSHALL and HTTP paths under `/deny`.
 struct DenyFlushall;
 
 impl Decider for DenyFlushall {
     fn decide(&self, _: &ConnInfo, plugin: &PluginInfo, request: &Message) -> Verdict {
-        match field_text(plugin, request, "command") {
-            Some(c) if c.eq_ignore_ascii_case("flushall") => Verdict::Deny {
+        let deny = match plugin.name.as_str() {
+            "http" => field_text(plugin, request, "path").is_some_and(|p| p.starts_with("/deny")),
+            _ => field_text(plugin, request, "command")
+                .is_some_and(|c| c.eq_ignore_ascii_case("flushall")),
+        };
+        if deny {
+            Verdict::Deny {
                 policy: "test".into(),
-                reason: "flushall".into(),
-            },
-            _ => Verdict::Allow,
+                reason: "denied".into(),
+            }
+        } else {
+            Verdict::Allow
         }
     }
 }
@@ -81,8 +88,12 @@ fn conn() -> ConnInfo {
 }
 
 fn redis(limits: Limits) -> Arc<Plugin> {
+    load("loupe_plugin_redis", limits)
+}
+
+fn load(name: &str, limits: Limits) -> Arc<Plugin> {
     let host = PluginHost::new(limits).unwrap();
-    let bytes = std::fs::read(guest("loupe_plugin_redis")).unwrap();
+    let bytes = std::fs::read(guest(name)).unwrap();
     Arc::new(host.load(&bytes, None).unwrap())
 }
 
@@ -289,4 +300,51 @@ fn requests_held_behind_a_denial_pause_the_client_until_it_is_answered() {
     );
     assert!(String::from_utf8_lossy(&to_client).starts_with("+OK\r\n-NOPERM"));
     assert!(!insp.client_paused());
+}
+
+#[test]
+fn http_bodies_follow_their_request_held_forwarded_or_dropped() {
+    let get: &[u8] = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+    let post: &[u8] = b"POST /ok HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+    let denied_get: &[u8] = b"GET /deny HTTP/1.1\r\nHost: a\r\n\r\n";
+    let denied_post: &[u8] = b"POST /deny/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nxxxxx";
+    let requests = [get, denied_get, post, denied_post, get].concat();
+    // What reaches the server, in order: the allowed requests with their bodies.
+    let forwarded = [get, post, get];
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let plugin = load("loupe_plugin_http", Limits::default());
+    for cut in 1..requests.len() {
+        let (mut insp, events) = inspector_on(plugin.clone(), false);
+        let mut actions = insp.client_bytes(&requests[..cut]);
+        actions.extend(insp.client_bytes(&requests[cut..]));
+        let (mut to_server, mut to_client, reset) = sides(&actions);
+        assert_eq!(reset, None);
+        assert_eq!(
+            to_server, get,
+            "cut {cut}: only the first GET goes before a deny reply"
+        );
+        // The server answers each request once it has all of it.
+        let mut answered = 0;
+        while answered < forwarded.len() && to_server.len() >= forwarded[..=answered].concat().len()
+        {
+            answered += 1;
+            let (more_server, more_client, reset) = sides(&insp.server_bytes(ok));
+            assert_eq!(reset, None, "cut {cut}");
+            to_server.extend(more_server);
+            to_client.extend(more_client);
+        }
+        assert_eq!(to_server, forwarded.concat(), "cut {cut}");
+        let text = String::from_utf8_lossy(&to_client).to_string();
+        let statuses: Vec<&str> = text.split("HTTP/1.1 ").skip(1).map(|r| &r[..3]).collect();
+        assert_eq!(
+            statuses,
+            ["200", "403", "200", "403", "200"],
+            "cut {cut}: {text:?}"
+        );
+        assert_eq!(text.matches("Access denied").count(), 2, "{text:?}");
+        // Five decisions and three answered requests; no failure.
+        let log = events.log.lock().unwrap().clone();
+        assert_eq!(log.len(), 8, "{log:?}");
+        assert!(!log.iter().any(|l| l.starts_with("error")), "{log:?}");
+    }
 }

@@ -89,6 +89,27 @@ fn article_api_allow_frontend_allows_get_and_denies_post() {
     assert!(line.contains("demo-app/api-service-"), "{line}");
     assert!(line.contains(":80 "), "{line}");
     assert!(line.contains("http://api-service/post"), "{line}");
+    // Denied by policy, as Hubble says it (and as `--drop-reason` filters it).
+    let denied = agent
+        .loupe_ok(&[
+            "observe",
+            "--namespace",
+            "demo-app",
+            "--type",
+            "l7",
+            "--drop-reason-desc",
+            "POLICY_DENIED",
+            "--last",
+            "20",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    assert!(
+        denied.lines().any(|l| l.contains("\"method\":\"POST\"")
+            && l.contains("\"dropReasonDesc\":\"POLICY_DENIED\"")),
+        "{denied}"
+    );
     // The allowed GET is a forwarded request with its response.
     let forwarded = agent
         .loupe_ok(&[

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::inspect::ConnInfo;
 use super::plugin::{ConnEvents, ProxyEvents, Verdict};
-use crate::api::proto::flow::{TrafficDirection, Verdict as FlowVerdict};
+use crate::api::proto::flow::{DropReason, TrafficDirection, Verdict as FlowVerdict};
 use crate::flow::FlowStore;
 use crate::l7::flows::{ConnContext, error_flow, message_flow, summarize_request};
 use crate::plugin::{Message, Plugin};
@@ -72,6 +72,7 @@ impl ConnEvents for ConnFlows {
         );
         if matches!(verdict, Verdict::Deny { .. }) {
             flow.verdict = FlowVerdict::Dropped as i32;
+            flow.drop_reason_desc = DropReason::PolicyDenied as i32;
         }
         self.flows.push(flow);
     }

@@ -348,3 +348,21 @@ fn http_bodies_follow_their_request_held_forwarded_or_dropped() {
         assert!(!log.iter().any(|l| l.starts_with("error")), "{log:?}");
     }
 }
+
+#[test]
+fn fail_open_delivers_the_server_bytes_that_failed_to_parse() {
+    let (mut insp, events) = inspector(Limits::default(), true);
+    let (to_server, _, _) = sides(&insp.client_bytes(&cmd(&["GET", "k"])));
+    assert_eq!(to_server, cmd(&["GET", "k"]));
+    // Not RESP: the view fails, the connection goes on unparsed, nothing is lost.
+    let (_, to_client, reset) = sides(&insp.server_bytes(b"?not resp\r\n"));
+    assert_eq!(reset, None);
+    assert_eq!(to_client, b"?not resp\r\n");
+    let (_, to_client, _) = sides(&insp.server_bytes(b"more"));
+    assert_eq!(to_client, b"more");
+    let log = events.log.lock().unwrap().clone();
+    assert!(
+        log.iter().any(|l| l.starts_with("error closed=false")),
+        "{log:?}"
+    );
+}

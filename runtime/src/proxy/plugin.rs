@@ -384,9 +384,10 @@ impl PluginInspector {
 
     fn server_inner(&mut self, bytes: &[u8], out: &mut Vec<Action>) -> Result<(), String> {
         // The server only answers what was forwarded, and nothing is forwarded
-        // behind a pending deny reply: its bytes go out as they come.
-        let messages = self.feed_to_client(bytes)?;
+        // behind a pending deny reply: its bytes go out as they come (queued
+        // before parsing, so a fail-open failure on them still delivers them).
         out.push(Action::ToClient(bytes.to_vec()));
+        let messages = self.feed_to_client(bytes)?;
         for message in messages {
             if message.kind == MessageKind::Response
                 && let Some(Slot::Forwarded { .. }) = self.slots.front()

@@ -274,7 +274,8 @@ impl PluginInspector {
                 out.push(Action::ToClient(reply));
             }
         }
-        if self.held_bytes == 0 && !self.slots.iter().any(|s| matches!(s, Slot::Held { .. })) {
+        // Every held request has at least one byte.
+        if self.held_bytes == 0 {
             return Ok(());
         }
         let mut removed = false;
@@ -483,9 +484,9 @@ impl PluginInspectorFactory {
             events,
             fail_open,
             workers: Mutex::new(HashMap::new()),
-            // A multiple of the proxy's threads (one per core): a shard is
-            // only ever used from one thread.
-            shards: std::thread::available_parallelism().map_or(2, |n| 2 * n.get()),
+            // A multiple of the proxy's threads, both chosen by connection id:
+            // a shard is only ever used from one thread.
+            shards: 2 * super::server::threads(),
         }
     }
 

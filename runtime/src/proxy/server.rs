@@ -122,6 +122,12 @@ pub struct Proxy {
     _threads: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// How many threads the proxy runs connections on: one per core. A connection
+/// runs on thread `id % threads()`.
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+}
+
 /// Starts `n` proxy threads; returns their runtimes' handles and their stop
 /// senders.
 fn start_threads(
@@ -165,8 +171,7 @@ impl Proxy {
         factory: Arc<dyn InspectorFactory>,
     ) -> Result<Self, ProxyError> {
         let stats = Arc::new(ProxyStats::default());
-        let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-        let (handles, stops) = start_threads(threads).map_err(ProxyError::Threads)?;
+        let (handles, stops) = start_threads(threads()).map_err(ProxyError::Threads)?;
         let handles = Arc::new(handles);
         let limit = Arc::new(Semaphore::new(settings.max_connections));
         let next_id = Arc::new(AtomicU64::new(1));

@@ -13,26 +13,9 @@ prom=19990
 bench_setup l7bench 231
 
 policy() {
-  local rules_http=$1 rules_redis=$2
-  cat <<EOF
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: bench-api, namespace: demo-app}
-spec:
-  endpointSelector: {matchLabels: {app: api-service}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: frontend}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]$rules_http}]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: bench-db, namespace: demo-app}
-spec:
-  endpointSelector: {matchLabels: {app: db-service}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: api-service}}]
-    toPorts: [{ports: [{port: "6379", protocol: TCP}]$rules_redis}]
-EOF
+  bench_policy api-service frontend 80 "$1"
+  echo ---
+  bench_policy db-service api-service 6379 "$2"
 }
 policy "" "" >"$work/off.yaml"
 policy ", rules: {http: [{}]}" ", rules: {l7proto: redis, l7: [{}]}" >"$work/on.yaml"

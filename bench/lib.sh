@@ -7,6 +7,10 @@
 #   bench_start_agent [YAML]    starts the agent (YAML appended to its config)
 #                               and waits for the lab's 4 endpoints; sets agent_pid
 #   bench_on_exit CMD           runs CMD on exit, before the agent and lab go
+#   bench_policy SERVER CLIENT PORT [RULES]
+#                               prints a CiliumNetworkPolicy letting app CLIENT
+#                               reach app SERVER on TCP PORT; RULES is appended
+#                               to the port rule (", rules: {...}")
 
 bench_setup() {
   local name=$1 octet=$2
@@ -56,4 +60,18 @@ bench_start_agent() {
   echo "agent did not start" >&2
   cat "$work/agent.log" >&2
   exit 1
+}
+
+bench_policy() {
+  local server=$1 client=$2 port=$3 rules=${4:-}
+  cat <<EOF
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench-$server, namespace: demo-app}
+spec:
+  endpointSelector: {matchLabels: {app: $server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: $client}}]
+    toPorts: [{ports: [{port: "$port", protocol: TCP}]$rules}]
+EOF
 }

@@ -14,25 +14,12 @@ load=${1:-redis}
 data=${2:-/tmp/loupe-proxy.perf.data}
 command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf)" >&2; exit 1; }
 bench_setup pxprof 233
-cat >"$work/l7.yaml" <<YAML
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: bench-db, namespace: demo-app}
-spec:
-  endpointSelector: {matchLabels: {app: db-service}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: api-service}}]
-    toPorts: [{ports: [{port: "6379", protocol: TCP}], rules: {l7proto: redis, l7: [{command: "GET|SET|CONFIG|PING"}]}}]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: bench-web, namespace: demo-app}
-spec:
-  endpointSelector: {matchLabels: {app: frontend}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: api-service}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: "GET", path: "/.*"}]}}]
-YAML
+# The L7 policy of bench/proxy.sh.
+{
+  bench_policy db-service api-service 6379 ', rules: {l7proto: redis, l7: [{command: "GET|SET|CONFIG|PING"}]}'
+  echo ---
+  bench_policy frontend api-service 80 ', rules: {http: [{method: "GET", path: "/.*"}]}'
+} >"$work/l7.yaml"
 bench_start_agent
 "$loupe" --socket "$sock" policy apply -f "$work/l7.yaml" >/dev/null
 sleep 0.5

@@ -15,26 +15,9 @@ host_ip=10.232.0.1
 bench_setup pxbench 232
 
 policy() {
-  local redis_rules=$1 http_rules=$2
-  cat <<EOF
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: bench-db, namespace: demo-app}
-spec:
-  endpointSelector: {matchLabels: {app: db-service}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: api-service}}]
-    toPorts: [{ports: [{port: "6379", protocol: TCP}]$redis_rules}]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: bench-web, namespace: demo-app}
-spec:
-  endpointSelector: {matchLabels: {app: frontend}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: api-service}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]$http_rules}]
-EOF
+  bench_policy db-service api-service 6379 "$1"
+  echo ---
+  bench_policy frontend api-service 80 "$2"
 }
 policy "" "" >"$work/l4.yaml"
 policy ', rules: {l7proto: redis, l7: [{command: "GET|SET|CONFIG|PING"}]}' \

@@ -70,17 +70,13 @@ fn article_api_allow_frontend_allows_get_and_denies_post() {
         .unwrap();
     assert_eq!(other.trim(), "403");
 
-    let dropped = agent
-        .loupe_ok(&[
-            "observe",
-            "--namespace",
-            "demo-app",
-            "--verdict",
-            "DROPPED",
-            "--last",
-            "20",
-        ])
-        .unwrap();
+    // The last flows of the namespace that pass `filters`.
+    let observe = |filters: &[&str]| {
+        let mut args = vec!["observe", "--namespace", "demo-app", "--last", "20"];
+        args.extend_from_slice(filters);
+        agent.loupe_ok(&args).unwrap()
+    };
+    let dropped = observe(&["--verdict", "DROPPED"]);
     let line = dropped
         .lines()
         .find(|l| l.contains("http-request DROPPED") && l.contains("POST"))
@@ -90,40 +86,21 @@ fn article_api_allow_frontend_allows_get_and_denies_post() {
     assert!(line.contains(":80 "), "{line}");
     assert!(line.contains("http://api-service/post"), "{line}");
     // Denied by policy, as Hubble says it (and as `--drop-reason` filters it).
-    let denied = agent
-        .loupe_ok(&[
-            "observe",
-            "--namespace",
-            "demo-app",
-            "--type",
-            "l7",
-            "--drop-reason-desc",
-            "POLICY_DENIED",
-            "--last",
-            "20",
-            "-o",
-            "json",
-        ])
-        .unwrap();
+    let denied = observe(&[
+        "--type",
+        "l7",
+        "--drop-reason-desc",
+        "POLICY_DENIED",
+        "-o",
+        "json",
+    ]);
     assert!(
         denied.lines().any(|l| l.contains("\"method\":\"POST\"")
             && l.contains("\"dropReasonDesc\":\"POLICY_DENIED\"")),
         "{denied}"
     );
     // The allowed GET is a forwarded request with its response.
-    let forwarded = agent
-        .loupe_ok(&[
-            "observe",
-            "--namespace",
-            "demo-app",
-            "--type",
-            "l7",
-            "--verdict",
-            "FORWARDED",
-            "--last",
-            "20",
-        ])
-        .unwrap();
+    let forwarded = observe(&["--type", "l7", "--verdict", "FORWARDED"]);
     assert!(
         forwarded
             .lines()

@@ -1,4 +1,16 @@
-//! Kubernetes label syntax: keys `[prefix/]name`, values up to 63 characters.
+//! Kubernetes name and label syntax: DNS labels, keys `[prefix/]name`, values up to
+//! 63 characters.
+
+/// An RFC 1123 label: lowercase alphanumerics and '-', starting and ending
+/// alphanumeric, at most 63 characters (namespace and object names, protocols).
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
 
 /// Checks a label key and value against Kubernetes' rules; the error says which rule.
 pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
@@ -13,17 +25,7 @@ pub fn validate_key(key: &str) -> Result<(), String> {
         None => (None, key),
     };
     if let Some(prefix) = prefix
-        && (prefix.is_empty()
-            || prefix.len() > 253
-            || !prefix.split('.').all(|part| {
-                !part.is_empty()
-                    && part.len() <= 63
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !part.starts_with('-')
-                    && !part.ends_with('-')
-            }))
+        && (prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(is_dns_label))
     {
         return Err(format!(
             "label key prefix {prefix:?} is not a DNS subdomain"

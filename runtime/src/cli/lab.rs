@@ -123,7 +123,7 @@ fn print_pods(state: &LabState) {
         "POD", "IPV4", "IPV6", "INTERFACE", "PID"
     );
     for pod in &state.pods {
-        let alive = pod.pid.is_some_and(lab::host::alive);
+        let alive = pod.pid.is_some_and(crate::host::alive);
         println!(
             "  {:<28} {:<16} {:<22} {:<12} {:<8} {}",
             format!("{}/{}", state.namespace, pod.pod_name),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-use crate::labels;
+use crate::labels::{self, is_dns_label};
 
 /// A lab: one Kubernetes-like namespace of pods on this machine.
 #[derive(Debug, Clone, Deserialize)]
@@ -357,16 +357,6 @@ pub fn pod_name(namespace: &str, name: &str) -> String {
         .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
         .collect();
     format!("{name}-{suffix}")
-}
-
-/// RFC 1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// Whether `program` names an executable: a path, or a name on the pods' `PATH`.

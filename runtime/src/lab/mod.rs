@@ -15,7 +15,6 @@
 //! the lab.
 
 pub mod config;
-pub mod host;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -28,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::host::{self, HostError};
 pub use config::{Lab, LabConfigError, LabFile, Pod};
-use host::HostError;
 pub use state::{LabState, PodState};
 
 /// The link-local next hop pods route through; the host answers for it by proxy ARP.

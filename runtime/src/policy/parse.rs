@@ -112,9 +112,7 @@ fn validate_document(doc: PolicyDocument, source: &str) -> Result<Policy, Invali
             ));
         }
     };
-    if !crate::lab::config::is_dns_label(&doc.metadata.name)
-        && !is_dns_subdomain(&doc.metadata.name)
-    {
+    if !crate::labels::is_dns_label(&doc.metadata.name) && !is_dns_subdomain(&doc.metadata.name) {
         return Err(bare(
             "metadata.name",
             format!("{:?} is not a valid object name", doc.metadata.name),
@@ -134,7 +132,7 @@ fn validate_document(doc: PolicyDocument, source: &str) -> Result<Policy, Invali
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        if !crate::lab::config::is_dns_label(&ns) {
+        if !crate::labels::is_dns_label(&ns) {
             return Err(bare(
                 "metadata.namespace",
                 format!("{ns:?} is not a valid namespace"),
@@ -186,7 +184,7 @@ fn validate_document(doc: PolicyDocument, source: &str) -> Result<Policy, Invali
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(crate::lab::config::is_dns_label)
+    s.len() <= 253 && s.split('.').all(crate::labels::is_dns_label)
 }
 
 type FieldErr = (String, String);
@@ -590,7 +588,7 @@ fn l7_rules(at: &str, rules: L7Rules) -> Result<L7Spec, FieldErr> {
                 "l7 rules need l7proto (the plugin's name)".into(),
             ));
         };
-        if !crate::lab::config::is_dns_label(&proto) {
+        if !crate::labels::is_dns_label(&proto) {
             return Err((
                 format!("{at}.l7proto"),
                 format!("{proto:?} is not a plugin name"),

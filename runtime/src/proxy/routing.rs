@@ -13,7 +13,7 @@
 
 use loupe_common::proxy::{MARK_MASK, ROUTE_TABLE, RULE_PRIORITY, TO_PROXY};
 
-use crate::lab::host::{HostError, ip};
+use crate::host::{HostError, ip};
 
 fn fwmark() -> String {
     format!("{TO_PROXY:#x}/{MARK_MASK:#x}")

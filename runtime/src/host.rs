@@ -1,5 +1,6 @@
-//! The host operations a lab needs: network namespaces, veth pairs, addresses,
-//! routes, sysctls and processes, through iproute2.
+//! Host operations through iproute2: network namespaces, veth pairs, addresses,
+//! routes, policy rules, sysctls and processes (the lab builds pods with them; the
+//! proxy installs its policy routing with them).
 //!
 //! iproute2 is the interface operators already read in bug reports, so every step a
 //! lab takes is a command they could type; each failure names the command and its

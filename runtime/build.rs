@@ -1,10 +1,9 @@
-//! Generates the gRPC code from `proto/`, and builds the eBPF datapath (`ebpf/`)
-//! with the pinned nightly so the runtime can embed it.
+//! Builds what the runtime embeds: the shipped parser plugins (wasm32-wasip2
+//! components) and the eBPF datapath (`ebpf/`, with the pinned nightly).
 
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
-    compile_protos()?;
     build_plugins()?;
     build_datapath()
 }
@@ -69,34 +68,6 @@ fn build_plugins() -> anyhow::Result<()> {
         "cargo:rustc-env=LOUPE_BUNDLED_PLUGINS={}",
         target.join("wasm32-wasip2/release").display()
     );
-    Ok(())
-}
-
-/// Loupe's `.proto` files: the Hubble-compatible API and Loupe's own control API.
-fn compile_protos() -> anyhow::Result<()> {
-    let protoc = protoc_bin_vendored::protoc_bin_path().context("vendored protoc")?;
-    // SAFETY: build scripts are single-threaded; prost-build reads PROTOC.
-    unsafe { std::env::set_var("PROTOC", protoc) };
-    println!("cargo:rerun-if-changed=proto");
-    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
-    tonic_prost_build::configure()
-        // The descriptors let the CLI print flows in the canonical protobuf JSON
-        // mapping (including `Any` extensions) without hand-written serializers.
-        .file_descriptor_set_path(out_dir.join("loupe_descriptor.bin"))
-        .compile_protos(
-            &[
-                "proto/loupe/daemon/v1/daemon.proto",
-                "proto/loupe/policy/v1/policy.proto",
-                "proto/flow/flow.proto",
-                "proto/relay/relay.proto",
-                "proto/observer/observer.proto",
-                "proto/peer/peer.proto",
-                "proto/loupe/flow/v1/extension.proto",
-                "proto/loupe/plugin/v1/plugin.proto",
-            ],
-            &["proto"],
-        )
-        .context("compiling protos")?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use criterion::{Criterion, Throughput, criterion_group};
-use loupe_runtime::api::proto::flow::{
+use loupe_proto::flow::{
     Endpoint, Flow, FlowFilter, FlowType, Http, Ip, IpVersion, L7FlowType, Layer4, Layer7, Tcp,
     TcpFlags, TrafficDirection, Verdict, layer4, layer7,
 };

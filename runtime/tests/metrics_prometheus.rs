@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use loupe_runtime::agent::{self, AgentState};
-use loupe_runtime::api::proto::flow::{
+use loupe_proto::flow::{
     DropReason, Endpoint, Flow, FlowType, Http, Ip, IpVersion, L7FlowType, Layer4, Layer7, Tcp,
     TcpFlags, TrafficDirection, Verdict, layer4, layer7,
 };
+use loupe_runtime::agent::{self, AgentState};
 use loupe_runtime::config::AgentConfig;
 use loupe_runtime::metrics::{MetricFamily, MetricKind};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -112,7 +112,7 @@ fn l4_flow(verdict: Verdict) -> Flow {
         },
         r#type: FlowType::L3L4 as i32,
         // As the datapath reports them: a policy verdict, or a drop.
-        event_type: Some(loupe_runtime::api::proto::flow::CiliumEventType {
+        event_type: Some(loupe_proto::flow::CiliumEventType {
             r#type: if verdict == Verdict::Dropped { 1 } else { 5 },
             sub_type: 0,
         }),

@@ -6,15 +6,16 @@
 
 use std::path::PathBuf;
 
-use loupe_runtime::api::proto::extension::{Field, L7Extension, Value, ValueList, value};
-use loupe_runtime::api::proto::flow::{
+use loupe_proto::extension::{Field, L7Extension, Value, ValueList, value};
+use loupe_proto::fields::extension_any;
+use loupe_proto::flow::{
     CiliumEventType, DropReason, Endpoint, Flow, FlowType, Http, Ip, IpVersion, Kafka, L7FlowType,
     Layer4, Layer7, LostEvent, LostEventSource, Tcp, TcpFlags, TraceObservationPoint,
     TrafficDirection, Udp, Verdict, Workload, layer4, layer7,
 };
-use loupe_runtime::api::proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
-use loupe_runtime::cli::observe::{self, Output, PrintOptions, Printer};
-use loupe_runtime::flow::extension_any;
+use loupe_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
+use loupe_runtime::cli::observe;
+use loupe_runtime::cli::print::{Output, PrintOptions, Printer};
 
 fn ts(seconds: i64, millis: i32) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -363,7 +364,7 @@ fn table_golden() {
     golden("observe_table.txt", &render(Output::Table, true));
 }
 
-fn request(args: &[&str]) -> loupe_runtime::api::proto::observer::GetFlowsRequest {
+fn request(args: &[&str]) -> loupe_proto::observer::GetFlowsRequest {
     let mut argv = vec!["loupe", "observe"];
     argv.extend_from_slice(args);
     let parsed = observe::parse_args(&argv[1..]).unwrap();

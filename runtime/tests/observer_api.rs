@@ -8,17 +8,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use loupe_runtime::agent::{self, AgentState};
-use loupe_runtime::api::client;
-use loupe_runtime::api::proto::flow::{
+use loupe_proto::flow::{
     DropReason, Endpoint, Flow, FlowFilter, FlowType, Http, Ip, IpVersion, L7FlowType, Layer4,
     Layer7, LostEventSource, Tcp, TrafficDirection, Verdict, layer4, layer7,
 };
-use loupe_runtime::api::proto::observer::{
+use loupe_proto::observer::{
     GetFlowsRequest, GetNamespacesRequest, GetNodesRequest, ServerStatusRequest,
     get_flows_response::ResponseTypes, observer_client::ObserverClient,
 };
-use loupe_runtime::api::proto::peer::{NotifyRequest, peer_client::PeerClient};
+use loupe_proto::peer::{NotifyRequest, peer_client::PeerClient};
+use loupe_runtime::agent::{self, AgentState};
+use loupe_runtime::api::client;
 use loupe_runtime::config::AgentConfig;
 
 struct Agent {
@@ -352,10 +352,10 @@ async fn get_flows_with_combined_filters() {
         .into_inner();
     assert_eq!(namespaces.namespaces[0].namespace, "demo-app");
     // `loupe status` sees the same store through the control API.
-    let daemon = loupe_runtime::api::proto::daemon::daemon_client::DaemonClient::new(
+    let daemon = loupe_proto::daemon::daemon_client::DaemonClient::new(
         client::connect(&agent.socket).await.unwrap(),
     )
-    .status(loupe_runtime::api::proto::daemon::StatusRequest {})
+    .status(loupe_proto::daemon::StatusRequest {})
     .await
     .unwrap()
     .into_inner();

@@ -10,12 +10,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use loupe_runtime::agent::{self, AgentState};
-use loupe_runtime::api::proto::flow::{Flow, Verdict};
-use loupe_runtime::api::proto::observer::{
+use loupe_proto::flow::{Flow, Verdict};
+use loupe_proto::observer::{
     GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes,
     observer_client::ObserverClient,
 };
+use loupe_runtime::agent::{self, AgentState};
 use loupe_runtime::config::AgentConfig;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 

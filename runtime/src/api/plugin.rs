@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::proto::plugin::{
+use crate::plugin::{
+    InstallError, PluginManager, PluginSummary, Transport, host::MAX_PLUGIN_BYTES,
+};
+use loupe_proto::plugin::{
     self as pb, InspectRequest, InspectResponse, InstallRequest, InstallResponse, ListRequest,
     ListResponse, RemoveRequest, RemoveResponse,
     plugins_server::{Plugins, PluginsServer},
-};
-use crate::plugin::{
-    InstallError, PluginManager, PluginSummary, Transport, host::MAX_PLUGIN_BYTES,
 };
 
 /// The service, over the agent's plugin manager.

@@ -4,10 +4,9 @@ use std::path::Path;
 
 use clap::Subcommand;
 
-use crate::api::{
-    client,
-    proto::daemon::{ListEndpointsRequest, daemon_client::DaemonClient},
-};
+use loupe_proto::daemon::{ListEndpointsRequest, daemon_client::DaemonClient};
+
+use crate::api::client;
 
 /// Endpoint subcommands.
 #[derive(Debug, Subcommand)]

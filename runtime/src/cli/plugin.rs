@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use crate::api::{
-    client,
-    proto::plugin::{
-        InspectRequest, InstallRequest, ListRequest, RemoveRequest, plugins_client::PluginsClient,
-    },
+use loupe_proto::plugin::{
+    InspectRequest, InstallRequest, ListRequest, RemoveRequest, plugins_client::PluginsClient,
 };
+
+use crate::api::client;
 
 /// Plugin subcommands.
 #[derive(Debug, Subcommand)]

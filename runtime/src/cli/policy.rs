@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use crate::api::{
-    client,
-    proto::policy::{
-        DeleteRequest, ListRequest, PolicyDocuments, PolicyFile, PolicyResult,
-        policies_client::PoliciesClient,
-    },
+use loupe_proto::policy::{
+    DeleteRequest, ListRequest, PolicyDocuments, PolicyFile, PolicyResult,
+    policies_client::PoliciesClient,
 };
+
+use crate::api::client;
 use crate::policy::parse_path;
 
 /// Policy subcommands.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::api::client;
-use crate::api::proto::daemon::{StatusRequest, StatusResponse, daemon_client::DaemonClient};
+use loupe_proto::daemon::{StatusRequest, StatusResponse, daemon_client::DaemonClient};
 
 /// `loupe status` flags.
 #[derive(Debug, Clone, Args)]
@@ -139,7 +139,7 @@ pub(super) async fn run(args: StatusArgs, socket: &Path) -> anyhow::Result<i32> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::proto::daemon::{ComponentStatus, FlowStatus, MapPressure};
+    use loupe_proto::daemon::{ComponentStatus, FlowStatus, MapPressure};
 
     #[test]
     fn renders_like_cilium_status() {

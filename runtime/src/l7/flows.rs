@@ -6,14 +6,14 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use crate::api::proto::extension::{self as ext, L7Extension};
-use crate::api::proto::flow::{
-    CiliumEventType, Endpoint, Flow, FlowType, Http, HttpHeader, Ip, IpVersion, Kafka, L7FlowType,
-    Layer4, Layer7, Tcp, TrafficDirection, Verdict, layer4, layer7,
-};
 use crate::datapath::flows::timestamp;
 use crate::plugin::{FieldType, Message, MessageKind, Plugin, Value};
 use crate::reassembly::ConnKey;
+use loupe_proto::extension::{self as ext, L7Extension};
+use loupe_proto::flow::{
+    CiliumEventType, Endpoint, Flow, FlowType, Http, HttpHeader, Ip, IpVersion, Kafka, L7FlowType,
+    Layer4, Layer7, Tcp, TrafficDirection, Verdict, layer4, layer7,
+};
 
 /// Cilium's monitor type for L7 records (`MessageTypeAccessLog`).
 pub const EVENT_TYPE_L7: i32 = 129;
@@ -255,7 +255,7 @@ pub fn message_flow(
             latency_ns,
             record,
         }),
-        extensions: Some(crate::flow::extension_any(&extension)),
+        extensions: Some(loupe_proto::fields::extension_any(&extension)),
         is_reply: Some(reply),
         ..base_flow(ctx, src, dst, source, destination)
     }
@@ -289,7 +289,7 @@ pub fn error_flow(
             latency_ns: 0,
             record: None,
         }),
-        extensions: Some(crate::flow::extension_any(&extension)),
+        extensions: Some(loupe_proto::fields::extension_any(&extension)),
         is_reply: Some(false),
         ..base_flow(ctx, key.client, key.server, &ctx.client, &ctx.server)
     }

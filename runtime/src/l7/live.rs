@@ -16,7 +16,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{ConnContext, Engine, EngineLimits, EngineStats};
-use crate::api::proto::flow::{LostEvent, LostEventSource, TrafficDirection};
 use crate::capture::{LinkType, packet::Decoded};
 use crate::datapath::controller::SnapshotHandle;
 use crate::datapath::flows::EndpointSnapshot;
@@ -27,6 +26,7 @@ use crate::plugin::PluginManager;
 use crate::policy::Direction;
 use crate::policy::l7::{L7Policy, L7PolicyHandle};
 use crate::reassembly::{ConnKey, Event, Reassembler, Segment};
+use loupe_proto::flow::{LostEvent, LostEventSource, TrafficDirection};
 
 /// Counters of the live path.
 #[derive(Debug, Default)]
@@ -249,7 +249,7 @@ fn process(
     reassembler: &mut Reassembler,
     engine: &mut Engine,
     events: &mut Vec<Event>,
-    out: &mut Vec<crate::api::proto::flow::Flow>,
+    out: &mut Vec<loupe_proto::flow::Flow>,
     stats: &LiveStats,
 ) {
     let Decoded::Tcp {

@@ -20,9 +20,9 @@ use std::time::SystemTime;
 
 pub use flows::{ConnContext, RequestSummary};
 
-use crate::api::proto::flow::Flow;
 use crate::plugin::{ConnId, Correlation, Direction, MessageKind, Plugin, PluginManager, Worker};
 use crate::reassembly::{ConnKey, Event, Side};
+use loupe_proto::flow::Flow;
 
 /// Bounds of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -477,8 +477,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::api::proto::flow::{L7FlowType, Verdict, layer7};
     use crate::plugin::Limits;
+    use loupe_proto::flow::{L7FlowType, Verdict, layer7};
 
     /// The shipped plugins, loaded once for the module's tests.
     fn plugins() -> Arc<PluginManager> {
@@ -530,7 +530,7 @@ mod tests {
     }
 
     fn field(flow: &Flow, name: &str) -> Option<String> {
-        let ext = crate::flow::l7_extension(flow)?;
+        let ext = loupe_proto::fields::l7_extension(flow)?;
         flows::text(&ext.fields, name)
     }
 

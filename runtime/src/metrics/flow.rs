@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use super::options::{Handler, MetricSpec};
 use super::registry::{MetricFamily, MetricKind, Sample};
-use crate::api::proto::extension::{L7Extension, value};
-use crate::api::proto::flow::{
+use crate::flow::{Event, FlowStore};
+use loupe_proto::extension::{L7Extension, value};
+use loupe_proto::flow::{
     DropReason, Endpoint, Flow, FlowType, L7FlowType, TrafficDirection, Verdict, layer4, layer7,
 };
-use crate::flow::{Event, FlowStore};
 
 /// Latency buckets, in seconds (Hubble's HTTP duration buckets).
 const DURATION_BUCKETS: &[f64] = &[
@@ -336,7 +336,10 @@ fn with(mut base: Vec<(String, String)>, ctx: Vec<(String, String)>) -> Vec<(Str
 
 fn flow_processed(state: &mut State, flow: &Flow, ctx: Vec<(String, String)>) {
     let (kind, subtype) = match FlowType::try_from(flow.r#type) {
-        Ok(FlowType::L7) => ("L7", crate::flow::l7_protocol(flow).unwrap_or_default()),
+        Ok(FlowType::L7) => (
+            "L7",
+            loupe_proto::fields::l7_protocol(flow).unwrap_or_default(),
+        ),
         Ok(FlowType::L3L4) if flow.verdict == Verdict::Dropped as i32 => ("Drop", String::new()),
         Ok(FlowType::L3L4) => ("Trace", observation_point(flow)),
         _ => ("Unknown", String::new()),
@@ -358,7 +361,7 @@ fn flow_processed(state: &mut State, flow: &Flow, ctx: Vec<(String, String)>) {
 }
 
 fn observation_point(flow: &Flow) -> String {
-    use crate::api::proto::flow::TraceObservationPoint as P;
+    use loupe_proto::flow::TraceObservationPoint as P;
     match P::try_from(flow.trace_observation_point) {
         Ok(P::UnknownPoint) | Err(_) => String::new(),
         Ok(p) => p.as_str_name().to_ascii_lowercase().replace('_', "-"),
@@ -416,7 +419,7 @@ fn port_distribution(state: &mut State, flow: &Flow, ctx: Vec<(String, String)>)
     if flow.verdict != Verdict::Forwarded as i32 || flow.r#type != FlowType::L3L4 as i32 {
         return;
     }
-    let Some((_, port)) = crate::flow::ports(flow) else {
+    let Some((_, port)) = loupe_proto::fields::ports(flow) else {
         return;
     };
     state.inc(
@@ -559,7 +562,7 @@ fn kafka(state: &mut State, flow: &Flow, ctx: Vec<(String, String)>) {
         Some(layer7::Record::Kafka(k)) => {
             (k.topic.clone(), k.api_key.clone(), k.error_code.to_string())
         }
-        _ => match crate::flow::l7_extension(flow) {
+        _ => match loupe_proto::fields::l7_extension(flow) {
             Some(ext) if ext.protocol == "kafka" => (
                 ext_field(&ext, "topic").unwrap_or_default(),
                 ext_field(&ext, "api-key").unwrap_or_default(),
@@ -596,7 +599,8 @@ fn redis(state: &mut State, flow: &Flow, ctx: Vec<(String, String)>) {
     if l7.r#type != L7FlowType::Response as i32 {
         return;
     }
-    let Some(ext) = crate::flow::l7_extension(flow).filter(|e| e.protocol == "redis") else {
+    let Some(ext) = loupe_proto::fields::l7_extension(flow).filter(|e| e.protocol == "redis")
+    else {
         return;
     };
     let command = ext_field(&ext, "command")
@@ -636,9 +640,7 @@ fn policy_enforcement(state: &mut State, flow: &Flow) {
     // Only decisions count: policy verdicts for new connections and policy drops,
     // not every trace of an established connection.
     let event = flow.event_type.as_ref().map(|e| e.r#type).unwrap_or(0);
-    if event != crate::datapath::flows::monitor::POLICY_VERDICT
-        && event != crate::datapath::flows::monitor::DROP
-    {
+    if event != loupe_proto::monitor::POLICY_VERDICT && event != loupe_proto::monitor::DROP {
         return;
     }
     let verdict = match Verdict::try_from(flow.verdict) {

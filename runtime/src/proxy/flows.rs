@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use super::inspect::ConnInfo;
 use super::plugin::{ConnEvents, ProxyEvents, Verdict};
-use crate::api::proto::flow::{DropReason, TrafficDirection, Verdict as FlowVerdict};
 use crate::flow::FlowStore;
 use crate::l7::flows::{ConnContext, error_flow, message_flow, summarize_request};
 use crate::plugin::{Message, Plugin};
 use crate::reassembly::ConnKey;
+use loupe_proto::flow::{DropReason, TrafficDirection, Verdict as FlowVerdict};
 
 /// Pushes a flow per request, response and failure into the flow store.
 #[derive(Debug, Clone)]

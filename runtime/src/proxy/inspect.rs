@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::api::proto::flow::Endpoint;
+use loupe_proto::flow::Endpoint;
 
 /// A proxied connection, as the proxy knows it when it accepts it.
 #[derive(Debug, Clone)]

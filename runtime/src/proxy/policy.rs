@@ -32,7 +32,7 @@ impl Decider for PolicyDecider {
             message: request,
         };
         let port = conn.server.port();
-        let id_of = |e: &Option<crate::api::proto::flow::Endpoint>| {
+        let id_of = |e: &Option<loupe_proto::flow::Endpoint>| {
             e.as_ref().map_or(identity::WORLD, |e| e.identity)
         };
         let (client_id, server_id) = (id_of(&conn.client_endpoint), id_of(&conn.server_endpoint));

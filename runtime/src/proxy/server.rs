@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 
 use super::inspect::{Action, ConnInfo, InspectorFactory};
 use super::transparent;
-use crate::api::proto::flow::Endpoint;
 use crate::metrics::{MetricFamily, MetricKind};
+use loupe_proto::flow::Endpoint;
 
 /// Bytes read from either side at once.
 const READ_CHUNK: usize = 16 * 1024;

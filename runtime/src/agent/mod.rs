@@ -1,86 +1,48 @@
-//! `loupe agent`: wires the endpoint sources, the registry and the API together and
-//! runs until SIGINT / SIGTERM.
+//! `loupe agent`: wires the endpoint sources, the control plane, the datapath's
+//! readers, the L7 path, the proxy and the API together and runs until SIGINT /
+//! SIGTERM. Nothing below imports this module: each part gets exactly what it
+//! reads from here.
 
 mod observability;
 mod proxy;
 
 pub use observability::ObservabilityError;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, RwLock, mpsc};
+use loupe_proto::daemon::daemon_server::DaemonServer;
+use loupe_proto::policy::policies_server::PoliciesServer;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::api::{
-    self, daemon::DaemonService, policy::PolicyService, proto::daemon::daemon_server::DaemonServer,
-    proto::policy::policies_server::PoliciesServer,
-};
+use crate::api::{self, NodeInfo, daemon::DaemonService, policy::PolicyService};
 use crate::config::AgentConfig;
-use crate::datapath::{
-    Datapath, controller::Controller, events, flows as datapath_flows, metrics::DatapathCollector,
-};
-use crate::endpoint::{self, EndpointRegistry, SourceKind};
+use crate::control::ControlPlane;
+use crate::datapath::{Datapath, controller::Controller, metrics::DatapathCollector};
+use crate::endpoint::{self, SourceKind};
 use crate::flow::FlowStore;
+use crate::health::{ComponentState, Health};
 use crate::metrics::MetricsRegistry;
 use crate::plugin::{InstallError, PluginManager};
 
-/// Health of one component, for `loupe status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ComponentStatus {
-    /// Current state.
-    pub state: ComponentState,
-    /// A line for humans.
-    pub detail: String,
-}
-
-/// Component states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ComponentState {
-    /// Working.
-    Ok,
-    /// Turned off by configuration.
-    Disabled,
-    /// Failing; `detail` says why.
-    Error,
-}
-
-impl ComponentState {
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Disabled => "disabled",
-            Self::Error => "error",
-        }
-    }
-}
-
-/// State shared by the agent's tasks and API handlers.
+/// What the agent is made of, before it runs. Embedders and tests keep a handle to
+/// `flows` and `metrics`; everything else is handed to the parts that use it when
+/// the agent starts.
 #[derive(Debug)]
 pub struct AgentState {
-    /// The configuration in force.
-    pub config: AgentConfig,
-    /// The node's name.
-    pub node_name: String,
-    /// When the agent started.
-    pub started: Instant,
-    /// The endpoint registry.
-    pub registry: RwLock<EndpointRegistry>,
-    /// Component health by name.
-    pub components: RwLock<BTreeMap<String, ComponentStatus>>,
-    /// Identities, policies and the datapath's maps.
-    pub controller: Mutex<Controller>,
+    config: AgentConfig,
+    node: NodeInfo,
+    control: Arc<ControlPlane>,
+    plugins: Arc<PluginManager>,
+    health: Arc<Health>,
     /// Recent flows and live subscribers: producers call `flows.push(flow)`.
     pub flows: FlowStore,
     /// The agent's metrics (`prometheus.port`): register datapath, policy and
     /// plugin collectors here.
     pub metrics: MetricsRegistry,
     /// Flow-derived metrics (`hubble.metrics.port`).
-    pub hubble_metrics: MetricsRegistry,
-    /// Installed L7 parser plugins (`plugins.dir`).
-    pub plugins: Arc<PluginManager>,
+    hubble_metrics: MetricsRegistry,
 }
 
 impl AgentState {
@@ -99,38 +61,26 @@ impl AgentState {
         controller: Controller,
         plugins: Arc<PluginManager>,
     ) -> Self {
-        let node_name = config.node_name();
-        Self {
-            plugins,
-            flows: FlowStore::new(
-                config.hubble.event_buffer_capacity as usize,
-                node_name.clone(),
+        let name = config.node_name();
+        let node = NodeInfo {
+            address: config.hubble_listen_address().map_or_else(
+                || config.socket_path.display().to_string(),
+                |a| a.to_string(),
             ),
+            tls: config.hubble.tls.enabled,
+            started: Instant::now(),
+            name: name.clone(),
+        };
+        Self {
+            flows: FlowStore::new(config.hubble.event_buffer_capacity as usize, name),
             metrics: MetricsRegistry::new(),
             hubble_metrics: MetricsRegistry::new(),
-            node_name,
+            control: Arc::new(ControlPlane::new(controller)),
+            health: Arc::default(),
+            node,
+            plugins,
             config,
-            started: Instant::now(),
-            registry: RwLock::new(EndpointRegistry::new()),
-            components: RwLock::new(BTreeMap::new()),
-            controller: Mutex::new(controller),
         }
-    }
-
-    /// Records a component's health.
-    pub async fn set_component(
-        &self,
-        name: &str,
-        state: ComponentState,
-        detail: impl Into<String>,
-    ) {
-        self.components.write().await.insert(
-            name.to_string(),
-            ComponentStatus {
-                state,
-                detail: detail.into(),
-            },
-        );
     }
 }
 
@@ -196,68 +146,58 @@ async fn serve(
     io: DatapathIo,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = api::bind_socket(&state.config.socket_path)?;
-    tracing::info!(socket = %state.config.socket_path.display(), node = %state.node_name, "agent starting");
-    if state.config.bpf.enabled {
-        state
-            .set_component(
-                "datapath",
-                ComponentState::Ok,
-                format!("loaded, pinned at {}", state.config.bpf.pin_path.display()),
-            )
-            .await;
+    let config = &state.config;
+    let health = &state.health;
+    let listener = api::bind_socket(&config.socket_path)?;
+    tracing::info!(socket = %config.socket_path.display(), node = %state.node.name, "agent starting");
+    let mut tasks = Vec::new();
+    if config.bpf.enabled {
+        health.set(
+            "datapath",
+            ComponentState::Ok,
+            format!("loaded, pinned at {}", config.bpf.pin_path.display()),
+        );
     } else {
-        state
-            .set_component("datapath", ComponentState::Disabled, "bpf.enabled: false")
-            .await;
+        health.set("datapath", ComponentState::Disabled, "bpf.enabled: false");
     }
     if let Some(ring) = io.events {
-        let (snapshot, gauges) = {
-            let controller = state.controller.lock().await;
-            (controller.snapshot(), controller.gauges())
-        };
-        let collector = Arc::new(DatapathCollector::new(&state.config.bpf.pin_path, gauges));
-        state.metrics.register("datapath", collector);
-        let flows = state.flows.clone();
-        let node = state.node_name.clone();
-        tokio::spawn(async move {
-            let result = events::read_events(ring, |event| {
-                let snap = snapshot.read().map(|s| s.clone()).unwrap_or_default();
-                flows.push(datapath_flows::to_flow(&event, &snap, &node));
-            })
-            .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "datapath event reader stopped");
-            }
-        });
-        tokio::spawn(report_lost_events(state.clone()));
-    }
-
-    if state.config.endpoints.lab {
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(endpoint::lab_source::watch(
-            Duration::from_millis(state.config.endpoints.lab_poll_ms),
-            state.config.endpoints.lab_names.clone(),
-            tx,
+        let collector = DatapathCollector::new(&config.bpf.pin_path, state.control.gauges());
+        state.metrics.register("datapath", Arc::new(collector));
+        tasks.extend(crate::datapath::flows::start(
+            ring,
+            &config.bpf.pin_path,
+            state.control.snapshot(),
+            state.flows.clone(),
+            state.node.name.clone(),
         ));
-        tokio::spawn(apply_source(state.clone(), SourceKind::Lab, rx));
-        state
-            .set_component("endpoints/lab", ComponentState::Ok, "watching lab state")
-            .await;
-    } else {
-        state
-            .set_component(
-                "endpoints/lab",
-                ComponentState::Disabled,
-                "endpoints.lab: false",
-            )
-            .await;
     }
 
-    tokio::spawn(collect_conntrack(state.clone()));
-    let l7_proxy = proxy::start(&state).await;
+    if config.endpoints.lab {
+        let (tx, rx) = mpsc::channel(4);
+        tasks.push(tokio::spawn(endpoint::lab_source::watch(
+            Duration::from_millis(config.endpoints.lab_poll_ms),
+            config.endpoints.lab_names.clone(),
+            tx,
+        )));
+        tasks.push(tokio::spawn(apply_source(
+            state.control.clone(),
+            state.health.clone(),
+            SourceKind::Lab,
+            rx,
+        )));
+        health.set("endpoints/lab", ComponentState::Ok, "watching lab state");
+    } else {
+        health.set(
+            "endpoints/lab",
+            ComponentState::Disabled,
+            "endpoints.lab: false",
+        );
+    }
+
+    tasks.push(tokio::spawn(collect_conntrack(state.control.clone())));
+    let l7_proxy = proxy::start(&state);
     let observability = observability::start(&state).await?;
-    if state.config.plugins.bundled {
+    if config.plugins.bundled {
         let installed = crate::plugin::bundled::install_missing(&state.plugins);
         if !installed.is_empty() {
             tracing::info!(plugins = ?installed, "bundled plugins installed");
@@ -273,16 +213,25 @@ async fn serve(
     let detail = format!(
         "{} installed in {}",
         state.plugins.list().len(),
-        state.config.plugins.dir(&state.config.state_dir).display()
+        config.plugins.dir(&config.state_dir).display()
     );
-    state
-        .set_component("plugins", ComponentState::Ok, detail)
-        .await;
+    health.set("plugins", ComponentState::Ok, detail);
 
-    let socket_path = state.config.socket_path.clone();
+    let status = api::daemon::StatusSources {
+        started: state.node.started,
+        health: state.health.clone(),
+        metrics: state.metrics.clone(),
+        flows: config.hubble.enabled.then(|| state.flows.clone()),
+    };
     let server = tonic::transport::Server::builder()
-        .add_service(DaemonServer::new(DaemonService::new(state.clone())))
-        .add_service(PoliciesServer::new(PolicyService::new(state.clone())))
+        .add_service(DaemonServer::new(DaemonService::new(
+            state.control.clone(),
+            status,
+        )))
+        .add_service(PoliciesServer::new(PolicyService::new(
+            state.control.clone(),
+            state.plugins.clone(),
+        )))
         .add_optional_service(observability.observer())
         .add_optional_service(observability.peer())
         .add_service(api::plugin::PluginService::server(state.plugins.clone()))
@@ -290,14 +239,17 @@ async fn serve(
     let result = server.await;
     observability.stop();
     proxy::stop(l7_proxy);
-    let _ = std::fs::remove_file(&socket_path);
+    for task in tasks {
+        task.abort();
+    }
+    let _ = std::fs::remove_file(&config.socket_path);
     tracing::info!("agent stopped");
     result.map_err(Into::into)
 }
 
 /// Starts the live L7 path on the datapath's payload copies, after making the
 /// protocol switches' ports visible.
-async fn start_l7(state: &Arc<AgentState>, map: aya::maps::Map) {
+async fn start_l7(state: &AgentState, map: aya::maps::Map) {
     let l7 = &state.config.l7;
     let mut global_ports = std::collections::BTreeSet::new();
     for protocol in l7.global_protocols() {
@@ -309,13 +261,9 @@ async fn start_l7(state: &Arc<AgentState>, map: aya::maps::Map) {
             ),
         }
     }
-    let (snapshot, policy) = {
-        let mut controller = state.controller.lock().await;
-        if let Err(e) = controller.set_l7_ports(&global_ports) {
-            tracing::error!(error = %e, "could not set the globally visible L7 ports");
-        }
-        (controller.snapshot(), controller.l7_policy())
-    };
+    if let Err(e) = state.control.set_l7_ports(&global_ports).await {
+        tracing::error!(error = %e, "could not set the globally visible L7 ports");
+    }
     let config = crate::l7::live::LiveConfig {
         buffer_pages: l7.buffer_pages as usize,
         queue: l7.queue_size as usize,
@@ -326,8 +274,8 @@ async fn start_l7(state: &Arc<AgentState>, map: aya::maps::Map) {
         map,
         config,
         state.plugins.clone(),
-        snapshot,
-        policy,
+        state.control.snapshot(),
+        state.control.l7_policy(),
         state.flows.clone(),
     ) {
         Ok(stats) => {
@@ -339,101 +287,64 @@ async fn start_l7(state: &Arc<AgentState>, map: aya::maps::Map) {
             } else {
                 format!("ports with L7 policy, and {global_ports:?} everywhere")
             };
-            state.set_component("l7", ComponentState::Ok, detail).await;
+            state.health.set("l7", ComponentState::Ok, detail);
         }
         Err(e) => {
             tracing::error!(error = %e, "L7 path not started");
-            state
-                .set_component("l7", ComponentState::Error, e.to_string())
-                .await;
-        }
-    }
-}
-
-/// Turns events the datapath could not queue (full ring) into LostEvents, once a
-/// second, so `observe` and `hubble_lost_events_total` show them.
-async fn report_lost_events(state: Arc<AgentState>) {
-    use crate::api::proto::flow::{LostEvent, LostEventSource};
-    let counters = DatapathCollector::new(&state.config.bpf.pin_path, Default::default());
-    let mut seen = counters.lost_events();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let now = counters.lost_events();
-        if now > seen {
-            state.flows.push_lost(LostEvent {
-                source: LostEventSource::PerfEventRingBuffer as i32,
-                num_events_lost: now - seen,
-                ..LostEvent::default()
-            });
-            seen = now;
+            state.health.set("l7", ComponentState::Error, e.to_string());
         }
     }
 }
 
 /// Garbage-collects conntrack every 30 seconds and warns when the table fills.
-async fn collect_conntrack(state: Arc<AgentState>) {
+async fn collect_conntrack(control: Arc<ControlPlane>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let mut controller = state.controller.lock().await;
-        let Some(capacity) = controller.datapath().map(|d| d.sizes.conntrack) else {
+        let Some(gc) = control.gc_conntrack().await else {
             return;
         };
-        let (left, removed) = controller.gc_conntrack();
-        drop(controller);
-        let pressure = left as f64 / f64::from(capacity.max(1));
+        let pressure = gc.left as f64 / f64::from(gc.capacity.max(1));
         if pressure > 0.9 {
             tracing::warn!(
-                entries = left,
-                capacity,
+                entries = gc.left,
+                capacity = gc.capacity,
                 "conntrack map above 90%: oldest connections are being evicted; raise bpf.ctGlobalTcpMax"
             );
         }
-        tracing::debug!(entries = left, removed, "conntrack garbage collected");
+        tracing::debug!(
+            entries = gc.left,
+            removed = gc.removed,
+            "conntrack garbage collected"
+        );
     }
 }
 
-/// Applies a source's successive full listings to the registry.
+/// Applies a source's successive full listings to the control plane.
 async fn apply_source(
-    state: Arc<AgentState>,
+    control: Arc<ControlPlane>,
+    health: Arc<Health>,
     source: SourceKind,
     mut rx: mpsc::Receiver<Vec<endpoint::EndpointSpec>>,
 ) {
     while let Some(specs) = rx.recv().await {
         let count = specs.len();
-        let mut controller = state.controller.lock().await;
-        // Keep the endpoint numbers the pinned datapath already uses.
-        let pinned = controller.pinned_endpoint_ids();
-        let (errors, endpoints) = {
-            let mut registry = state.registry.write().await;
-            let errors =
-                registry.sync_source(source, specs, |spec| pinned.get(&spec.ifindex).copied());
-            (errors, registry.list().cloned().collect::<Vec<_>>())
-        };
-        for err in &errors {
+        let report = control.sync_endpoints(source, specs).await;
+        for err in &report.refused {
             tracing::warn!(?source, error = %err, "endpoint refused");
         }
-        let result = controller.set_endpoints(endpoints);
-        drop(controller);
-        match result {
-            Ok(()) => {
-                state
-                    .set_component("policy", ComponentState::Ok, "endpoints regenerated")
-                    .await
-            }
+        match report.regenerated {
+            Ok(()) => health.set("policy", ComponentState::Ok, "endpoints regenerated"),
             Err(e) => {
                 tracing::error!(error = %e, "endpoint regeneration failed");
-                state
-                    .set_component("policy", ComponentState::Error, e.to_string())
-                    .await;
+                health.set("policy", ComponentState::Error, e.to_string());
             }
         }
         tracing::info!(
             ?source,
             endpoints = count,
-            refused = errors.len(),
+            refused = report.refused.len(),
             "endpoints synced"
         );
     }

@@ -3,15 +3,16 @@
 //! flow-metrics subscriber and the two `/metrics` listeners.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use super::{AgentState, ComponentState};
+use loupe_proto::observer::observer_server::ObserverServer;
+use loupe_proto::peer::peer_server::PeerServer;
+
+use super::AgentState;
 use crate::api::observer::ObserverService;
 use crate::api::peer::PeerService;
-use crate::api::proto::observer::observer_server::ObserverServer;
-use crate::api::proto::peer::peer_server::PeerServer;
+use crate::health::ComponentState;
 use crate::metrics::{self, FlowMetrics, MetricSpec};
 
 /// Something in `hubble.*` / `prometheus.*` could not start.
@@ -52,25 +53,33 @@ pub enum ObservabilityError {
 /// Running observability tasks; dropped or stopped with the agent.
 #[derive(Debug)]
 pub(super) struct Observability {
-    state: Arc<AgentState>,
+    /// The Observer and Peer services, when `hubble.enabled`.
+    services: Option<(ObserverService, PeerService)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The Observer and Peer services over the agent's flow store and node.
+fn services(state: &AgentState) -> (ObserverService, PeerService) {
+    let observer = ObserverService::new(
+        state.flows.clone(),
+        state.node.clone(),
+        state.control.snapshot(),
+        state.config.hubble.event_queue_size as usize,
+    );
+    (observer, PeerService::new(state.node.clone()))
 }
 
 impl Observability {
     pub(super) fn observer(&self) -> Option<ObserverServer<ObserverService>> {
-        self.state
-            .config
-            .hubble
-            .enabled
-            .then(|| ObserverServer::new(ObserverService::new(self.state.clone())))
+        self.services
+            .as_ref()
+            .map(|(observer, _)| ObserverServer::new(observer.clone()))
     }
 
     pub(super) fn peer(&self) -> Option<PeerServer<PeerService>> {
-        self.state
-            .config
-            .hubble
-            .enabled
-            .then(|| PeerServer::new(PeerService::new(self.state.clone())))
+        self.services
+            .as_ref()
+            .map(|(_, peer)| PeerServer::new(peer.clone()))
     }
 
     pub(super) fn stop(self) {
@@ -87,7 +96,7 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ObservabilityError> {
     })
 }
 
-pub(super) async fn start(state: &Arc<AgentState>) -> Result<Observability, ObservabilityError> {
+pub(super) async fn start(state: &AgentState) -> Result<Observability, ObservabilityError> {
     let cfg = &state.config;
     let mut tasks = Vec::new();
 
@@ -116,24 +125,21 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Result<Observability, Obse
             );
             out
         });
-        let s = state.clone();
+        let health = state.health.clone();
         state.metrics.register_fn("components", move || {
-            // try_read: a scrape never waits on a writer.
             let mut f = metrics::MetricFamily::new(
                 "loupe_component_up",
                 "1 when a component works, 0 when it fails (disabled ones are absent).",
                 metrics::MetricKind::Gauge,
             );
-            if let Ok(components) = s.components.try_read() {
-                for (name, c) in components.iter() {
-                    if c.state != ComponentState::Disabled {
-                        let up = if c.state == ComponentState::Ok {
-                            1.0
-                        } else {
-                            0.0
-                        };
-                        f = f.value(&[("component", name)], up);
-                    }
+            for (name, c) in health.components() {
+                if c.state != ComponentState::Disabled {
+                    let up = if c.state == ComponentState::Ok {
+                        1.0
+                    } else {
+                        0.0
+                    };
+                    f = f.value(&[("component", &name)], up);
                 }
             }
             vec![f]
@@ -151,21 +157,17 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Result<Observability, Obse
             listener,
             state.metrics.clone(),
         )));
-        state
-            .set_component(
-                "metrics/prometheus",
-                ComponentState::Ok,
-                format!("/metrics on {addr}"),
-            )
-            .await;
+        state.health.set(
+            "metrics/prometheus",
+            ComponentState::Ok,
+            format!("/metrics on {addr}"),
+        );
     } else {
-        state
-            .set_component(
-                "metrics/prometheus",
-                ComponentState::Disabled,
-                "prometheus.enabled: false",
-            )
-            .await;
+        state.health.set(
+            "metrics/prometheus",
+            ComponentState::Disabled,
+            "prometheus.enabled: false",
+        );
     }
 
     if want_hubble_metrics {
@@ -191,35 +193,29 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Result<Observability, Obse
             listener,
             state.hubble_metrics.clone(),
         )));
-        state
-            .set_component(
-                "metrics/hubble",
-                ComponentState::Ok,
-                format!("/metrics on {addr}"),
-            )
-            .await;
+        state.health.set(
+            "metrics/hubble",
+            ComponentState::Ok,
+            format!("/metrics on {addr}"),
+        );
     } else {
-        state
-            .set_component(
-                "metrics/hubble",
-                ComponentState::Disabled,
-                "hubble.metrics.enabled is empty",
-            )
-            .await;
+        state.health.set(
+            "metrics/hubble",
+            ComponentState::Disabled,
+            "hubble.metrics.enabled is empty",
+        );
     }
 
     if cfg.hubble.enabled {
-        state
-            .set_component(
-                "hubble",
-                ComponentState::Ok,
-                format!("ring of {} flows", cfg.hubble.event_buffer_capacity),
-            )
-            .await;
+        state.health.set(
+            "hubble",
+            ComponentState::Ok,
+            format!("ring of {} flows", cfg.hubble.event_buffer_capacity),
+        );
     } else {
         state
-            .set_component("hubble", ComponentState::Disabled, "hubble.enabled: false")
-            .await;
+            .health
+            .set("hubble", ComponentState::Disabled, "hubble.enabled: false");
     }
 
     if let (true, Some(addr)) = (cfg.hubble.enabled, cfg.hubble_listen_address()) {
@@ -243,9 +239,10 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Result<Observability, Obse
                 addr,
                 source,
             })?;
+        let (observer, peer) = services(state);
         let router = builder
-            .add_service(ObserverServer::new(ObserverService::new(state.clone())))
-            .add_service(PeerServer::new(PeerService::new(state.clone())));
+            .add_service(ObserverServer::new(observer))
+            .add_service(PeerServer::new(peer));
         let tls = if cfg.hubble.tls.enabled {
             "TLS"
         } else {
@@ -259,12 +256,12 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Result<Observability, Obse
             }
         }));
         state
-            .set_component("hubble/tcp", ComponentState::Ok, format!("{addr} ({tls})"))
-            .await;
+            .health
+            .set("hubble/tcp", ComponentState::Ok, format!("{addr} ({tls})"));
     }
 
     Ok(Observability {
-        state: state.clone(),
+        services: cfg.hubble.enabled.then(|| services(state)),
         tasks,
     })
 }

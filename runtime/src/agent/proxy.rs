@@ -4,45 +4,43 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{AgentState, ComponentState};
+use super::AgentState;
+use crate::health::ComponentState;
 use crate::policy::Direction;
 use crate::proxy::{self, ConnInfo, FlowEvents, PluginInspectorFactory, PolicyDecider, Proxy};
 
 /// With a kernel datapath: installs the routing, and starts the proxy unless
 /// `l7.proxyEnabled` is off. Failures are reported as the `proxy`
 /// component's health: L7-enforced connections then fail closed in the datapath.
-pub(super) async fn start(state: &Arc<AgentState>) -> Routed {
+pub(super) fn start(state: &AgentState) -> Routed {
     let config = &state.config;
     if !config.bpf.enabled {
         state
-            .set_component("proxy", ComponentState::Disabled, "bpf.enabled: false")
-            .await;
+            .health
+            .set("proxy", ComponentState::Disabled, "bpf.enabled: false");
         return Routed(None, false);
     }
-    if state.controller.lock().await.datapath().is_none() {
+    if !state.control.has_datapath() {
         // Embedded without a kernel datapath (tests, `run_with_state`): nothing
         // can be redirected, so no listener and no host routing.
         state
-            .set_component("proxy", ComponentState::Disabled, "no kernel datapath")
-            .await;
+            .health
+            .set("proxy", ComponentState::Disabled, "no kernel datapath");
         return Routed(None, false);
     }
     if let Err(e) = proxy::routing::install() {
         state
-            .set_component("proxy", ComponentState::Error, e.to_string())
-            .await;
+            .health
+            .set("proxy", ComponentState::Error, e.to_string());
         return Routed(None, false);
     }
     if !config.l7.proxy_enabled {
         state
-            .set_component("proxy", ComponentState::Disabled, "l7.proxyEnabled: false")
-            .await;
+            .health
+            .set("proxy", ComponentState::Disabled, "l7.proxyEnabled: false");
         return Routed(None, true);
     }
-    let (snapshot, l7_policy) = {
-        let controller = state.controller.lock().await;
-        (controller.snapshot(), controller.l7_policy())
-    };
+    let (snapshot, l7_policy) = (state.control.snapshot(), state.control.l7_policy());
     let resolver: proxy::server::Resolver = Arc::new(move |ip| {
         let snap = snapshot.read().ok()?.clone();
         snap.endpoint_by_ip(ip).cloned()
@@ -54,7 +52,7 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Routed {
     let select = move |conn: &ConnInfo| {
         let policy = rules.load();
         let port = conn.server.port();
-        let ep = |e: &Option<crate::api::proto::flow::Endpoint>| {
+        let ep = |e: &Option<loupe_proto::flow::Endpoint>| {
             e.as_ref().and_then(|e| u16::try_from(e.id).ok())
         };
         let parser = ep(&conn.server_endpoint)
@@ -83,19 +81,17 @@ pub(super) async fn start(state: &Arc<AgentState>) -> Routed {
         Ok(proxy) => {
             let stats = proxy.stats();
             state.metrics.register_fn("proxy", move || stats.families());
-            state
-                .set_component(
-                    "proxy",
-                    ComponentState::Ok,
-                    format!("listening on port {}", config.l7.proxy_port),
-                )
-                .await;
+            state.health.set(
+                "proxy",
+                ComponentState::Ok,
+                format!("listening on port {}", config.l7.proxy_port),
+            );
             Routed(Some(proxy), true)
         }
         Err(e) => {
             state
-                .set_component("proxy", ComponentState::Error, e.to_string())
-                .await;
+                .health
+                .set("proxy", ComponentState::Error, e.to_string());
             Routed(None, true)
         }
     }

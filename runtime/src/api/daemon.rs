@@ -1,26 +1,44 @@
 //! `loupe.daemon.v1.Daemon`: endpoints and status for the CLI.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use tonic::{Request, Response, Status};
-
-use super::proto::daemon::{
+use loupe_proto::daemon::{
     self as pb, ListEndpointsRequest, ListEndpointsResponse, StatusRequest, StatusResponse,
     daemon_server::Daemon,
 };
-use crate::agent::AgentState;
-use crate::endpoint::SourceKind;
+use tonic::{Request, Response, Status};
 
-/// The service, over the agent's shared state.
+use crate::control::ControlPlane;
+use crate::endpoint::SourceKind;
+use crate::flow::FlowStore;
+use crate::health::{ComponentState, Health};
+use crate::metrics::MetricsRegistry;
+
+/// What `loupe status` reads besides the control plane.
+#[derive(Debug, Clone)]
+pub struct StatusSources {
+    /// When the agent started.
+    pub started: Instant,
+    /// Component health.
+    pub health: Arc<Health>,
+    /// The agent's metrics (map pressure, identities, policies, plugins).
+    pub metrics: MetricsRegistry,
+    /// The flow store, when Hubble is on.
+    pub flows: Option<FlowStore>,
+}
+
+/// The service over the control plane and the status sources.
 #[derive(Debug, Clone)]
 pub struct DaemonService {
-    state: Arc<AgentState>,
+    control: Arc<ControlPlane>,
+    status: StatusSources,
 }
 
 impl DaemonService {
-    /// A service answering from `state`.
-    pub fn new(state: Arc<AgentState>) -> Self {
-        Self { state }
+    /// A service answering from `control` and `status`.
+    pub fn new(control: Arc<ControlPlane>, status: StatusSources) -> Self {
+        Self { control, status }
     }
 }
 
@@ -30,40 +48,39 @@ impl Daemon for DaemonService {
         &self,
         _request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
-        let controller = self.state.controller.lock().await;
-        let registry = self.state.registry.read().await;
-        let endpoints = registry
-            .list()
-            .map(|ep| pb::Endpoint {
-                id: u32::from(ep.id),
-                namespace: ep.spec.namespace.clone(),
-                pod_name: ep.spec.pod_name.clone(),
-                labels: ep
-                    .spec
-                    .labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect(),
-                ips: ep.spec.ips().map(|ip| ip.to_string()).collect(),
-                interface: ep.spec.interface.clone(),
-                ifindex: ep.spec.ifindex,
-                identity: controller.endpoint_identity(&ep.spec.key()).unwrap_or(0),
-                source: match ep.spec.source {
-                    SourceKind::Lab => "lab".into(),
-                    SourceKind::Kubernetes => "kubernetes".into(),
-                },
-                workload_kind: ep
+        let endpoints = self
+            .control
+            .endpoints()
+            .await
+            .into_iter()
+            .map(|(ep, identity)| {
+                let (workload_kind, workload_name) = ep
                     .spec
                     .workload
                     .as_ref()
-                    .map(|w| w.kind.clone())
-                    .unwrap_or_default(),
-                workload_name: ep
-                    .spec
-                    .workload
-                    .as_ref()
-                    .map(|w| w.name.clone())
-                    .unwrap_or_default(),
+                    .map(|w| (w.kind.clone(), w.name.clone()))
+                    .unwrap_or_default();
+                pb::Endpoint {
+                    id: u32::from(ep.id),
+                    labels: ep
+                        .spec
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect(),
+                    ips: ep.spec.ips().map(|ip| ip.to_string()).collect(),
+                    namespace: ep.spec.namespace,
+                    pod_name: ep.spec.pod_name,
+                    interface: ep.spec.interface,
+                    ifindex: ep.spec.ifindex,
+                    identity,
+                    source: match ep.spec.source {
+                        SourceKind::Lab => "lab".into(),
+                        SourceKind::Kubernetes => "kubernetes".into(),
+                    },
+                    workload_kind,
+                    workload_name,
+                }
             })
             .collect();
         Ok(Response::new(ListEndpointsResponse { endpoints }))
@@ -73,23 +90,24 @@ impl Daemon for DaemonService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let endpoints = self.state.registry.read().await.len();
+        let endpoints = self.control.endpoint_count().await;
         let components: Vec<pb::ComponentStatus> = self
-            .state
-            .components
-            .read()
-            .await
-            .iter()
+            .status
+            .health
+            .components()
+            .into_iter()
             .map(|(name, c)| pb::ComponentStatus {
-                name: name.clone(),
+                name,
                 state: c.state.as_str().into(),
-                detail: c.detail.clone(),
+                detail: c.detail,
             })
             .collect();
-        let healthy = components.iter().all(|c| c.state != "error");
-        let inventory = crate::metrics::status::inventory(&self.state.metrics);
-        let flows = self.state.config.hubble.enabled.then(|| {
-            let s = self.state.flows.stats();
+        let healthy = components
+            .iter()
+            .all(|c| c.state != ComponentState::Error.as_str());
+        let inventory = crate::metrics::status::inventory(&self.status.metrics);
+        let flows = self.status.flows.as_ref().map(|store| {
+            let s = store.stats();
             pb::FlowStatus {
                 stored: s.stored,
                 capacity: s.capacity,
@@ -97,12 +115,12 @@ impl Daemon for DaemonService {
                 lost_to_subscribers: s.lost_to_subscribers,
                 lost_upstream: s.lost_upstream,
                 subscribers: s.subscribers,
-                flows_per_second: self.state.flows.flows_rate(),
+                flows_per_second: store.flows_rate(),
             }
         });
         Ok(Response::new(StatusResponse {
             version: crate::VERSION.into(),
-            uptime_ns: u64::try_from(self.state.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            uptime_ns: u64::try_from(self.status.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
             endpoints: u32::try_from(endpoints).unwrap_or(u32::MAX),
             components,
             flows,

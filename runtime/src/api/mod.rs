@@ -1,5 +1,11 @@
-//! The agent's gRPC API: Loupe's control service (and, beside it, the
-//! Hubble-compatible Observer), served on a unix socket.
+//! The agent's gRPC API: Loupe's control services (daemon, policy, plugins) and the
+//! Hubble-compatible Observer and Peer, served on a unix socket (Observer and Peer
+//! also on TCP when `hubble.listenAddress` is set).
+//!
+//! Each service is built from exactly what it reads: the observer from the flow
+//! store, the endpoint snapshot and [`NodeInfo`]; peer from [`NodeInfo`]; policy from
+//! the control plane and the plugin manager; daemon from the control plane and the
+//! status sources; plugins from the plugin manager. None knows the agent.
 
 pub mod client;
 pub mod daemon;
@@ -8,56 +14,30 @@ pub mod peer;
 pub mod plugin;
 pub mod policy;
 
-/// Generated protobuf and gRPC code.
-pub mod proto {
-    /// `loupe.daemon.v1`: Loupe's control API.
-    pub mod daemon {
-        #![allow(missing_docs, unreachable_pub, clippy::all)]
-        tonic::include_proto!("loupe.daemon.v1");
-    }
-    /// `loupe.policy.v1`: Loupe's policy API.
-    pub mod policy {
-        #![allow(missing_docs, unreachable_pub, clippy::all)]
-        tonic::include_proto!("loupe.policy.v1");
-    }
-    /// `flow`: Hubble's flow model (wire-compatible subset).
-    pub mod flow {
-        #![allow(missing_docs, unreachable_pub, clippy::all)]
-        tonic::include_proto!("flow");
-    }
-    /// `observer`: Hubble's Observer service.
-    pub mod observer {
-        #![allow(missing_docs, unreachable_pub, clippy::all)]
-        tonic::include_proto!("observer");
-    }
-    /// `peer`: Hubble's Peer service.
-    pub mod peer {
-        #![allow(missing_docs, unreachable_pub, clippy::all)]
-        tonic::include_proto!("peer");
-    }
-    /// `relay`: node status messages used by `observer`.
-    pub mod relay {
-        #![allow(missing_docs, unreachable_pub, clippy::all)]
-        tonic::include_proto!("relay");
-    }
-    /// `loupe.flow.v1`: what plugins add to flows (`Flow.extensions`).
-    pub mod extension {
-        #![allow(missing_docs, unreachable_pub, clippy::all)]
-        tonic::include_proto!("loupe.flow.v1");
-    }
-
-    /// The descriptors of every message above, for canonical JSON output.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/loupe_descriptor.bin"));
-    /// `loupe.plugin.v1`: plugin lifecycle.
-    pub mod plugin {
-        #![allow(missing_docs, unreachable_pub, clippy::all)]
-        tonic::include_proto!("loupe.plugin.v1");
-    }
-}
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// This node as Hubble's clients see it (`GetNodes`, `peer.Notify`, `ServerStatus`).
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The node's name.
+    pub name: String,
+    /// Where its Observer answers: `host:port` when `hubble.listenAddress` is set,
+    /// else the agent's socket path.
+    pub address: String,
+    /// Whether that address serves TLS.
+    pub tls: bool,
+    /// When the agent started.
+    pub started: Instant,
+}
+
+impl NodeInfo {
+    /// Nanoseconds since the agent started.
+    pub fn uptime_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
 
 /// The socket could not be served.
 #[derive(Debug, thiserror::Error)]

@@ -2,26 +2,25 @@
 //! agent knows one peer, itself.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
+use loupe_proto::peer::{
+    ChangeNotification, ChangeNotificationType, NotifyRequest, Tls, peer_server::Peer,
+};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
-use super::proto::peer::{
-    ChangeNotification, ChangeNotificationType, NotifyRequest, Tls, peer_server::Peer,
-};
-use crate::agent::AgentState;
+use super::NodeInfo;
 
-/// The service, over the agent's shared state.
+/// The service, over this node's description.
 #[derive(Debug, Clone)]
 pub struct PeerService {
-    state: Arc<AgentState>,
+    node: NodeInfo,
 }
 
 impl PeerService {
-    /// A service answering from `state`.
-    pub fn new(state: Arc<AgentState>) -> Self {
-        Self { state }
+    /// A service announcing `node`.
+    pub fn new(node: NodeInfo) -> Self {
+        Self { node }
     }
 }
 
@@ -35,16 +34,12 @@ impl Peer for PeerService {
         &self,
         _request: Request<NotifyRequest>,
     ) -> Result<Response<Self::NotifyStream>, Status> {
-        let cfg = &self.state.config;
-        let address = cfg
-            .hubble_listen_address()
-            .map_or_else(|| cfg.socket_path.display().to_string(), |a| a.to_string());
         let me = ChangeNotification {
-            name: self.state.node_name.clone(),
-            address,
+            name: self.node.name.clone(),
+            address: self.node.address.clone(),
             r#type: ChangeNotificationType::PeerAdded as i32,
-            tls: cfg.hubble.tls.enabled.then(|| Tls {
-                server_name: self.state.node_name.clone(),
+            tls: self.node.tls.then(|| Tls {
+                server_name: self.node.name.clone(),
             }),
         };
         // The stream stays open, as Hubble's does, for changes to come.

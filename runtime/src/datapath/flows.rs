@@ -8,27 +8,17 @@ use std::time::SystemTime;
 
 use loupe_common::{ct_status, direction, event_kind, identity as id};
 
-use super::events::DatapathEvent;
-use crate::api::proto::flow::Flow;
-use crate::api::proto::flow::{
+use super::controller::SnapshotHandle;
+use super::events::{self, DatapathEvent};
+use super::metrics::DatapathCollector;
+use crate::endpoint;
+use crate::flow::FlowStore;
+use loupe_proto::flow::Flow;
+use loupe_proto::flow::{
     CiliumEventType, Endpoint, FlowType, IcmPv4, IcmPv6, Ip, IpVersion, Layer4, Sctp, Tcp,
     TcpFlags, TraceObservationPoint, TrafficDirection, Udp, Verdict, Workload, layer4,
 };
-use crate::endpoint;
-
-/// Cilium's monitor message types, as Hubble reports them in `event_type.type`.
-pub mod monitor {
-    /// A drop.
-    pub const DROP: i32 = 1;
-    /// A trace point.
-    pub const TRACE: i32 = 4;
-    /// A policy verdict for a new connection.
-    pub const POLICY_VERDICT: i32 = 5;
-    /// Trace sub-type: to the endpoint.
-    pub const TRACE_TO_LXC: i32 = 0;
-    /// Trace sub-type: from the endpoint.
-    pub const TRACE_FROM_LXC: i32 = 5;
-}
+use loupe_proto::monitor;
 
 /// What flows need to know about endpoints and identities, rebuilt whenever
 /// endpoints change so converting an event takes no lock.
@@ -90,6 +80,11 @@ impl EndpointSnapshot {
             snap.identity_labels.insert(identity, l);
         }
         snap
+    }
+
+    /// The namespaces of this node's endpoints (in no particular order).
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+        self.by_id.values().map(|ep| ep.namespace.as_str())
     }
 
     /// The local endpoint with this address.
@@ -236,4 +231,46 @@ pub fn to_flow(event: &DatapathEvent, snap: &EndpointSnapshot, node_name: &str) 
         is_reply: Some(raw.ct_status == ct_status::REPLY),
         ..Flow::default()
     }
+}
+
+/// Starts turning the datapath's events into flows: one task reads the event ring
+/// and pushes each event, enriched from the current endpoint snapshot, to `flows`;
+/// another reports events the ring could not hold (read from the pinned counters
+/// under `pin_path`) as `PERF_EVENT_RING_BUFFER` LostEvents, once a second.
+pub fn start(
+    ring: aya::maps::Map,
+    pin_path: &std::path::Path,
+    snapshot: SnapshotHandle,
+    flows: FlowStore,
+    node_name: String,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let store = flows.clone();
+    let reader = tokio::spawn(async move {
+        let result = events::read_events(ring, |event| {
+            let snap = snapshot.read().map(|s| s.clone()).unwrap_or_default();
+            store.push(to_flow(&event, &snap, &node_name));
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "datapath event reader stopped");
+        }
+    });
+    let counters = DatapathCollector::new(pin_path, Default::default());
+    let lost = tokio::spawn(async move {
+        let mut seen = counters.lost_events();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = counters.lost_events();
+            if now > seen {
+                flows.push_lost(loupe_proto::flow::LostEvent {
+                    source: loupe_proto::flow::LostEventSource::PerfEventRingBuffer as i32,
+                    num_events_lost: now - seen,
+                    ..Default::default()
+                });
+                seen = now;
+            }
+        }
+    });
+    vec![reader, lost]
 }

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
-pub use registry::{EndpointRegistry, RegistryEvent};
+pub use registry::{EndpointRegistry, RegistryError};
 
 /// Which source reported an endpoint; a source's snapshot only replaces its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

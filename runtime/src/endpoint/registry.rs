@@ -3,18 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use tokio::sync::broadcast;
-
 use super::{Endpoint, EndpointSpec, SourceKind};
-
-/// A change to the registry, broadcast to subscribers (datapath, flow enrichment).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RegistryEvent {
-    /// An endpoint appeared or changed.
-    Upserted(Endpoint),
-    /// An endpoint went away.
-    Removed(Endpoint),
-}
 
 /// Why the registry refused an endpoint.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -34,32 +23,17 @@ pub enum RegistryError {
     },
 }
 
-/// Endpoints by `namespace/pod`, with their numbers.
-#[derive(Debug)]
+/// Endpoints by `namespace/pod`, with their numbers. Held only by the control
+/// plane (`control::ControlPlane`), under the same lock as the policy controller.
+#[derive(Debug, Default)]
 pub struct EndpointRegistry {
     endpoints: BTreeMap<String, Endpoint>,
-    events: broadcast::Sender<RegistryEvent>,
-}
-
-impl Default for EndpointRegistry {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl EndpointRegistry {
     /// An empty registry.
     pub fn new() -> Self {
-        let (events, _) = broadcast::channel(1024);
-        Self {
-            endpoints: BTreeMap::new(),
-            events,
-        }
-    }
-
-    /// Subscribes to changes.
-    pub fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
-        self.events.subscribe()
+        Self::default()
     }
 
     /// Adds or updates an endpoint; returns it if anything changed. `preferred_id`
@@ -84,16 +58,13 @@ impl EndpointRegistry {
                 return Ok(None);
             }
             existing.spec = spec;
-            let ep = existing.clone();
-            let _ = self.events.send(RegistryEvent::Upserted(ep.clone()));
-            return Ok(Some(ep));
+            return Ok(Some(existing.clone()));
         }
         let id = self
             .allocate_id(preferred_id)
             .ok_or_else(|| RegistryError::Full(key.clone()))?;
         let ep = Endpoint { id, spec };
         self.endpoints.insert(key, ep.clone());
-        let _ = self.events.send(RegistryEvent::Upserted(ep.clone()));
         Ok(Some(ep))
     }
 
@@ -107,9 +78,7 @@ impl EndpointRegistry {
 
     /// Removes an endpoint.
     pub fn remove(&mut self, key: &str) -> Option<Endpoint> {
-        let ep = self.endpoints.remove(key)?;
-        let _ = self.events.send(RegistryEvent::Removed(ep.clone()));
-        Some(ep)
+        self.endpoints.remove(key)
     }
 
     /// Replaces everything one source reported with its new full list (a watch's
@@ -196,7 +165,6 @@ mod tests {
     #[test]
     fn upsert_assigns_ids_and_reports_changes() {
         let mut reg = EndpointRegistry::new();
-        let mut rx = reg.subscribe();
         let a = reg
             .upsert(spec("a", [10, 0, 0, 2], 5), None)
             .unwrap()
@@ -214,8 +182,6 @@ mod tests {
         assert_eq!(b.id, 7);
         assert_eq!(reg.by_ip("10.0.0.3".parse().unwrap()).unwrap().id, 7);
         assert_eq!(reg.by_ifindex(5).unwrap().spec.pod_name, "a");
-        assert!(matches!(rx.try_recv().unwrap(), RegistryEvent::Upserted(e) if e.id == 1));
-        assert!(matches!(rx.try_recv().unwrap(), RegistryEvent::Upserted(e) if e.id == 7));
     }
 
     #[test]

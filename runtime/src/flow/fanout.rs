@@ -6,12 +6,16 @@
 //! after them and were dropped, then newer flows — what Hubble's clients expect.
 
 use std::collections::VecDeque;
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 
-use crate::api::proto::flow::{Flow, LostEvent, LostEventSource};
+use loupe_proto::flow::{Flow, LostEvent, LostEventSource};
 
 /// What a subscriber receives.
 #[derive(Debug, Clone)]
@@ -44,7 +48,7 @@ pub type FlowPredicate = Box<dyn Fn(&Flow) -> bool + Send + Sync>;
 pub(super) struct Slot {
     queue: Mutex<VecDeque<Entry>>,
     capacity: usize,
-    notify: Notify,
+    notify: Arc<Notify>,
     closed: AtomicBool,
     predicate: Option<FlowPredicate>,
     lost: AtomicU64,
@@ -71,7 +75,7 @@ impl Slot {
         Self {
             queue: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
             capacity: capacity.max(1),
-            notify: Notify::new(),
+            notify: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
             predicate,
             lost: AtomicU64::new(0),
@@ -145,21 +149,51 @@ impl Slot {
 /// A live feed of the store's new flows, with its own bounded queue.
 ///
 /// Dropping it unsubscribes.
-#[derive(Debug)]
 pub struct Subscription {
-    pub(super) slot: Arc<Slot>,
+    slot: Arc<Slot>,
+    /// The wake-up being waited for while the queue is empty.
+    waiting: Option<Pin<Box<OwnedNotified>>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Subscription {
+    pub(super) fn new(slot: Arc<Slot>) -> Self {
+        Self {
+            slot,
+            waiting: None,
+        }
+    }
+
     /// The next event; waits while the queue is empty.
     pub async fn recv(&mut self) -> Event {
-        let slot = self.slot.clone();
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next event, or `Pending` with `cx` woken when one is queued (for a
+    /// stream that reads the subscription directly).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         loop {
-            let notified = slot.notify.notified();
-            if let Some(event) = self.try_recv() {
-                return event;
+            if let Some(waiting) = self.waiting.as_mut() {
+                if waiting.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.waiting = None;
             }
-            notified.await;
+            // Waiting starts before the queue is read, so a flow queued between
+            // the two still wakes us (and `notify_one` keeps a permit otherwise).
+            let mut waiting = Box::pin(self.slot.notify.clone().notified_owned());
+            waiting.as_mut().enable();
+            if let Some(event) = self.try_recv() {
+                return Poll::Ready(event);
+            }
+            self.waiting = Some(waiting);
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use super::fanout::{FlowPredicate, Slot, Subscription};
-use crate::api::proto::flow::{Flow, LostEvent, LostEventSource};
+use loupe_proto::flow::{Flow, LostEvent, LostEventSource};
 
 /// Hubble's default ring size (`hubble.eventBufferCapacity`).
 pub const DEFAULT_CAPACITY: usize = 4095;
@@ -116,7 +116,7 @@ impl FlowStore {
     /// The oldest flow leaves the ring when it is full.
     pub fn push(&self, mut flow: Flow) {
         if flow.time.is_none() {
-            flow.time = Some(super::now_timestamp());
+            flow.time = Some(loupe_proto::time::now_timestamp());
         }
         if flow.node_name.is_empty() {
             flow.node_name.clone_from(&self.inner.node_name);
@@ -193,7 +193,7 @@ impl FlowStore {
     ) -> Subscription {
         let slot = Arc::new(Slot::new(queue_capacity, predicate));
         write(&self.inner.subscribers).push(slot.clone());
-        Subscription { slot }
+        Subscription::new(slot)
     }
 
     /// The flows in the ring, oldest first, with their sequence numbers.
@@ -242,14 +242,14 @@ impl FlowStore {
 
     /// Flows per second over the last minute (from the ring's timestamps).
     pub fn flows_rate(&self) -> f64 {
-        let now = super::timestamp_ns(&super::now_timestamp());
+        let now = loupe_proto::time::timestamp_ns(&loupe_proto::time::now_timestamp());
         let window = 60_000_000_000_i128;
         let ring = lock(&self.inner.ring);
         let recent = ring
             .flows
             .iter()
             .rev()
-            .take_while(|(_, f)| now - super::time_ns(f) <= window)
+            .take_while(|(_, f)| now - loupe_proto::fields::time_ns(f) <= window)
             .count();
         let secs = self.inner.started.elapsed().as_secs_f64().clamp(1.0, 60.0);
         recent as f64 / secs

@@ -1,0 +1,264 @@
+//! The control plane: the endpoint registry and the policy controller behind one
+//! lock. Every change to either (an endpoint source's listing, a policy applied or
+//! deleted) and every read that needs both (endpoint names for a policy's selection,
+//! identities for an endpoint listing) takes that lock once, so no caller can hold
+//! one and wait for the other.
+//!
+//! What hot paths read — the endpoint snapshot flows are enriched from, the L7 rules
+//! the proxy decides with, the datapath gauges — is published by the controller
+//! after every change and handed out here without the lock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::datapath::controller::{ApplyReport, Controller, ControllerError, SnapshotHandle};
+use crate::datapath::metrics::DatapathGauges;
+use crate::endpoint::{Endpoint, EndpointRegistry, EndpointSpec, RegistryError, SourceKind};
+use crate::policy::Policy;
+use crate::policy::l7::L7PolicyHandle;
+
+/// What a policy change (or a validation) selected, with endpoints named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyOutcome {
+    /// Policy keys (`namespace/name`) validated, applied or deleted.
+    pub policies: Vec<String>,
+    /// For each policy, in the same order, the endpoints it selects (`namespace/pod`).
+    pub selected: Vec<Vec<String>>,
+    /// Policy map entries the change compiles to.
+    pub entries: usize,
+    /// The repository's revision afterwards.
+    pub revision: u64,
+}
+
+/// A policy in force, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyListing {
+    /// `namespace/name`.
+    pub key: String,
+    /// Where it was read from.
+    pub source: String,
+    /// The endpoints it selects (`namespace/pod`).
+    pub selected: Vec<String>,
+    /// The document as applied.
+    pub document: String,
+}
+
+/// What one endpoint listing did.
+#[derive(Debug)]
+pub struct SyncReport {
+    /// Endpoints the registry refused (the rest were applied).
+    pub refused: Vec<RegistryError>,
+    /// The regeneration of policy for the new endpoint set.
+    pub regenerated: Result<(), ControllerError>,
+}
+
+/// Conntrack garbage collection, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackGc {
+    /// Entries left.
+    pub left: usize,
+    /// Entries removed.
+    pub removed: usize,
+    /// The map's capacity.
+    pub capacity: u32,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: EndpointRegistry,
+    controller: Controller,
+}
+
+/// Endpoints, identities and policies of this node, behind one lock.
+#[derive(Debug)]
+pub struct ControlPlane {
+    inner: Mutex<Inner>,
+    snapshot: SnapshotHandle,
+    l7_policy: L7PolicyHandle,
+    gauges: Arc<DatapathGauges>,
+    conntrack_capacity: Option<u32>,
+}
+
+impl ControlPlane {
+    /// A control plane around `controller`, with no endpoints yet.
+    pub fn new(controller: Controller) -> Self {
+        Self {
+            snapshot: controller.snapshot(),
+            l7_policy: controller.l7_policy(),
+            gauges: controller.gauges(),
+            conntrack_capacity: controller.datapath().map(|d| d.sizes.conntrack),
+            inner: Mutex::new(Inner {
+                registry: EndpointRegistry::new(),
+                controller,
+            }),
+        }
+    }
+
+    /// Whether the controller writes a kernel datapath (false: embedded, tests).
+    pub fn has_datapath(&self) -> bool {
+        self.conntrack_capacity.is_some()
+    }
+
+    /// The endpoint snapshot flows are enriched from (replaced after every change).
+    pub fn snapshot(&self) -> SnapshotHandle {
+        self.snapshot.clone()
+    }
+
+    /// The L7 rules in force (replaced after every change).
+    pub fn l7_policy(&self) -> L7PolicyHandle {
+        self.l7_policy.clone()
+    }
+
+    /// Gauges for the datapath's metrics collector.
+    pub fn gauges(&self) -> Arc<DatapathGauges> {
+        self.gauges.clone()
+    }
+
+    /// Applies one source's full listing (a watch's re-list): the registry takes
+    /// what it can, then policy is regenerated for the new endpoint set.
+    pub async fn sync_endpoints(&self, source: SourceKind, specs: Vec<EndpointSpec>) -> SyncReport {
+        let mut inner = self.inner.lock().await;
+        let Inner {
+            registry,
+            controller,
+        } = &mut *inner;
+        // Keep the endpoint numbers the pinned datapath already uses.
+        let pinned = controller.pinned_endpoint_ids();
+        let refused =
+            registry.sync_source(source, specs, |spec| pinned.get(&spec.ifindex).copied());
+        let endpoints = registry.list().cloned().collect();
+        SyncReport {
+            refused,
+            regenerated: controller.set_endpoints(endpoints),
+        }
+    }
+
+    /// Compiles `policies` as they would apply now, writing nothing.
+    pub async fn validate(&self, policies: &[Policy]) -> Result<PolicyOutcome, ControllerError> {
+        let mut inner = self.inner.lock().await;
+        let compiled = inner.controller.validate(policies)?;
+        let keys: Vec<String> = policies.iter().map(Policy::key).collect();
+        let report = ApplyReport {
+            selected: keys
+                .iter()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        compiled.selected.get(k).cloned().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+            policies: keys,
+            entries: compiled.entries.len(),
+        };
+        Ok(inner.outcome(report))
+    }
+
+    /// Applies policies (replacing those with the same key); on any error the
+    /// policies in force stay.
+    pub async fn apply(&self, policies: Vec<Policy>) -> Result<PolicyOutcome, ControllerError> {
+        let mut inner = self.inner.lock().await;
+        let report = inner.controller.apply(policies)?;
+        Ok(inner.outcome(report))
+    }
+
+    /// Deletes policies by key (`namespace/name`).
+    pub async fn delete(&self, keys: &[String]) -> Result<PolicyOutcome, ControllerError> {
+        let mut inner = self.inner.lock().await;
+        let report = inner.controller.delete(keys)?;
+        Ok(inner.outcome(report))
+    }
+
+    /// The policies in force and the repository's revision.
+    pub async fn policies(&self) -> (Vec<PolicyListing>, u64) {
+        let inner = self.inner.lock().await;
+        let compiled = inner.controller.compiled();
+        let repository = inner.controller.policies();
+        let listings = repository
+            .policies()
+            .map(|p| {
+                let key = p.key();
+                PolicyListing {
+                    selected: compiled
+                        .and_then(|c| c.selected.get(&key))
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| inner.registry.by_id(*id).map(|e| e.spec.key()))
+                        .collect(),
+                    key,
+                    source: p.source.clone(),
+                    document: p.document.clone(),
+                }
+            })
+            .collect();
+        (listings, repository.revision())
+    }
+
+    /// Every endpoint with its security identity (0 while it has none).
+    pub async fn endpoints(&self) -> Vec<(Endpoint, u32)> {
+        let inner = self.inner.lock().await;
+        inner
+            .registry
+            .list()
+            .map(|ep| {
+                let identity = inner
+                    .controller
+                    .endpoint_identity(&ep.spec.key())
+                    .unwrap_or(0);
+                (ep.clone(), identity)
+            })
+            .collect()
+    }
+
+    /// How many endpoints the registry holds.
+    pub async fn endpoint_count(&self) -> usize {
+        self.inner.lock().await.registry.len()
+    }
+
+    /// Makes `ports` L7-visible everywhere (the `l7.<protocol>Protocol` switches).
+    pub async fn set_l7_ports(&self, ports: &BTreeSet<u16>) -> Result<(), ControllerError> {
+        let mut inner = self.inner.lock().await;
+        Ok(inner.controller.set_l7_ports(ports)?)
+    }
+
+    /// Removes conntrack entries of closed and idle connections; `None` without a
+    /// kernel datapath.
+    pub async fn gc_conntrack(&self) -> Option<ConntrackGc> {
+        let capacity = self.conntrack_capacity?;
+        let (left, removed) = self.inner.lock().await.controller.gc_conntrack();
+        Some(ConntrackGc {
+            left,
+            removed,
+            capacity,
+        })
+    }
+}
+
+impl Inner {
+    /// Names the endpoints a report selects, under the same lock that made it.
+    fn outcome(&self, report: ApplyReport) -> PolicyOutcome {
+        let name = |id: &u16| {
+            self.registry
+                .by_id(*id)
+                .map(|e| e.spec.key())
+                .unwrap_or_else(|| format!("endpoint {id}"))
+        };
+        let selected: BTreeMap<&String, Vec<String>> = report
+            .selected
+            .iter()
+            .map(|(k, ids)| (k, ids.iter().map(name).collect()))
+            .collect();
+        PolicyOutcome {
+            selected: report
+                .policies
+                .iter()
+                .map(|k| selected.get(k).cloned().unwrap_or_default())
+                .collect(),
+            policies: report.policies.clone(),
+            entries: report.entries,
+            revision: self.controller.policies().revision(),
+        }
+    }
+}

@@ -5,6 +5,7 @@ mod lab;
 pub mod observe;
 mod plugin;
 mod policy;
+pub mod print;
 pub mod replay;
 pub mod status;
 

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::observe::{Output, PrintOptions, Printer};
-use crate::api::proto::flow::TrafficDirection;
-use crate::api::proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
+use super::print::{Output, PrintOptions, Printer};
 use crate::capture::{CaptureReader, Decoded, decode};
 use crate::l7::{ConnContext, Engine, EngineLimits};
 use crate::plugin::{Limits, PluginManager};
 use crate::reassembly::{Event, Reassembler, Segment};
+use loupe_proto::flow::TrafficDirection;
+use loupe_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
 
 /// `loupe replay` arguments.
 #[derive(Debug, Args)]
@@ -89,21 +89,20 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let mut events: Vec<Event> = Vec::new();
     let mut flows = Vec::new();
     let (mut packets, mut skipped, mut malformed, mut printed) = (0u64, 0u64, 0u64, 0u64);
-    let mut emit = |flows: &mut Vec<crate::api::proto::flow::Flow>,
-                    printer: &mut Printer|
-     -> anyhow::Result<()> {
-        for flow in flows.drain(..) {
-            printed += 1;
-            let resp = GetFlowsResponse {
-                node_name: String::new(),
-                time: flow.time,
-                response_types: Some(ResponseTypes::Flow(flow)),
-            };
-            let text = printer.format(&resp).map_err(anyhow::Error::msg)?;
-            std::io::Write::write_all(&mut stdout, text.as_bytes())?;
-        }
-        Ok(())
-    };
+    let mut emit =
+        |flows: &mut Vec<loupe_proto::flow::Flow>, printer: &mut Printer| -> anyhow::Result<()> {
+            for flow in flows.drain(..) {
+                printed += 1;
+                let resp = GetFlowsResponse {
+                    node_name: String::new(),
+                    time: flow.time,
+                    response_types: Some(ResponseTypes::Flow(flow)),
+                };
+                let text = printer.format(&resp).map_err(anyhow::Error::msg)?;
+                std::io::Write::write_all(&mut stdout, text.as_bytes())?;
+            }
+            Ok(())
+        };
     while let Some(packet) = reader
         .next_packet()
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?

@@ -1,0 +1,290 @@
+//! A [`FlowFilter`] parsed and checked once: addresses, pod prefixes, regexes,
+//! label selectors, enums and status patterns, each error naming its field.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use regex::Regex;
+
+use super::FilterError;
+use crate::flow::selector::LabelSelector;
+use loupe_proto::flow::{
+    DropReason, FlowFilter, HttpHeader, IpVersion, TcpFlags, TrafficDirection, Verdict, Workload,
+};
+
+fn err(field: &'static str, message: impl Into<String>) -> FilterError {
+    FilterError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A pod filter: namespace, and a pod-name prefix (empty: any pod).
+#[derive(Debug, Clone)]
+pub(super) struct PodPrefix {
+    pub(super) namespace: String,
+    pub(super) prefix: String,
+}
+
+/// `404` (exact), `5+` or `40+` (prefix).
+#[derive(Debug, Clone)]
+pub(super) enum StatusMatch {
+    Exact(u32),
+    Prefix(String),
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct EventTypeMatch {
+    pub(super) r#type: i32,
+    pub(super) sub_type: Option<i32>,
+}
+
+/// One FlowFilter, parsed. Empty vectors mean "not constrained".
+#[derive(Debug, Clone, Default)]
+pub(super) struct CompiledFilter {
+    pub(super) uuid: Vec<String>,
+    pub(super) source_ip: Vec<IpNet>,
+    pub(super) source_ip_xlated: Vec<IpNet>,
+    pub(super) destination_ip: Vec<IpNet>,
+    pub(super) source_pod: Vec<PodPrefix>,
+    pub(super) destination_pod: Vec<PodPrefix>,
+    pub(super) source_fqdn: Vec<Regex>,
+    pub(super) destination_fqdn: Vec<Regex>,
+    pub(super) source_label: Vec<LabelSelector>,
+    pub(super) destination_label: Vec<LabelSelector>,
+    pub(super) source_service: Vec<PodPrefix>,
+    pub(super) destination_service: Vec<PodPrefix>,
+    pub(super) source_workload: Vec<Workload>,
+    pub(super) destination_workload: Vec<Workload>,
+    pub(super) source_cluster: Vec<String>,
+    pub(super) destination_cluster: Vec<String>,
+    pub(super) traffic_direction: Vec<i32>,
+    pub(super) verdict: Vec<i32>,
+    pub(super) drop_reason: Vec<i32>,
+    pub(super) event_type: Vec<EventTypeMatch>,
+    pub(super) http_status: Vec<StatusMatch>,
+    pub(super) protocol: Vec<String>,
+    pub(super) source_port: Vec<u16>,
+    pub(super) destination_port: Vec<u16>,
+    pub(super) reply: Vec<bool>,
+    pub(super) dns_query: Vec<Regex>,
+    pub(super) source_identity: Vec<u32>,
+    pub(super) destination_identity: Vec<u32>,
+    pub(super) http_method: Vec<String>,
+    pub(super) http_path: Vec<Regex>,
+    pub(super) http_url: Vec<Regex>,
+    pub(super) http_header: Vec<HttpHeader>,
+    pub(super) tcp_flags: Vec<TcpFlags>,
+    pub(super) node_name: Vec<Regex>,
+    pub(super) node_labels: Vec<LabelSelector>,
+    pub(super) ip_version: Vec<i32>,
+    pub(super) encrypted: Vec<bool>,
+}
+
+fn parse_ips(field: &'static str, values: &[String]) -> Result<Vec<IpNet>, FilterError> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse::<IpNet>()
+                .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| err(field, format!("{v:?} is neither an IP address nor a CIDR")))
+        })
+        .collect()
+}
+
+fn parse_pods(field: &'static str, values: &[String]) -> Result<Vec<PodPrefix>, FilterError> {
+    values
+        .iter()
+        .map(|v| {
+            // Kubernetes' default namespace when none is given, as the Hubble CLI does.
+            let (namespace, prefix) = v.split_once('/').unwrap_or(("default", v.as_str()));
+            if namespace.is_empty() {
+                return Err(err(field, format!("{v:?}: empty namespace")));
+            }
+            Ok(PodPrefix {
+                namespace: namespace.to_string(),
+                prefix: prefix.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn parse_regexes(field: &'static str, values: &[String]) -> Result<Vec<Regex>, FilterError> {
+    values
+        .iter()
+        .map(|v| Regex::new(v).map_err(|e| err(field, format!("{v:?}: {e}"))))
+        .collect()
+}
+
+/// A `*` wildcard pattern (FQDNs, node names) as an anchored regex.
+fn parse_globs(field: &'static str, values: &[String]) -> Result<Vec<Regex>, FilterError> {
+    values
+        .iter()
+        .map(|v| {
+            if v.is_empty() {
+                return Err(err(field, "empty pattern"));
+            }
+            let pattern = v
+                .split('*')
+                .map(regex::escape)
+                .collect::<Vec<_>>()
+                .join("[^/]*");
+            Regex::new(&format!("^(?:{pattern})$")).map_err(|e| err(field, format!("{v:?}: {e}")))
+        })
+        .collect()
+}
+
+fn parse_selectors(
+    field: &'static str,
+    values: &[String],
+) -> Result<Vec<LabelSelector>, FilterError> {
+    values
+        .iter()
+        .map(|v| LabelSelector::parse(v).map_err(|e| err(field, e)))
+        .collect()
+}
+
+fn parse_ports(field: &'static str, values: &[String]) -> Result<Vec<u16>, FilterError> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse::<u16>()
+                .map_err(|_| err(field, format!("{v:?} is not a port number (0-65535)")))
+        })
+        .collect()
+}
+
+fn parse_status(values: &[String]) -> Result<Vec<StatusMatch>, FilterError> {
+    values
+        .iter()
+        .map(|v| {
+            let bad = || {
+                err(
+                    "http_status_code",
+                    format!("{v:?}: expected a status code (404) or a class (5+, 40+)"),
+                )
+            };
+            if let Some(prefix) = v.strip_suffix('+') {
+                if prefix.is_empty()
+                    || prefix.len() > 2
+                    || !prefix.bytes().all(|b| b.is_ascii_digit())
+                    || !(b'1'..=b'5').contains(&prefix.as_bytes()[0])
+                {
+                    return Err(bad());
+                }
+                Ok(StatusMatch::Prefix(prefix.to_string()))
+            } else {
+                match v.parse::<u32>() {
+                    Ok(code) if (100..=599).contains(&code) && v.len() == 3 => {
+                        Ok(StatusMatch::Exact(code))
+                    }
+                    _ => Err(bad()),
+                }
+            }
+        })
+        .collect()
+}
+
+fn check_enum(
+    field: &'static str,
+    values: &[i32],
+    valid: impl Fn(i32) -> bool,
+) -> Result<Vec<i32>, FilterError> {
+    for v in values {
+        if !valid(*v) {
+            return Err(err(field, format!("unknown value {v}")));
+        }
+    }
+    Ok(values.to_vec())
+}
+
+impl CompiledFilter {
+    pub(super) fn new(f: &FlowFilter) -> Result<Self, FilterError> {
+        if !f.trace_id.is_empty() {
+            return Err(err("trace_id", "Loupe does not record trace IDs"));
+        }
+        let protocol = f
+            .protocol
+            .iter()
+            .map(|p| {
+                let p = p.trim().to_ascii_lowercase();
+                if p.is_empty()
+                    || !p
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(err("protocol", format!("{p:?} is not a protocol name")));
+                }
+                Ok(p)
+            })
+            .collect::<Result<_, _>>()?;
+        let http_method = f
+            .http_method
+            .iter()
+            .map(|m| {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(err("http_method", format!("{m:?} is not an HTTP method")));
+                }
+                Ok(m.to_ascii_uppercase())
+            })
+            .collect::<Result<_, _>>()?;
+        let event_type = f
+            .event_type
+            .iter()
+            .map(|e| EventTypeMatch {
+                r#type: e.r#type,
+                sub_type: e.match_sub_type.then_some(e.sub_type),
+            })
+            .collect();
+        for h in &f.http_header {
+            if h.key.is_empty() {
+                return Err(err("http_header", "empty header name"));
+            }
+        }
+        Ok(Self {
+            uuid: f.uuid.clone(),
+            source_ip: parse_ips("source_ip", &f.source_ip)?,
+            source_ip_xlated: parse_ips("source_ip_xlated", &f.source_ip_xlated)?,
+            destination_ip: parse_ips("destination_ip", &f.destination_ip)?,
+            source_pod: parse_pods("source_pod", &f.source_pod)?,
+            destination_pod: parse_pods("destination_pod", &f.destination_pod)?,
+            source_fqdn: parse_globs("source_fqdn", &f.source_fqdn)?,
+            destination_fqdn: parse_globs("destination_fqdn", &f.destination_fqdn)?,
+            source_label: parse_selectors("source_label", &f.source_label)?,
+            destination_label: parse_selectors("destination_label", &f.destination_label)?,
+            source_service: parse_pods("source_service", &f.source_service)?,
+            destination_service: parse_pods("destination_service", &f.destination_service)?,
+            source_workload: f.source_workload.clone(),
+            destination_workload: f.destination_workload.clone(),
+            source_cluster: f.source_cluster_name.clone(),
+            destination_cluster: f.destination_cluster_name.clone(),
+            traffic_direction: check_enum("traffic_direction", &f.traffic_direction, |v| {
+                TrafficDirection::try_from(v).is_ok()
+            })?,
+            verdict: check_enum("verdict", &f.verdict, |v| Verdict::try_from(v).is_ok())?,
+            drop_reason: check_enum("drop_reason_desc", &f.drop_reason_desc, |v| {
+                DropReason::try_from(v).is_ok()
+            })?,
+            event_type,
+            http_status: parse_status(&f.http_status_code)?,
+            protocol,
+            source_port: parse_ports("source_port", &f.source_port)?,
+            destination_port: parse_ports("destination_port", &f.destination_port)?,
+            reply: f.reply.clone(),
+            dns_query: parse_regexes("dns_query", &f.dns_query)?,
+            source_identity: f.source_identity.clone(),
+            destination_identity: f.destination_identity.clone(),
+            http_method,
+            http_path: parse_regexes("http_path", &f.http_path)?,
+            http_url: parse_regexes("http_url", &f.http_url)?,
+            http_header: f.http_header.clone(),
+            tcp_flags: f.tcp_flags.clone(),
+            node_name: parse_globs("node_name", &f.node_name)?,
+            node_labels: parse_selectors("node_labels", &f.node_labels)?,
+            ip_version: check_enum("ip_version", &f.ip_version, |v| {
+                IpVersion::try_from(v).is_ok()
+            })?,
+            encrypted: f.encrypted.clone(),
+        })
+    }
+}

@@ -1,0 +1,63 @@
+//! Hubble's flow filters, compiled once per request.
+//!
+//! A request's result is the flows that match ANY whitelist filter (all flows
+//! when there is none) and NO blacklist filter. Inside one [`FlowFilter`] every
+//! non-empty field must match (AND); a field matches when any of its values does
+//! (OR). Values are parsed and checked up front so a bad request is refused with
+//! its reason instead of silently matching nothing.
+//!
+//! `compile` parses a [`FlowFilter`] into a `CompiledFilter`; `matches` runs it
+//! against a flow.
+
+mod compile;
+mod matches;
+#[cfg(test)]
+mod tests;
+
+use loupe_proto::flow::{Flow, FlowFilter};
+
+use compile::CompiledFilter;
+
+/// A filter value that cannot be used; the message names the field and value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid flow filter: {field}: {message}")]
+pub struct FilterError {
+    /// The FlowFilter field (`source_ip`, `http_status_code`, …).
+    pub field: &'static str,
+    /// What is wrong with the value.
+    pub message: String,
+}
+
+/// A whitelist and a blacklist, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct FlowFilterSet {
+    whitelist: Vec<CompiledFilter>,
+    blacklist: Vec<CompiledFilter>,
+}
+
+impl FlowFilterSet {
+    /// Compiles a request's filters.
+    pub fn new(whitelist: &[FlowFilter], blacklist: &[FlowFilter]) -> Result<Self, FilterError> {
+        Ok(Self {
+            whitelist: whitelist
+                .iter()
+                .map(CompiledFilter::new)
+                .collect::<Result<_, _>>()?,
+            blacklist: blacklist
+                .iter()
+                .map(CompiledFilter::new)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Whether a flow passes: any whitelist filter (or none given) and no blacklist filter.
+    pub fn matches(&self, flow: &Flow) -> bool {
+        (self.whitelist.is_empty() || self.whitelist.iter().any(|f| f.matches(flow)))
+            && !self.blacklist.iter().any(|f| f.matches(flow))
+    }
+
+    /// True when every flow passes.
+    pub fn is_empty(&self) -> bool {
+        self.whitelist.is_empty() && self.blacklist.is_empty()
+    }
+}

@@ -703,4 +703,58 @@ mod tests {
         let err = c.delete(&["demo-app/nope".to_string()]).unwrap_err();
         assert_eq!(err.to_string(), "no such policy: demo-app/nope");
     }
+
+    #[test]
+    fn the_controller_publishes_l7_rules_and_keeps_them_on_a_refused_change() {
+        use crate::policy::Direction;
+        use crate::policy::l7::tests::{GET_GET, http, policy};
+
+        let endpoint = |id: u16, app: &str| Endpoint {
+            id,
+            spec: EndpointSpec {
+                source: SourceKind::Lab,
+                namespace: "demo".into(),
+                pod_name: format!("{app}-x"),
+                labels: [("app".to_string(), app.to_string())].into(),
+                ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, id as u8)),
+                ipv6: None,
+                interface: format!("lxc{id}"),
+                ifindex: u32::from(id),
+                workload: None,
+            },
+        };
+        let mut config = AgentConfig::default();
+        config.bpf.policy_map_entries = 4;
+        let mut c = Controller::in_memory(&config);
+        let handle = c.l7_policy();
+        c.set_endpoints(vec![endpoint(1, "frontend"), endpoint(2, "api")])
+            .unwrap();
+        assert!(handle.load().is_empty());
+        c.apply(parse_policies("p.yaml", &policy("p", &[("frontend", 80, GET_GET)])).unwrap())
+            .unwrap();
+        let frontend = c.endpoint_identity("demo/frontend-x").unwrap();
+        let t = handle.load();
+        assert!(
+            t.decide(2, Direction::Ingress, 80, frontend, &http("GET", "/get"))
+                .allowed()
+        );
+        assert!(
+            !t.decide(2, Direction::Ingress, 80, frontend, &http("PUT", "/get"))
+                .allowed()
+        );
+
+        // Too many entries: refused, and the L7 rules in force stay.
+        let big = policy("p", &[("frontend", 1000, "http:\n- method: PUT")])
+            .replace("protocol: TCP\n", "endPort: 1200\n        protocol: TCP\n");
+        assert!(c.apply(parse_policies("big.yaml", &big).unwrap()).is_err());
+        let t = handle.load();
+        assert!(
+            !t.decide(2, Direction::Ingress, 80, frontend, &http("PUT", "/get"))
+                .allowed()
+        );
+        assert!(
+            t.decide(2, Direction::Ingress, 80, frontend, &http("GET", "/get"))
+                .allowed()
+        );
+    }
 }

@@ -5,10 +5,19 @@
 use std::io::Write as _;
 
 use cap_std::fs::Dir;
+use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::error::InstallError;
-use super::host::PluginHost;
+
+/// A hex key identifying `engine`'s code format: a precompiled plugin only loads
+/// into an engine with the same key.
+pub fn compatibility_key(engine: &Engine) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
 
 /// A directory of precompiled components, reached only through its handle.
 #[derive(Debug)]
@@ -26,16 +35,16 @@ impl Cache {
     /// or compiled and stored.
     pub(crate) fn component(
         &self,
-        host: &PluginHost,
+        engine: &Engine,
         sha256: &str,
         bytes: &[u8],
     ) -> Result<Component, InstallError> {
-        let name = format!("{sha256}-{}.cwasm", host.compatibility_key());
+        let name = format!("{sha256}-{}.cwasm", compatibility_key(engine));
         if let Ok(compiled) = self.dir.read(&name) {
             // SAFETY: the file is one this host wrote (below) into its own plugin
             // directory, under a name binding it to these exact component bytes and
             // this engine's configuration; wasmtime still checks its header.
-            match unsafe { Component::deserialize(host.engine(), &compiled) } {
+            match unsafe { Component::deserialize(engine, &compiled) } {
                 Ok(component) => return Ok(component),
                 Err(err) => {
                     tracing::warn!(file = %name, error = %format!("{err:#}"), "discarding unusable precompiled plugin");
@@ -43,8 +52,8 @@ impl Cache {
                 }
             }
         }
-        let component = Component::new(host.engine(), bytes)
-            .map_err(|e| InstallError::Corrupt(format!("{e:#}")))?;
+        let component =
+            Component::new(engine, bytes).map_err(|e| InstallError::Corrupt(format!("{e:#}")))?;
         match component.serialize() {
             Ok(compiled) => {
                 if let Err(err) = self.store(&name, &compiled) {

@@ -85,12 +85,7 @@ impl PluginHost {
     /// A hex key identifying this engine's code format: a precompiled plugin only
     /// loads into an engine with the same key.
     pub fn compatibility_key(&self) -> String {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        format!("{:016x}", hasher.finish())
+        super::cache::compatibility_key(&self.engine)
     }
 
     /// Checks and loads a plugin: WebAssembly, a component, no imports, a
@@ -106,7 +101,7 @@ impl PluginHost {
         check_header(bytes)?;
         let sha256 = hex(&Sha256::digest(bytes));
         let component = match cache {
-            Some(cache) => cache.component(self, &sha256, bytes)?,
+            Some(cache) => cache.component(&self.engine, &sha256, bytes)?,
             None => Component::new(&self.engine, bytes)
                 .map_err(|e| InstallError::Corrupt(format!("{e:#}")))?,
         };

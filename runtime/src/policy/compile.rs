@@ -127,9 +127,11 @@ pub struct Compiled {
     pub selected: BTreeMap<String, Vec<u16>>,
 }
 
-/// Compiles `policies` for `endpoints`. `cidr_identity` allocates the identity of a
+/// Compiles `policies` for `endpoints` into L3/L4 entries and the ports that carry
+/// L7 rules (which of those the proxy enforces is decided after, by
+/// [`super::l7::enforcement_flags`]). `cidr_identity` allocates the identity of a
 /// CIDR prefix.
-pub fn compile(
+pub fn compile_rules(
     policies: &[Policy],
     endpoints: &[EndpointView],
     mode: PolicyEnforcementMode,
@@ -207,7 +209,6 @@ pub fn compile(
             .insert(policy.key(), selected.into_iter().collect());
     }
     deny_covered_allows(&mut out.entries);
-    super::l7::enforcement_flags(&mut out);
     if allow_localhost {
         let enforced: Vec<u16> = out
             .enforcement

@@ -14,9 +14,29 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
-pub use compile::{Compiled, EndpointView, compile};
+pub use compile::{Compiled, EndpointView};
 pub use parse::{PolicyError, parse_path, parse_policies};
 pub use selector::LabelSelector;
+
+use crate::config::PolicyEnforcementMode;
+use crate::identity::IdentityError;
+
+/// Compiles `policies` for `endpoints`: L3/L4 entries and the ports with L7 rules
+/// ([`compile::compile_rules`]), then which L7 entries must pass the proxy
+/// ([`l7::enforcement_flags`]). `cidr_identity` allocates the identity of a CIDR
+/// prefix.
+pub fn compile(
+    policies: &[Policy],
+    endpoints: &[EndpointView],
+    mode: PolicyEnforcementMode,
+    allow_localhost: bool,
+    cidr_identity: &mut dyn FnMut(&IpNet) -> Result<u32, IdentityError>,
+) -> Result<Compiled, IdentityError> {
+    let mut out =
+        compile::compile_rules(policies, endpoints, mode, allow_localhost, cidr_identity)?;
+    l7::enforcement_flags(&mut out);
+    Ok(out)
+}
 
 /// A validated policy document.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -461,4 +461,4 @@ impl L7PolicyHandle {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

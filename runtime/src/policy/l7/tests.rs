@@ -53,7 +53,7 @@ fn table(text: &str) -> L7Policy {
 }
 
 /// A policy on `app: api` with one ingress rule per `(from app, port, rules)`.
-fn policy(name: &str, ingress: &[(&str, u16, &str)]) -> String {
+pub(crate) fn policy(name: &str, ingress: &[(&str, u16, &str)]) -> String {
     let mut out = format!(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}\n  \
          namespace: demo\nspec:\n  endpointSelector:\n    matchLabels:\n      app: api\n  ingress:\n"
@@ -75,7 +75,7 @@ fn policy(name: &str, ingress: &[(&str, u16, &str)]) -> String {
 
 /// A request over owned values.
 #[derive(Default)]
-struct Req {
+pub(crate) struct Req {
     protocol: &'static str,
     fields: Vec<(&'static str, Owned)>,
     headers: Vec<(&'static str, &'static str)>,
@@ -130,7 +130,7 @@ impl L7Request for Req {
     }
 }
 
-fn http(method: &'static str, path: &'static str) -> Req {
+pub(crate) fn http(method: &'static str, path: &'static str) -> Req {
     Req::new("http").text("method", method).text("path", path)
 }
 
@@ -163,7 +163,7 @@ fn flags(c: &Compiled, identity: u32, port: u16) -> u8 {
     c.entries.get(&key).map(|v| v.flags).unwrap_or(0xff)
 }
 
-const GET_GET: &str = "http:\n- method: GET\n  path: /get";
+pub(crate) const GET_GET: &str = "http:\n- method: GET\n  path: /get";
 
 #[test]
 fn http_method_and_path_are_anchored() {
@@ -794,61 +794,6 @@ fn handle_publishes_new_tables() {
     assert!(
         before.is_empty(),
         "a loaded snapshot does not change under its reader"
-    );
-}
-
-#[test]
-fn the_controller_publishes_l7_rules_and_keeps_them_on_a_refused_change() {
-    use crate::config::AgentConfig;
-    use crate::datapath::controller::Controller;
-    use crate::endpoint::{Endpoint, EndpointSpec, SourceKind};
-
-    let endpoint = |id: u16, app: &str| Endpoint {
-        id,
-        spec: EndpointSpec {
-            source: SourceKind::Lab,
-            namespace: "demo".into(),
-            pod_name: format!("{app}-x"),
-            labels: [("app".to_string(), app.to_string())].into(),
-            ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, id as u8)),
-            ipv6: None,
-            interface: format!("lxc{id}"),
-            ifindex: u32::from(id),
-            workload: None,
-        },
-    };
-    let mut config = AgentConfig::default();
-    config.bpf.policy_map_entries = 4;
-    let mut c = Controller::in_memory(&config);
-    let handle = c.l7_policy();
-    c.set_endpoints(vec![endpoint(1, "frontend"), endpoint(2, "api")])
-        .unwrap();
-    assert!(handle.load().is_empty());
-    c.apply(parse_policies("p.yaml", &policy("p", &[("frontend", 80, GET_GET)])).unwrap())
-        .unwrap();
-    let frontend = c.endpoint_identity("demo/frontend-x").unwrap();
-    let t = handle.load();
-    assert!(
-        t.decide(2, Direction::Ingress, 80, frontend, &http("GET", "/get"))
-            .allowed()
-    );
-    assert!(
-        !t.decide(2, Direction::Ingress, 80, frontend, &http("PUT", "/get"))
-            .allowed()
-    );
-
-    // Too many entries: refused, and the L7 rules in force stay.
-    let big = policy("p", &[("frontend", 1000, "http:\n- method: PUT")])
-        .replace("protocol: TCP\n", "endPort: 1200\n        protocol: TCP\n");
-    assert!(c.apply(parse_policies("big.yaml", &big).unwrap()).is_err());
-    let t = handle.load();
-    assert!(
-        !t.decide(2, Direction::Ingress, 80, frontend, &http("PUT", "/get"))
-            .allowed()
-    );
-    assert!(
-        t.decide(2, Direction::Ingress, 80, frontend, &http("GET", "/get"))
-            .allowed()
     );
 }
 

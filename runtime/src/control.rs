@@ -4,12 +4,13 @@
 //! identities for an endpoint listing) takes that lock once, so no caller can hold
 //! one and wait for the other.
 //!
-//! What hot paths read — the endpoint snapshot flows are enriched from, the L7 rules
-//! the proxy decides with, the datapath gauges — is published by the controller
-//! after every change and handed out here without the lock.
+//! What hot paths and status readers need — the endpoint snapshot flows are
+//! enriched from, the L7 rules the proxy decides with, the datapath gauges, the
+//! registry's summary — is published after every change and handed out here
+//! without the lock.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::Mutex;
 
@@ -65,6 +66,33 @@ pub struct ConntrackGc {
     pub capacity: u32,
 }
 
+/// What the registry holds, published after every endpoint listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointSummary {
+    /// Endpoints in the registry.
+    pub endpoints: usize,
+    /// Their namespaces.
+    pub namespaces: BTreeSet<String>,
+}
+
+/// The latest [`EndpointSummary`], readable without the control plane's lock.
+#[derive(Debug, Clone, Default)]
+pub struct SummaryHandle(Arc<RwLock<Arc<EndpointSummary>>>);
+
+impl SummaryHandle {
+    /// The summary as of the last endpoint listing.
+    pub fn load(&self) -> Arc<EndpointSummary> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn store(&self, summary: EndpointSummary) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(summary);
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     registry: EndpointRegistry,
@@ -78,6 +106,7 @@ pub struct ControlPlane {
     snapshot: SnapshotHandle,
     l7_policy: L7PolicyHandle,
     gauges: Arc<DatapathGauges>,
+    summary: SummaryHandle,
     conntrack_capacity: Option<u32>,
 }
 
@@ -88,6 +117,7 @@ impl ControlPlane {
             snapshot: controller.snapshot(),
             l7_policy: controller.l7_policy(),
             gauges: controller.gauges(),
+            summary: SummaryHandle::default(),
             conntrack_capacity: controller.datapath().map(|d| d.sizes.conntrack),
             inner: Mutex::new(Inner {
                 registry: EndpointRegistry::new(),
@@ -116,6 +146,12 @@ impl ControlPlane {
         self.gauges.clone()
     }
 
+    /// The registry's endpoint count and namespaces (replaced after every listing,
+    /// even one whose regeneration failed).
+    pub fn summary(&self) -> SummaryHandle {
+        self.summary.clone()
+    }
+
     /// Applies one source's full listing (a watch's re-list): the registry takes
     /// what it can, then policy is regenerated for the new endpoint set.
     pub async fn sync_endpoints(&self, source: SourceKind, specs: Vec<EndpointSpec>) -> SyncReport {
@@ -128,7 +164,11 @@ impl ControlPlane {
         let pinned = controller.pinned_endpoint_ids();
         let refused =
             registry.sync_source(source, specs, |spec| pinned.get(&spec.ifindex).copied());
-        let endpoints = registry.list().cloned().collect();
+        let endpoints: Vec<Endpoint> = registry.list().cloned().collect();
+        self.summary.store(EndpointSummary {
+            endpoints: endpoints.len(),
+            namespaces: endpoints.iter().map(|e| e.spec.namespace.clone()).collect(),
+        });
         SyncReport {
             refused,
             regenerated: controller.set_endpoints(endpoints),
@@ -210,11 +250,6 @@ impl ControlPlane {
                 (ep.clone(), identity)
             })
             .collect()
-    }
-
-    /// How many endpoints the registry holds.
-    pub async fn endpoint_count(&self) -> usize {
-        self.inner.lock().await.registry.len()
     }
 
     /// Makes `ports` L7-visible everywhere (the `l7.<protocol>Protocol` switches).

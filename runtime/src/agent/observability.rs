@@ -63,7 +63,7 @@ fn services(state: &AgentState) -> (ObserverService, PeerService) {
     let observer = ObserverService::new(
         state.flows.clone(),
         state.node.clone(),
-        state.control.snapshot(),
+        state.control.summary(),
         state.config.hubble.event_queue_size as usize,
     );
     (observer, PeerService::new(state.node.clone()))

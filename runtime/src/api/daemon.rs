@@ -90,7 +90,7 @@ impl Daemon for DaemonService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let endpoints = self.control.endpoint_count().await;
+        let endpoints = self.control.summary().load().endpoints;
         let components: Vec<pb::ComponentStatus> = self
             .status
             .health

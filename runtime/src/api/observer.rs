@@ -20,23 +20,23 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::NodeInfo;
-use crate::datapath::controller::SnapshotHandle;
+use crate::control::SummaryHandle;
 use crate::flow::{Event, FlowFilterSet, FlowStore, Subscription};
 
 /// The service over the flow store, this node's description and the endpoint
-/// snapshot (for namespaces).
+/// summary (for namespaces).
 #[derive(Debug, Clone)]
 pub struct ObserverService {
     flows: FlowStore,
     node: NodeInfo,
-    endpoints: SnapshotHandle,
+    endpoints: SummaryHandle,
     queue: usize,
 }
 
 impl ObserverService {
     /// A service answering from `flows`; each follow client gets a queue of
     /// `queue` events (`hubble.eventQueueSize`).
-    pub fn new(flows: FlowStore, node: NodeInfo, endpoints: SnapshotHandle, queue: usize) -> Self {
+    pub fn new(flows: FlowStore, node: NodeInfo, endpoints: SummaryHandle, queue: usize) -> Self {
         Self {
             flows,
             node,
@@ -158,14 +158,16 @@ impl Stream for FlowResponses {
         let Some(live) = this.live.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Some(deadline) = live.deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            this.live = None;
-            return Poll::Ready(None);
-        }
         loop {
             let Poll::Ready(event) = live.subscription.poll_recv(cx) else {
+                // Nothing queued: `until` ends the stream once it has passed
+                // (flows queued before it are delivered first).
+                if let Some(deadline) = live.deadline.as_mut()
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    this.live = None;
+                    return Poll::Ready(None);
+                }
                 return Poll::Pending;
             };
             match event {
@@ -250,13 +252,7 @@ impl Observer for ObserverService {
         &self,
         _request: Request<GetNamespacesRequest>,
     ) -> Result<Response<GetNamespacesResponse>, Status> {
-        let mut names = std::collections::BTreeSet::new();
-        let endpoints = self
-            .endpoints
-            .read()
-            .map(|snapshot| snapshot.clone())
-            .unwrap_or_default();
-        names.extend(endpoints.namespaces().map(str::to_string));
+        let mut names = self.endpoints.load().namespaces.clone();
         for (_, flow) in self.flows.snapshot() {
             for ep in [&flow.source, &flow.destination].into_iter().flatten() {
                 if !ep.namespace.is_empty() {

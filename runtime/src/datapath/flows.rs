@@ -82,11 +82,6 @@ impl EndpointSnapshot {
         snap
     }
 
-    /// The namespaces of this node's endpoints (in no particular order).
-    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
-        self.by_id.values().map(|ep| ep.namespace.as_str())
-    }
-
     /// The local endpoint with this address.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
         self.by_ip.get(&ip)

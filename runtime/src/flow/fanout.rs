@@ -180,20 +180,27 @@ impl Subscription {
     /// stream that reads the subscription directly).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         loop {
-            if let Some(waiting) = self.waiting.as_mut() {
-                if waiting.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                self.waiting = None;
-            }
-            // Waiting starts before the queue is read, so a flow queued between
-            // the two still wakes us (and `notify_one` keeps a permit otherwise).
-            let mut waiting = Box::pin(self.slot.notify.clone().notified_owned());
-            waiting.as_mut().enable();
+            // A queued event costs nothing more than the queue's lock.
             if let Some(event) = self.try_recv() {
+                self.waiting = None;
                 return Poll::Ready(event);
             }
-            self.waiting = Some(waiting);
+            match self.waiting.as_mut() {
+                Some(waiting) => {
+                    if waiting.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.waiting = None;
+                }
+                None => {
+                    // Waiting starts before the queue is read again, so a flow
+                    // queued in between still wakes us (`notify_one` also keeps a
+                    // permit when nobody waits).
+                    let mut waiting = Box::pin(self.slot.notify.clone().notified_owned());
+                    waiting.as_mut().enable();
+                    self.waiting = Some(waiting);
+                }
+            }
         }
     }
 

@@ -19,12 +19,13 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::api::{self, NodeInfo, daemon::DaemonService, policy::PolicyService};
 use crate::config::AgentConfig;
 use crate::control::ControlPlane;
-use crate::datapath::{Datapath, controller::Controller, metrics::DatapathCollector};
+use crate::datapath::{self, Datapath, controller::Controller, metrics::DatapathCollector};
 use crate::endpoint::{self, SourceKind};
 use crate::flow::FlowStore;
 use crate::health::{ComponentState, Health};
+use crate::l7::live::{self, LiveCollector, LiveConfig};
 use crate::metrics::MetricsRegistry;
-use crate::plugin::{InstallError, PluginManager};
+use crate::plugin::{InstallError, PluginManager, bundled};
 
 /// What the agent is made of, before it runs. Embedders and tests keep a handle to
 /// `flows` and `metrics`; everything else is handed to the parts that use it when
@@ -150,7 +151,7 @@ async fn serve(
     let health = &state.health;
     let listener = api::bind_socket(&config.socket_path)?;
     tracing::info!(socket = %config.socket_path.display(), node = %state.node.name, "agent starting");
-    let mut tasks = Vec::new();
+    let mut tasks = Tasks::default();
     if config.bpf.enabled {
         health.set(
             "datapath",
@@ -163,7 +164,7 @@ async fn serve(
     if let Some(ring) = io.events {
         let collector = DatapathCollector::new(&config.bpf.pin_path, state.control.gauges());
         state.metrics.register("datapath", Arc::new(collector));
-        tasks.extend(crate::datapath::flows::start(
+        tasks.0.extend(datapath::flows::start(
             ring,
             &config.bpf.pin_path,
             state.control.snapshot(),
@@ -174,12 +175,12 @@ async fn serve(
 
     if config.endpoints.lab {
         let (tx, rx) = mpsc::channel(4);
-        tasks.push(tokio::spawn(endpoint::lab_source::watch(
+        tasks.0.push(tokio::spawn(endpoint::lab_source::watch(
             Duration::from_millis(config.endpoints.lab_poll_ms),
             config.endpoints.lab_names.clone(),
             tx,
         )));
-        tasks.push(tokio::spawn(apply_source(
+        tasks.0.push(tokio::spawn(apply_source(
             state.control.clone(),
             state.health.clone(),
             SourceKind::Lab,
@@ -194,11 +195,13 @@ async fn serve(
         );
     }
 
-    tasks.push(tokio::spawn(collect_conntrack(state.control.clone())));
+    tasks
+        .0
+        .push(tokio::spawn(collect_conntrack(state.control.clone())));
     let l7_proxy = proxy::start(&state);
     let observability = observability::start(&state).await?;
     if config.plugins.bundled {
-        let installed = crate::plugin::bundled::install_missing(&state.plugins);
+        let installed = bundled::install_missing(&state.plugins);
         if !installed.is_empty() {
             tracing::info!(plugins = ?installed, "bundled plugins installed");
         }
@@ -239,12 +242,23 @@ async fn serve(
     let result = server.await;
     observability.stop();
     proxy::stop(l7_proxy);
-    for task in tasks {
-        task.abort();
-    }
+    drop(tasks);
     let _ = std::fs::remove_file(&config.socket_path);
     tracing::info!("agent stopped");
     result.map_err(Into::into)
+}
+
+/// The agent's background tasks: aborted when the agent stops, or when start-up
+/// fails half way (an embedder's runtime keeps running).
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Starts the live L7 path on the datapath's payload copies, after making the
@@ -264,13 +278,13 @@ async fn start_l7(state: &AgentState, map: aya::maps::Map) {
     if let Err(e) = state.control.set_l7_ports(&global_ports).await {
         tracing::error!(error = %e, "could not set the globally visible L7 ports");
     }
-    let config = crate::l7::live::LiveConfig {
+    let config = LiveConfig {
         buffer_pages: l7.buffer_pages as usize,
         queue: l7.queue_size as usize,
         reassembly: l7.reassembly(),
         global_ports: global_ports.clone(),
     };
-    match crate::l7::live::start(
+    match live::start(
         map,
         config,
         state.plugins.clone(),
@@ -279,9 +293,7 @@ async fn start_l7(state: &AgentState, map: aya::maps::Map) {
         state.flows.clone(),
     ) {
         Ok(stats) => {
-            state
-                .metrics
-                .register("l7", Arc::new(crate::l7::live::LiveCollector(stats)));
+            state.metrics.register("l7", Arc::new(LiveCollector(stats)));
             let detail = if global_ports.is_empty() {
                 "ports with L7 policy".to_string()
             } else {

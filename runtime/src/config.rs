@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::options::MetricSpec;
+use crate::{plugin, reassembly};
+
 /// Configuration of `loupe agent`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -219,8 +222,8 @@ impl PluginsConfig {
     }
 
     /// The host's limits.
-    pub fn limits(&self) -> crate::plugin::Limits {
-        crate::plugin::Limits {
+    pub fn limits(&self) -> plugin::Limits {
+        plugin::Limits {
             deadline: std::time::Duration::from_millis(self.deadline_ms),
             memory_bytes: (self.memory_limit_mib as usize) << 20,
             instances: self.instances,
@@ -293,8 +296,8 @@ impl L7Config {
     }
 
     /// The reassembly bounds.
-    pub fn reassembly(&self) -> crate::reassembly::Limits {
-        crate::reassembly::Limits {
+    pub fn reassembly(&self) -> reassembly::Limits {
+        reassembly::Limits {
             max_connections: self.max_connections as usize,
             max_pending_per_direction: (self.max_pending_kib as usize) << 10,
             max_pending_total: (self.max_pending_total_mib as usize) << 20,
@@ -574,7 +577,7 @@ impl AgentConfig {
             }
         }
         for (i, spec) in h.metrics.enabled.iter().enumerate() {
-            crate::metrics::options::MetricSpec::parse(spec)
+            MetricSpec::parse(spec)
                 .map_err(|e| invalid(&format!("hubble.metrics.enabled[{i}]"), e.to_string()))?;
         }
         Ok(())

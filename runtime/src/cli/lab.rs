@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
+use crate::host;
 use crate::lab::{self, LabFile, LabState, UpOutcome};
 
 /// Lab subcommands.
@@ -123,7 +124,7 @@ fn print_pods(state: &LabState) {
         "POD", "IPV4", "IPV6", "INTERFACE", "PID"
     );
     for pod in &state.pods {
-        let alive = pod.pid.is_some_and(crate::host::alive);
+        let alive = pod.pid.is_some_and(host::alive);
         println!(
             "  {:<28} {:<16} {:<22} {:<12} {:<8} {}",
             format!("{}/{}", state.namespace, pod.pod_name),

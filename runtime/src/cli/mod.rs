@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{AgentConfig, DEFAULT_SOCKET};
+use crate::{agent, proxy};
 
 /// Loupe: eBPF network observability and policy, with WebAssembly L7 parsers.
 #[derive(Debug, Parser)]
@@ -77,7 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     ..AgentConfig::default()
                 },
             };
-            runtime()?.block_on(crate::agent::run(config, shutdown_signal()))?;
+            runtime()?.block_on(agent::run(config, shutdown_signal()))?;
             Ok(0)
         }
         Command::Lab(cmd) => lab::run(cmd),
@@ -104,7 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             if pin_path.exists() {
                 std::fs::remove_dir_all(&pin_path)?;
             }
-            crate::proxy::routing::remove();
+            proxy::routing::remove();
             println!("removed {} ({detached} links)", pin_path.display());
             Ok(0)
         }

@@ -645,11 +645,15 @@ mod tests {
     use crate::policy::parse_policies;
 
     fn endpoint(id: u16, app: &str) -> Endpoint {
+        endpoint_in("demo-app", id, app)
+    }
+
+    fn endpoint_in(namespace: &str, id: u16, app: &str) -> Endpoint {
         Endpoint {
             id,
             spec: EndpointSpec {
                 source: SourceKind::Lab,
-                namespace: "demo-app".into(),
+                namespace: namespace.into(),
                 pod_name: format!("{app}-x"),
                 labels: [("app".to_string(), app.to_string())].into(),
                 ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, id as u8)),
@@ -709,20 +713,7 @@ mod tests {
         use crate::policy::Direction;
         use crate::policy::l7::tests::{GET_GET, http, policy};
 
-        let endpoint = |id: u16, app: &str| Endpoint {
-            id,
-            spec: EndpointSpec {
-                source: SourceKind::Lab,
-                namespace: "demo".into(),
-                pod_name: format!("{app}-x"),
-                labels: [("app".to_string(), app.to_string())].into(),
-                ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, id as u8)),
-                ipv6: None,
-                interface: format!("lxc{id}"),
-                ifindex: u32::from(id),
-                workload: None,
-            },
-        };
+        let endpoint = |id: u16, app: &str| endpoint_in("demo", id, app);
         let mut config = AgentConfig::default();
         config.bpf.policy_map_entries = 4;
         let mut c = Controller::in_memory(&config);

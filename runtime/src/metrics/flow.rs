@@ -1,9 +1,7 @@
 //! Metrics derived from flows (`hubble_*`, `loupe_redis_*`,
-//! `cilium_policy_enforcement_total`), computed by a flow-store subscriber.
-//!
-//! The subscriber has its own bounded queue like any other: when metrics fall
-//! behind, flows are skipped and counted in `loupe_flow_metrics_lost_total`;
-//! ingestion never waits for metrics.
+//! `cilium_policy_enforcement_total`), counted by a synchronous hook of
+//! `FlowStore::push`, so no flow is missed; losses reported upstream of the store
+//! reach the metrics through a subscription (`loupe_flow_metrics_lost_total`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -12,6 +12,7 @@ use super::cnp::{
 };
 use super::selector::LabelSelector;
 use super::{Direction, Entity, L7Spec, Peer, PeerRule, Policy, PolicyRule, PortRange, Protocol};
+use crate::labels::is_dns_label;
 
 /// A document that was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,7 +113,7 @@ fn validate_document(doc: PolicyDocument, source: &str) -> Result<Policy, Invali
             ));
         }
     };
-    if !crate::labels::is_dns_label(&doc.metadata.name) && !is_dns_subdomain(&doc.metadata.name) {
+    if !is_dns_label(&doc.metadata.name) && !is_dns_subdomain(&doc.metadata.name) {
         return Err(bare(
             "metadata.name",
             format!("{:?} is not a valid object name", doc.metadata.name),
@@ -132,7 +133,7 @@ fn validate_document(doc: PolicyDocument, source: &str) -> Result<Policy, Invali
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        if !crate::labels::is_dns_label(&ns) {
+        if !is_dns_label(&ns) {
             return Err(bare(
                 "metadata.namespace",
                 format!("{ns:?} is not a valid namespace"),
@@ -184,7 +185,7 @@ fn validate_document(doc: PolicyDocument, source: &str) -> Result<Policy, Invali
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(crate::labels::is_dns_label)
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 type FieldErr = (String, String);
@@ -588,7 +589,7 @@ fn l7_rules(at: &str, rules: L7Rules) -> Result<L7Spec, FieldErr> {
                 "l7 rules need l7proto (the plugin's name)".into(),
             ));
         };
-        if !crate::labels::is_dns_label(&proto) {
+        if !is_dns_label(&proto) {
             return Err((
                 format!("{at}.l7proto"),
                 format!("{proto:?} is not a plugin name"),

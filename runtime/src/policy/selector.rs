@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::labels;
+
 /// `matchLabels` and `matchExpressions`, ANDed. An empty selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -59,12 +61,12 @@ impl LabelSelector {
     pub fn validate(&self) -> Result<(), (String, String)> {
         for (k, v) in &self.match_labels {
             let key = plain_key(k).map_err(|m| (format!("matchLabels.{k}"), m))?;
-            crate::labels::validate_label(key, v).map_err(|m| (format!("matchLabels.{k}"), m))?;
+            labels::validate_label(key, v).map_err(|m| (format!("matchLabels.{k}"), m))?;
         }
         for (i, r) in self.match_expressions.iter().enumerate() {
             let field = format!("matchExpressions[{i}]");
             let key = plain_key(&r.key).map_err(|m| (format!("{field}.key"), m))?;
-            crate::labels::validate_key(key).map_err(|m| (format!("{field}.key"), m))?;
+            labels::validate_key(key).map_err(|m| (format!("{field}.key"), m))?;
             match r.operator {
                 Operator::In | Operator::NotIn if r.values.is_empty() => {
                     return Err((
@@ -81,7 +83,7 @@ impl LabelSelector {
                 _ => {}
             }
             for v in &r.values {
-                crate::labels::validate_value(v).map_err(|m| (format!("{field}.values"), m))?;
+                labels::validate_value(v).map_err(|m| (format!("{field}.values"), m))?;
             }
         }
         Ok(())

@@ -16,6 +16,7 @@ use loupe_proto::flow::{
 use loupe_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
 use loupe_runtime::cli::observe;
 use loupe_runtime::cli::print::{Output, PrintOptions, Printer};
+use prost::Message as _;
 
 fn ts(seconds: i64, millis: i32) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -333,17 +334,20 @@ fn compact_golden() {
 fn json_golden() {
     let text = render(Output::Json, false);
     assert_eq!(text, render(Output::Jsonpb, false));
-    // Every line is one JSON object in the canonical mapping.
+    // Every line is one JSON object in protobuf's mapping, with proto field names
+    // as `hubble observe -o json` prints them.
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert!(v.get("nodeName").is_some(), "{line}");
+        assert!(v.get("node_name").is_some(), "{line}");
         assert!(v["time"].as_str().unwrap().ends_with('Z'), "{line}");
     }
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(first["flow"]["verdict"], "FORWARDED");
     assert_eq!(first["flow"]["l7"]["http"]["method"], "GET");
     assert_eq!(first["flow"]["IP"]["ipVersion"], "IPv4");
-    assert_eq!(first["flow"]["source"]["podName"], "frontend-6d8f9");
+    assert_eq!(first["flow"]["l4"]["TCP"]["source_port"], 51234);
+    assert_eq!(first["flow"]["source"]["pod_name"], "frontend-6d8f9");
+    assert_eq!(first["flow"]["is_reply"], false);
     assert_eq!(first["flow"]["time"], "2026-02-26T15:30:10.123Z");
     let redis: serde_json::Value = serde_json::from_str(text.lines().nth(5).unwrap()).unwrap();
     assert_eq!(
@@ -352,6 +356,65 @@ fn json_golden() {
     );
     assert_eq!(redis["flow"]["extensions"]["protocol"], "redis");
     golden("observe_json.txt", &text);
+}
+
+/// The same responses printed by protobuf's own JSON printer (Python's
+/// `json_format`, an implementation independent of ours, with proto field names as
+/// Hubble's printer uses them), from the same bytes and Loupe's descriptors.
+#[test]
+fn json_is_protobufs_own_mapping() {
+    let python = "/opt/loupe/venv/bin/python";
+    let dir = tempfile::tempdir().unwrap();
+    let descriptors = dir.path().join("descriptors.bin");
+    std::fs::write(&descriptors, loupe_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let responses = responses();
+    let hex: Vec<String> = responses
+        .iter()
+        .map(|r| {
+            r.encode_to_vec()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .collect();
+    let script = r#"
+import sys
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+files = descriptor_pb2.FileDescriptorSet.FromString(open(sys.argv[1], "rb").read())
+pool = descriptor_pool.DescriptorPool()
+for f in files.file:
+    pool.Add(f)
+cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("observer.GetFlowsResponse"))
+for line in sys.stdin:
+    msg = cls.FromString(bytes.fromhex(line.strip()))
+    print(json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None, descriptor_pool=pool))
+"#;
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(&descriptors)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{python}: {e} (protobuf's Python printer; scripts/bootstrap installs it)")
+        });
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        (hex.join("\n") + "\n").as_bytes(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python printer failed");
+    let theirs = String::from_utf8(out.stdout).unwrap();
+    let ours = render(Output::Json, false);
+    let (theirs, ours): (Vec<&str>, Vec<&str>) = (theirs.lines().collect(), ours.lines().collect());
+    assert_eq!(theirs.len(), responses.len());
+    assert_eq!(ours.len(), responses.len());
+    for (i, (t, o)) in theirs.iter().zip(&ours).enumerate() {
+        let t: serde_json::Value = serde_json::from_str(t).unwrap();
+        let o: serde_json::Value = serde_json::from_str(o).unwrap();
+        assert_eq!(o, t, "response {i}: ours differs from protobuf's printer");
+    }
 }
 
 #[test]

@@ -112,8 +112,8 @@ fn article_db_policy_is_enforced_in_the_kernel() {
         ])
         .unwrap();
     let flow: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
-    assert_eq!(flow["flow"]["dropReasonDesc"], "POLICY_DENIED", "{json}");
-    assert_eq!(flow["flow"]["trafficDirection"], "INGRESS", "{json}");
+    assert_eq!(flow["flow"]["drop_reason_desc"], "POLICY_DENIED", "{json}");
+    assert_eq!(flow["flow"]["traffic_direction"], "INGRESS", "{json}");
     assert_eq!(flow["flow"]["Type"], "L3_L4", "{json}");
     assert!(
         flow["flow"]["source"]["labels"]

@@ -106,7 +106,7 @@ fn l7_type(f: &Value) -> &str {
 }
 
 fn latency_ns(f: &Value) -> u64 {
-    match &f["l7"]["latencyNs"] {
+    match &f["l7"]["latency_ns"] {
         Value::String(s) => s.parse().unwrap_or(0),
         v => v.as_u64().unwrap_or(0),
     }
@@ -239,17 +239,17 @@ fn l7_visibility_matches_real_clients() {
     let sample = teapots[0];
     assert_eq!(sample["l7"]["http"]["method"], "GET", "{sample}");
     assert_eq!(sample["l7"]["http"]["url"], "http://api-service/status/418");
-    assert_eq!(sample["trafficDirection"], "INGRESS", "{sample}");
-    assert_eq!(sample["isReply"], true, "{sample}");
+    assert_eq!(sample["traffic_direction"], "INGRESS", "{sample}");
+    assert_eq!(sample["is_reply"], true, "{sample}");
     assert!(
-        sample["source"]["podName"]
+        sample["source"]["pod_name"]
             .as_str()
             .unwrap()
             .starts_with("api-service-"),
         "{sample}"
     );
     assert!(
-        sample["destination"]["podName"]
+        sample["destination"]["pod_name"]
             .as_str()
             .unwrap()
             .starts_with("frontend-"),
@@ -302,7 +302,7 @@ fn l7_visibility_matches_real_clients() {
             .iter()
             .filter(|f| {
                 l7_type(f) == kind
-                    && f["l7"]["kafka"]["apiKey"] == api
+                    && f["l7"]["kafka"]["api_key"] == api
                     && f["l7"]["kafka"]["topic"] == topic
             })
             .count()
@@ -313,8 +313,8 @@ fn l7_visibility_matches_real_clients() {
             format!(
                 "{} {} v{} {}",
                 l7_type(f),
-                f["l7"]["kafka"]["apiKey"],
-                f["l7"]["kafka"]["apiVersion"],
+                f["l7"]["kafka"]["api_key"],
+                f["l7"]["kafka"]["api_version"],
                 f["l7"]["kafka"]["topic"]
             )
         })
@@ -324,7 +324,7 @@ fn l7_visibility_matches_real_clients() {
     let any_topic = |kind: &str, api: &str| {
         kafka
             .iter()
-            .filter(|f| l7_type(f) == kind && f["l7"]["kafka"]["apiKey"] == api)
+            .filter(|f| l7_type(f) == kind && f["l7"]["kafka"]["api_key"] == api)
             .count()
     };
     assert!(any_topic("REQUEST", "fetch") >= 1, "{seen:#?}");
@@ -341,9 +341,9 @@ fn l7_visibility_matches_real_clients() {
     }
     let produce_ok = kafka.iter().any(|f| {
         l7_type(f) == "RESPONSE"
-            && f["l7"]["kafka"]["apiKey"] == "produce"
+            && f["l7"]["kafka"]["api_key"] == "produce"
             && f["l7"]["kafka"]["topic"] == topic
-            && f["l7"]["kafka"]["errorCode"].as_i64().unwrap_or(0) == 0
+            && f["l7"]["kafka"]["error_code"].as_i64().unwrap_or(0) == 0
             && latency_ns(f) > 0
     });
     assert!(produce_ok, "no successful produce response with latency");

@@ -237,6 +237,7 @@ async fn serve(
         )))
         .add_optional_service(observability.observer())
         .add_optional_service(observability.peer())
+        .add_service(observability.grpc_health())
         .add_service(api::plugin::PluginService::server(state.plugins.clone()))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let result = server.await;

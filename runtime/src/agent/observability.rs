@@ -8,6 +8,8 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use loupe_proto::observer::observer_server::ObserverServer;
 use loupe_proto::peer::peer_server::PeerServer;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use super::AgentState;
 use crate::api::observer::ObserverService;
@@ -55,6 +57,9 @@ pub enum ObservabilityError {
 pub(super) struct Observability {
     /// The Observer and Peer services, when `hubble.enabled`.
     services: Option<(ObserverService, PeerService)>,
+    /// `grpc.health.v1.Health`: the server, `observer.Observer` and `peer.Peer`
+    /// (when served) report `SERVING`, as Hubble's server does.
+    health: HealthReporter,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -82,6 +87,10 @@ impl Observability {
             .map(|(_, peer)| PeerServer::new(peer.clone()))
     }
 
+    pub(super) fn grpc_health(&self) -> HealthServer<HealthService> {
+        HealthServer::new(HealthService::from_health_reporter(self.health.clone()))
+    }
+
     pub(super) fn stop(self) {
         for t in self.tasks {
             t.abort();
@@ -99,6 +108,13 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ObservabilityError> {
 pub(super) async fn start(state: &AgentState) -> Result<Observability, ObservabilityError> {
     let cfg = &state.config;
     let mut tasks = Vec::new();
+    let health = HealthReporter::new();
+    if cfg.hubble.enabled {
+        health
+            .set_serving::<ObserverServer<ObserverService>>()
+            .await;
+        health.set_serving::<PeerServer<PeerService>>().await;
+    }
 
     // The agent's own metrics: pipeline health and flow-derived policy counts.
     let specs = cfg
@@ -242,7 +258,10 @@ pub(super) async fn start(state: &AgentState) -> Result<Observability, Observabi
         let (observer, peer) = services(state);
         let router = builder
             .add_service(ObserverServer::new(observer))
-            .add_service(PeerServer::new(peer));
+            .add_service(PeerServer::new(peer))
+            .add_service(HealthServer::new(HealthService::from_health_reporter(
+                health.clone(),
+            )));
         let tls = if cfg.hubble.tls.enabled {
             "TLS"
         } else {
@@ -262,6 +281,7 @@ pub(super) async fn start(state: &AgentState) -> Result<Observability, Observabi
 
     Ok(Observability {
         services: cfg.hubble.enabled.then(|| services(state)),
+        health,
         tasks,
     })
 }

@@ -21,7 +21,8 @@ use loupe_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes}
 pub enum Output {
     /// One line per flow, Hubble's default.
     Compact,
-    /// Canonical protobuf JSON of each response, one per line.
+    /// Protobuf's JSON mapping of each response with proto field names (as
+    /// `hubble observe -o json` prints), one per line.
     Json,
     /// Same as `json` (Hubble's name).
     Jsonpb,
@@ -326,8 +327,9 @@ fn lost_line(l: &LostEvent) -> String {
     )
 }
 
-/// Canonical protobuf JSON of a response (lowerCamelCase, enum names, RFC 3339
-/// times, `Any` with `@type`).
+/// Protobuf's JSON mapping of a response as Hubble's CLI prints it: proto field
+/// names (`source_port`, `is_reply`), enum names, RFC 3339 times, `Any` with
+/// `@type`, unset fields left out.
 pub fn to_json(resp: &GetFlowsResponse) -> Result<String, String> {
     let desc = descriptor_pool()
         .get_message_by_name("observer.GetFlowsResponse")
@@ -336,8 +338,11 @@ pub fn to_json(resp: &GetFlowsResponse) -> Result<String, String> {
         DynamicMessage::decode(desc, resp.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut ser = serde_json::Serializer::new(&mut out);
-    msg.serialize_with_options(&mut ser, &SerializeOptions::new())
-        .map_err(|e| e.to_string())?;
+    msg.serialize_with_options(
+        &mut ser,
+        &SerializeOptions::new().use_proto_field_name(true),
+    )
+    .map_err(|e| e.to_string())?;
     String::from_utf8(out).map_err(|e| e.to_string())
 }
 

@@ -8,8 +8,12 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use loupe_proto::observer::observer_server::ObserverServer;
 use loupe_proto::peer::peer_server::PeerServer;
+use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
+
+/// The service name Hubble's server reports its health under (`hubble status`).
+const HUBBLE_HEALTH_SERVICE: &str = "hubble.server.Observer";
 
 use super::AgentState;
 use crate::api::observer::ObserverService;
@@ -57,8 +61,8 @@ pub enum ObservabilityError {
 pub(super) struct Observability {
     /// The Observer and Peer services, when `hubble.enabled`.
     services: Option<(ObserverService, PeerService)>,
-    /// `grpc.health.v1.Health`: the server, `observer.Observer` and `peer.Peer`
-    /// (when served) report `SERVING`, as Hubble's server does.
+    /// `grpc.health.v1.Health`: the server (`""`) and, when Hubble is on,
+    /// `hubble.server.Observer`, `observer.Observer` and `peer.Peer` report `SERVING`.
     health: HealthReporter,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -110,6 +114,11 @@ pub(super) async fn start(state: &AgentState) -> Result<Observability, Observabi
     let mut tasks = Vec::new();
     let health = HealthReporter::new();
     if cfg.hubble.enabled {
+        // `hubble status` checks the name Hubble's server registers; gRPC's
+        // convention is the service's full name: answer both.
+        health
+            .set_service_status(HUBBLE_HEALTH_SERVICE, ServingStatus::Serving)
+            .await;
         health
             .set_serving::<ObserverServer<ObserverService>>()
             .await;

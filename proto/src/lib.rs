@@ -114,6 +114,8 @@ pub mod fields {
             layer4::Protocol::IcmPv4(_) => "icmpv4",
             layer4::Protocol::IcmPv6(_) => "icmpv6",
             layer4::Protocol::Sctp(_) => "sctp",
+            layer4::Protocol::Vrrp(_) => "vrrp",
+            layer4::Protocol::Igmp(_) => "igmp",
         })
     }
 
@@ -138,7 +140,10 @@ pub mod fields {
             layer4::Protocol::Tcp(t) => Some((t.source_port, t.destination_port)),
             layer4::Protocol::Udp(u) => Some((u.source_port, u.destination_port)),
             layer4::Protocol::Sctp(s) => Some((s.source_port, s.destination_port)),
-            layer4::Protocol::IcmPv4(_) | layer4::Protocol::IcmPv6(_) => None,
+            layer4::Protocol::IcmPv4(_)
+            | layer4::Protocol::IcmPv6(_)
+            | layer4::Protocol::Vrrp(_)
+            | layer4::Protocol::Igmp(_) => None,
         }
     }
 

@@ -376,6 +376,142 @@ async fn get_flows_with_combined_filters() {
     assert_eq!(peers.message().await.unwrap().unwrap().name, "test-node");
 }
 
+/// Every top-level field of Cilium v1.19's `flow.Flow`.
+const CILIUM_1_19_FLOW_FIELDS: &[&str] = &[
+    "time",
+    "uuid",
+    "emitter",
+    "verdict",
+    "drop_reason",
+    "auth_type",
+    "ethernet",
+    "IP",
+    "l4",
+    "tunnel",
+    "source",
+    "destination",
+    "Type",
+    "node_name",
+    "node_labels",
+    "source_names",
+    "destination_names",
+    "l7",
+    "reply",
+    "event_type",
+    "source_service",
+    "destination_service",
+    "traffic_direction",
+    "policy_match_type",
+    "trace_observation_point",
+    "trace_reason",
+    "file",
+    "drop_reason_desc",
+    "is_reply",
+    "debug_capture_point",
+    "interface",
+    "proxy_port",
+    "trace_context",
+    "sock_xlate_point",
+    "socket_cookie",
+    "cgroup_id",
+    "Summary",
+    "extensions",
+    "egress_allowed_by",
+    "ingress_allowed_by",
+    "egress_denied_by",
+    "ingress_denied_by",
+    "policy_log",
+    "aggregate",
+    "ip_trace_id",
+];
+
+/// What `hubble observe` sends by default in compact, dict and table output.
+const HUBBLE_DEFAULT_FIELD_MASK: &[&str] = &[
+    "time",
+    "verdict",
+    "ethernet",
+    "IP",
+    "l4",
+    "source.identity",
+    "source.namespace",
+    "source.pod_name",
+    "destination.identity",
+    "destination.namespace",
+    "destination.pod_name",
+    "Type",
+    "node_name",
+    "l7",
+    "event_type",
+    "source_service",
+    "destination_service",
+    "is_reply",
+    "Summary",
+    "ip_trace_id",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubbles_field_masks_are_accepted_and_applied() {
+    let agent = start_agent(AgentConfig::default()).await;
+    let mut flow = http_flow(100, "frontend-abc", "api-service-xyz", "GET", 200);
+    // Summary is deprecated in Hubble's proto, and still what its CLI prints.
+    #[allow(deprecated)]
+    {
+        flow.summary = "HTTP/1.1 GET http://api-service/get".into();
+    }
+    flow.extensions = Some(prost_types::Any {
+        type_url: "type.googleapis.com/google.protobuf.Empty".into(),
+        value: Vec::new(),
+    });
+    agent.state.flows.push(flow);
+    let mut client = ObserverClient::new(client::connect(&agent.socket).await.unwrap());
+    let mask = |paths: &[&str]| GetFlowsRequest {
+        number: 1,
+        field_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+        ..Default::default()
+    };
+
+    // The default mask: accepted, and only what it names comes back.
+    let flows = collect(&mut client, mask(HUBBLE_DEFAULT_FIELD_MASK)).await;
+    let f = &flows[0];
+    assert!(f.time.is_some() && f.l7.is_some() && f.ip.is_some() && f.l4.is_some());
+    #[allow(deprecated)]
+    let summary = f.summary.as_str();
+    assert_eq!(summary, "HTTP/1.1 GET http://api-service/get");
+    let src = f.source.as_ref().unwrap();
+    assert_eq!(
+        (src.namespace.as_str(), src.pod_name.as_str()),
+        ("demo-app", "frontend-abc")
+    );
+    assert!(src.labels.is_empty() && src.workloads.is_empty(), "{src:?}");
+    assert!(f.uuid.is_empty() && f.extensions.is_none(), "{f:?}");
+
+    // Each top-level field of Cilium v1.19's Flow exists and is a valid mask.
+    let descriptor = loupe_proto::descriptor_pool()
+        .get_message_by_name("flow.Flow")
+        .unwrap();
+    let mut ours: Vec<String> = descriptor.fields().map(|f| f.name().to_string()).collect();
+    let mut theirs: Vec<String> = CILIUM_1_19_FLOW_FIELDS
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs);
+    for field in CILIUM_1_19_FLOW_FIELDS {
+        client
+            .get_flows(mask(&[field]))
+            .await
+            .unwrap_or_else(|e| panic!("mask {field}: {}", e.message()));
+    }
+
+    // An unknown path is refused, naming it.
+    let err = client.get_flows(mask(&["time", "nope"])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("\"nope\""), "{}", err.message());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_with_since_streams_history_then_live_flows() {
     let agent = start_agent(AgentConfig::default()).await;

@@ -8,9 +8,10 @@ use loupe_proto::descriptor_pool;
 use loupe_proto::fields::time_ns;
 use loupe_proto::flow::Flow;
 use loupe_proto::observer::{
-    self as pb, GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse,
-    GetNodesRequest, GetNodesResponse, ServerStatusRequest, ServerStatusResponse,
-    get_flows_response::ResponseTypes, observer_server::Observer,
+    self as pb, GetAgentEventsRequest, GetAgentEventsResponse, GetDebugEventsRequest,
+    GetDebugEventsResponse, GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest,
+    GetNamespacesResponse, GetNodesRequest, GetNodesResponse, ServerStatusRequest,
+    ServerStatusResponse, get_flows_response::ResponseTypes, observer_server::Observer,
 };
 use loupe_proto::relay::NodeState;
 use loupe_proto::time::{now_timestamp, timestamp_ns};
@@ -129,6 +130,7 @@ fn history(store: &FlowStore, req: &GetFlowsRequest, q: &Query) -> (Vec<Arc<Flow
 }
 
 type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
+type EventStream<T> = tokio_stream::Empty<Result<T, Status>>;
 
 /// A `GetFlows` answer: the matching stored flows, then (with `follow`) the live
 /// subscription, read by tonic as it writes — no task or queue in between.
@@ -191,6 +193,26 @@ impl Stream for FlowResponses {
 #[tonic::async_trait]
 impl Observer for ObserverService {
     type GetFlowsStream = FlowStream;
+    type GetAgentEventsStream = EventStream<GetAgentEventsResponse>;
+    type GetDebugEventsStream = EventStream<GetDebugEventsResponse>;
+
+    async fn get_agent_events(
+        &self,
+        _request: Request<GetAgentEventsRequest>,
+    ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
+        Err(Status::unimplemented(
+            "agent events are not recorded by Loupe yet; flows are (GetFlows)",
+        ))
+    }
+
+    async fn get_debug_events(
+        &self,
+        _request: Request<GetDebugEventsRequest>,
+    ) -> Result<Response<Self::GetDebugEventsStream>, Status> {
+        Err(Status::unimplemented(
+            "the datapath emits no debug events; flows are served by GetFlows",
+        ))
+    }
 
     async fn get_flows(
         &self,

@@ -309,6 +309,10 @@ pub fn summary(f: &Flow) -> String {
         Some(layer4::Protocol::Sctp(_)) => "SCTP".into(),
         Some(layer4::Protocol::IcmPv4(i)) => format!("ICMPv4 type {} code {}", i.r#type, i.code),
         Some(layer4::Protocol::IcmPv6(i)) => format!("ICMPv6 type {} code {}", i.r#type, i.code),
+        Some(layer4::Protocol::Vrrp(v)) => format!("VRRP vrid {} priority {}", v.vrid, v.priority),
+        Some(layer4::Protocol::Igmp(i)) => {
+            format!("IGMP type {} group {}", i.r#type, i.group_address)
+        }
         None => String::new(),
     }
 }

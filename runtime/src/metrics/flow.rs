@@ -323,6 +323,8 @@ fn protocol_label(flow: &Flow) -> &'static str {
         Some(layer4::Protocol::IcmPv4(_)) => "ICMPv4",
         Some(layer4::Protocol::IcmPv6(_)) => "ICMPv6",
         Some(layer4::Protocol::Sctp(_)) => "SCTP",
+        Some(layer4::Protocol::Vrrp(_)) => "VRRP",
+        Some(layer4::Protocol::Igmp(_)) => "IGMP",
         None => "",
     }
 }

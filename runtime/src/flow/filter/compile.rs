@@ -9,7 +9,8 @@ use regex::Regex;
 use super::FilterError;
 use crate::flow::selector::LabelSelector;
 use loupe_proto::flow::{
-    DropReason, FlowFilter, HttpHeader, IpVersion, TcpFlags, TrafficDirection, Verdict, Workload,
+    DropReason, FlowFilter, HttpHeader, IpVersion, NetworkInterface, TcpFlags, TrafficDirection,
+    Verdict, Workload,
 };
 
 fn err(field: &'static str, message: impl Into<String>) -> FilterError {
@@ -79,6 +80,8 @@ pub(super) struct CompiledFilter {
     pub(super) node_labels: Vec<LabelSelector>,
     pub(super) ip_version: Vec<i32>,
     pub(super) encrypted: Vec<bool>,
+    pub(super) interface: Vec<NetworkInterface>,
+    pub(super) ip_trace_id: Vec<u64>,
 }
 
 fn parse_ips(field: &'static str, values: &[String]) -> Result<Vec<IpNet>, FilterError> {
@@ -203,6 +206,15 @@ impl CompiledFilter {
         if !f.trace_id.is_empty() {
             return Err(err("trace_id", "Loupe does not record trace IDs"));
         }
+        if f.experimental
+            .as_ref()
+            .is_some_and(|e| !e.cel_expression.is_empty())
+        {
+            return Err(err(
+                "experimental.cel_expression",
+                "CEL expressions are not supported by Loupe",
+            ));
+        }
         let protocol = f
             .protocol
             .iter()
@@ -285,6 +297,8 @@ impl CompiledFilter {
                 IpVersion::try_from(v).is_ok()
             })?,
             encrypted: f.encrypted.clone(),
+            interface: f.interface.clone(),
+            ip_trace_id: f.ip_trace_id.clone(),
         })
     }
 }

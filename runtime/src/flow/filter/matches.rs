@@ -161,6 +161,19 @@ impl CompiledFilter {
             && any(self.encrypted.is_empty(), &|| {
                 ip.is_some_and(|i| self.encrypted.contains(&i.encrypted))
             })
+            && any(self.interface.is_empty(), &|| {
+                flow.interface.as_ref().is_some_and(|have| {
+                    self.interface.iter().any(|want| {
+                        (want.index == 0 || want.index == have.index)
+                            && (want.name.is_empty() || want.name == have.name)
+                    })
+                })
+            })
+            && any(self.ip_trace_id.is_empty(), &|| {
+                flow.ip_trace_id
+                    .as_ref()
+                    .is_some_and(|t| self.ip_trace_id.contains(&t.trace_id))
+            })
     }
 
     fn protocol_matches(&self, flow: &Flow) -> bool {

@@ -5,8 +5,8 @@ use super::matches::url_path;
 use super::*;
 use loupe_proto::extension::{Field, L7Extension, Value, value};
 use loupe_proto::flow::{
-    DropReason, Endpoint, Http, HttpHeader, Ip, IpVersion, Layer4, Layer7, Tcp, TcpFlags,
-    TrafficDirection, Verdict, layer4, layer7,
+    DropReason, Endpoint, Http, HttpHeader, Ip, IpTraceId, IpVersion, Layer4, Layer7,
+    NetworkInterface, Tcp, TcpFlags, TrafficDirection, Verdict, flow_filter, layer4, layer7,
 };
 
 fn flow() -> Flow {
@@ -472,11 +472,56 @@ fn bad_values_are_refused_with_the_field() {
             },
             "source_pod",
         ),
+        (
+            FlowFilter {
+                experimental: Some(flow_filter::Experimental {
+                    cel_expression: vec!["true".into()],
+                }),
+                ..Default::default()
+            },
+            "experimental.cel_expression",
+        ),
     ];
     for (filter, field) in cases {
         let e = one(filter).unwrap_err();
         assert_eq!(e.field, field, "{e}");
     }
+}
+
+#[test]
+fn interface_and_ip_trace_id_match_what_the_flow_carries() {
+    let mut f = flow();
+    let by_trace = |ids: Vec<u64>| FlowFilter {
+        ip_trace_id: ids,
+        ..Default::default()
+    };
+    let by_interface = |index: u32, name: &str| FlowFilter {
+        interface: vec![NetworkInterface {
+            index,
+            name: name.into(),
+        }],
+        ..Default::default()
+    };
+    let matches =
+        |f: &Flow, filter: FlowFilter| FlowFilterSet::new(&[filter], &[]).unwrap().matches(f);
+    // A flow without them matches no such filter (never everything).
+    assert!(!matches(&f, by_trace(vec![7])));
+    assert!(!matches(&f, by_interface(3, "")));
+    f.ip_trace_id = Some(IpTraceId {
+        trace_id: 7,
+        ip_option_type: 136,
+    });
+    f.interface = Some(NetworkInterface {
+        index: 3,
+        name: "lxc1".into(),
+    });
+    assert!(matches(&f, by_trace(vec![1, 7])));
+    assert!(!matches(&f, by_trace(vec![8])));
+    assert!(matches(&f, by_interface(3, "")));
+    assert!(matches(&f, by_interface(0, "lxc1")));
+    assert!(matches(&f, by_interface(3, "lxc1")));
+    assert!(!matches(&f, by_interface(3, "lxc2")));
+    assert!(!matches(&f, by_interface(4, "")));
 }
 
 #[test]

@@ -513,6 +513,78 @@ async fn hubbles_field_masks_are_accepted_and_applied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_fills_summary_as_observe_prints_it() {
+    use loupe_proto::extension::{Field, L7Extension, Value, value};
+    let agent = start_agent(AgentConfig::default()).await;
+    let mut syn = drop_flow(100);
+    syn.l4 = Some(Layer4 {
+        protocol: Some(layer4::Protocol::Tcp(Tcp {
+            source_port: 40000,
+            destination_port: 6379,
+            flags: Some(loupe_proto::flow::TcpFlags {
+                syn: true,
+                ..Default::default()
+            }),
+        })),
+    });
+    let mut redis = http_flow(103, "api-service-xyz", "db-service-1", "GET", 0);
+    if let Some(l7) = redis.l7.as_mut() {
+        l7.record = None;
+    }
+    redis.extensions = Some(loupe_proto::fields::extension_any(&L7Extension {
+        protocol: "redis".into(),
+        plugin: "redis".into(),
+        plugin_version: "0.1.0".into(),
+        fields: vec![Field {
+            name: "command".into(),
+            value: Some(Value {
+                kind: Some(value::Kind::String("SET".into())),
+            }),
+        }],
+    }));
+    let flows = [
+        syn,
+        http_flow(101, "frontend-abc", "api-service-xyz", "GET", 0),
+        http_flow(102, "frontend-abc", "api-service-xyz", "POST", 403),
+        redis,
+    ];
+    for f in &flows {
+        agent.state.flows.push(f.clone());
+    }
+    let mut client = ObserverClient::new(client::connect(&agent.socket).await.unwrap());
+    let received = collect(
+        &mut client,
+        GetFlowsRequest {
+            number: 4,
+            // What `hubble observe` sends by default.
+            field_mask: Some(prost_types::FieldMask {
+                paths: HUBBLE_DEFAULT_FIELD_MASK
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    #[allow(deprecated)]
+    let summaries: Vec<&str> = received.iter().map(|f| f.summary.as_str()).collect();
+    assert_eq!(
+        summaries,
+        [
+            "TCP Flags: SYN",
+            "HTTP/1.1 GET http://api-service/get",
+            "HTTP/1.1 403 2ms (POST http://api-service/post)",
+            "redis request command=SET",
+        ]
+    );
+    // The same text `loupe observe` prints for the flows as stored.
+    for (sent, stored) in summaries.iter().zip(&flows) {
+        assert_eq!(*sent, loupe_runtime::flow::summary(stored));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_with_since_streams_history_then_live_flows() {
     let agent = start_agent(AgentConfig::default()).await;
     let store = agent.state.flows.clone();

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 
 use super::NodeInfo;
 use crate::control::SummaryHandle;
-use crate::flow::{Event, FlowFilterSet, FlowStore, Subscription};
+use crate::flow::{Event, FlowFilterSet, FlowStore, Subscription, summary};
 
 /// The service over the flow store, this node's description and the endpoint
 /// summary (for namespaces).
@@ -92,14 +92,21 @@ impl Query {
         self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u)
     }
 
-    fn response(&self, flow: &Flow) -> GetFlowsResponse {
-        let flow = match &self.mask {
-            Some(mask) => mask.apply(flow),
-            None => flow.clone(),
-        };
+    /// The response for a stored flow: `Summary` filled as Cilium's agent fills it
+    /// (Hubble's CLI prints it as the flow's summary), then the field mask. The
+    /// response's node and time are the flow's, whatever the mask keeps.
+    fn response(&self, stored: &Flow) -> GetFlowsResponse {
+        let mut flow = stored.clone();
+        #[allow(deprecated)]
+        if flow.summary.is_empty() {
+            flow.summary = summary(&flow);
+        }
+        if let Some(mask) = &self.mask {
+            flow = mask.apply(&flow);
+        }
         GetFlowsResponse {
-            node_name: flow.node_name.clone(),
-            time: flow.time,
+            node_name: stored.node_name.clone(),
+            time: stored.time,
             response_types: Some(ResponseTypes::Flow(flow)),
         }
     }

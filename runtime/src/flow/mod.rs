@@ -10,7 +10,9 @@ pub mod fanout;
 pub mod filter;
 pub mod selector;
 pub mod store;
+pub mod summary;
 
 pub use fanout::{Event, Subscription};
 pub use filter::{FilterError, FlowFilterSet};
 pub use store::{FlowStore, StoreStats};
+pub use summary::summary;

@@ -82,28 +82,152 @@ pub mod monitor {
 
 /// What a flow carries, read the same way by filters, metrics and printers.
 pub mod fields {
-    use super::extension::L7Extension;
-    use super::flow::{Flow, layer4, layer7};
+    use std::collections::BTreeMap;
+
     use prost::Message as _;
+    use prost_types::value::Kind as Json;
 
-    /// The `Any` type URL of Loupe's plugin extension.
-    pub const L7_EXTENSION_TYPE_URL: &str = "type.googleapis.com/loupe.flow.v1.L7Extension";
+    use super::extension::{Field, L7Extension, Value, ValueList, value::Kind};
+    use super::flow::{Flow, layer4, layer7};
 
-    /// Wraps a plugin's record for `Flow.extensions`.
+    /// The `Any` type URL of plugin records in `Flow.extensions`: a
+    /// `google.protobuf.Struct`, which every protobuf runtime resolves.
+    pub const EXTENSION_TYPE_URL: &str = "type.googleapis.com/google.protobuf.Struct";
+
+    /// Integers up to this magnitude are exact as JSON numbers (doubles); larger
+    /// ones travel as decimal strings.
+    const EXACT_INTEGER: u64 = 1 << 53;
+
+    /// A plugin's record for `Flow.extensions`: a `google.protobuf.Struct`
+    /// `{"protocol", "plugin", "plugin_version", "fields": {name: value}}`.
+    /// Strings, booleans and lists stay what they are; integers become numbers
+    /// (decimal strings past 2^53), floats numbers (non-finite ones strings), bytes
+    /// base64 strings. A name given more than once keeps every value, as a list.
     pub fn extension_any(ext: &L7Extension) -> prost_types::Any {
+        let mut values: BTreeMap<&str, Vec<prost_types::Value>> = BTreeMap::new();
+        for field in &ext.fields {
+            if let Some(value) = &field.value {
+                values.entry(&field.name).or_default().push(to_json(value));
+            }
+        }
+        let fields = values
+            .into_iter()
+            .map(|(name, mut all)| {
+                let value = if all.len() == 1 {
+                    all.remove(0)
+                } else {
+                    json(Json::ListValue(prost_types::ListValue { values: all }))
+                };
+                (name.to_string(), value)
+            })
+            .collect();
+        let text = |s: &str| json(Json::StringValue(s.to_string()));
+        let record = prost_types::Struct {
+            fields: BTreeMap::from([
+                ("protocol".to_string(), text(&ext.protocol)),
+                ("plugin".to_string(), text(&ext.plugin)),
+                ("plugin_version".to_string(), text(&ext.plugin_version)),
+                (
+                    "fields".to_string(),
+                    json(Json::StructValue(prost_types::Struct { fields })),
+                ),
+            ]),
+        };
         prost_types::Any {
-            type_url: L7_EXTENSION_TYPE_URL.to_string(),
-            value: ext.encode_to_vec(),
+            type_url: EXTENSION_TYPE_URL.to_string(),
+            value: record.encode_to_vec(),
         }
     }
 
-    /// The plugin record carried by a flow, if any (and if it decodes).
+    /// The plugin record carried by a flow, if any (and if it decodes); fields
+    /// come back in name order, numbers as integers when they are whole.
     pub fn l7_extension(flow: &Flow) -> Option<L7Extension> {
         let any = flow.extensions.as_ref()?;
-        if any.type_url != L7_EXTENSION_TYPE_URL {
+        if any.type_url != EXTENSION_TYPE_URL {
             return None;
         }
-        L7Extension::decode(any.value.as_slice()).ok()
+        let record = prost_types::Struct::decode(any.value.as_slice()).ok()?;
+        let text = |key: &str| match record.fields.get(key)?.kind.as_ref()? {
+            Json::StringValue(s) => Some(s.clone()),
+            _ => None,
+        };
+        let protocol = text("protocol").filter(|p| !p.is_empty())?;
+        let fields = match record.fields.get("fields").and_then(|v| v.kind.as_ref()) {
+            Some(Json::StructValue(fields)) => fields
+                .fields
+                .iter()
+                .map(|(name, value)| Field {
+                    name: name.clone(),
+                    value: from_json(value),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Some(L7Extension {
+            protocol,
+            plugin: text("plugin").unwrap_or_default(),
+            plugin_version: text("plugin_version").unwrap_or_default(),
+            fields,
+        })
+    }
+
+    fn json(kind: Json) -> prost_types::Value {
+        prost_types::Value { kind: Some(kind) }
+    }
+
+    fn to_json(value: &Value) -> prost_types::Value {
+        json(match &value.kind {
+            None => Json::NullValue(0),
+            Some(Kind::String(s)) => Json::StringValue(s.clone()),
+            Some(Kind::Bool(b)) => Json::BoolValue(*b),
+            Some(Kind::Int(i)) if i.unsigned_abs() <= EXACT_INTEGER => Json::NumberValue(*i as f64),
+            Some(Kind::Int(i)) => Json::StringValue(i.to_string()),
+            Some(Kind::Uint(u)) if *u <= EXACT_INTEGER => Json::NumberValue(*u as f64),
+            Some(Kind::Uint(u)) => Json::StringValue(u.to_string()),
+            Some(Kind::Float(x)) if x.is_finite() => Json::NumberValue(*x),
+            Some(Kind::Float(x)) => Json::StringValue(x.to_string()),
+            Some(Kind::Bytes(b)) => Json::StringValue(base64(b)),
+            Some(Kind::List(l)) => Json::ListValue(prost_types::ListValue {
+                values: l.values.iter().map(to_json).collect(),
+            }),
+        })
+    }
+
+    fn from_json(value: &prost_types::Value) -> Option<Value> {
+        let kind = match value.kind.as_ref()? {
+            Json::StringValue(s) => Kind::String(s.clone()),
+            Json::BoolValue(b) => Kind::Bool(*b),
+            Json::NumberValue(x) if x.fract() == 0.0 && x.abs() <= EXACT_INTEGER as f64 => {
+                Kind::Int(*x as i64)
+            }
+            Json::NumberValue(x) => Kind::Float(*x),
+            Json::ListValue(l) => Kind::List(ValueList {
+                values: l.values.iter().filter_map(from_json).collect(),
+            }),
+            Json::NullValue(_) | Json::StructValue(_) => return None,
+        };
+        Some(Value { kind: Some(kind) })
+    }
+
+    /// Standard base64 with padding (protobuf's JSON form of bytes).
+    fn base64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
     }
 
     /// The L4 protocol's lowercase name (`tcp`, `udp`, `icmpv4`, …).
@@ -176,18 +300,101 @@ mod tests {
         assert!(descriptor_pool().get_message_by_name("flow.Flow").is_some());
     }
 
+    fn field(name: &str, kind: extension::value::Kind) -> extension::Field {
+        extension::Field {
+            name: name.into(),
+            value: Some(extension::Value { kind: Some(kind) }),
+        }
+    }
+
     #[test]
-    fn extension_round_trips_through_any() {
+    fn extensions_travel_as_a_struct_and_read_back() {
+        use extension::value::Kind;
         let ext = extension::L7Extension {
             protocol: "redis".into(),
-            ..Default::default()
+            plugin: "redis".into(),
+            plugin_version: "0.1.0".into(),
+            fields: vec![
+                field("command", Kind::String("SET".into())),
+                field("db", Kind::Uint(3)),
+                field("ttl", Kind::Int(-1)),
+                field("big", Kind::Uint(u64::MAX)),
+                field("ratio", Kind::Float(0.5)),
+                field("ok", Kind::Bool(true)),
+                field("raw", Kind::Bytes(b"hi!?".to_vec())),
+                field(
+                    "args",
+                    Kind::List(extension::ValueList {
+                        values: vec![extension::Value {
+                            kind: Some(Kind::String("alice".into())),
+                        }],
+                    }),
+                ),
+                field("key", Kind::String("a".into())),
+                field("key", Kind::String("b".into())),
+            ],
         };
+        let any = fields::extension_any(&ext);
+        assert_eq!(any.type_url, "type.googleapis.com/google.protobuf.Struct");
+        // Readable with nothing but the well-known types.
+        let record = prost_types::Struct::decode(any.value.as_slice()).unwrap();
+        let keys: Vec<&str> = record.fields.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["fields", "plugin", "plugin_version", "protocol"]);
+
         let flow = flow::Flow {
-            extensions: Some(fields::extension_any(&ext)),
+            extensions: Some(any),
             ..Default::default()
         };
-        assert_eq!(fields::l7_extension(&flow), Some(ext));
+        let back = fields::l7_extension(&flow).unwrap();
+        assert_eq!(
+            (
+                back.protocol.as_str(),
+                back.plugin.as_str(),
+                back.plugin_version.as_str()
+            ),
+            ("redis", "redis", "0.1.0")
+        );
+        let got: Vec<(String, Option<Kind>)> = back
+            .fields
+            .into_iter()
+            .map(|f| (f.name, f.value.and_then(|v| v.kind)))
+            .collect();
+        let list = |items: &[&str]| {
+            Some(Kind::List(extension::ValueList {
+                values: items
+                    .iter()
+                    .map(|s| extension::Value {
+                        kind: Some(Kind::String(s.to_string())),
+                    })
+                    .collect(),
+            }))
+        };
+        assert_eq!(
+            got,
+            [
+                ("args".to_string(), list(&["alice"])),
+                ("big".to_string(), Some(Kind::String(u64::MAX.to_string()))),
+                ("command".to_string(), Some(Kind::String("SET".into()))),
+                ("db".to_string(), Some(Kind::Int(3))),
+                ("key".to_string(), list(&["a", "b"])),
+                ("ok".to_string(), Some(Kind::Bool(true))),
+                ("ratio".to_string(), Some(Kind::Float(0.5))),
+                ("raw".to_string(), Some(Kind::String("aGkhPw==".into()))),
+                ("ttl".to_string(), Some(Kind::Int(-1))),
+            ]
+        );
         assert_eq!(fields::l7_protocol(&flow).as_deref(), Some("redis"));
-        let _ = flow.encode_to_vec();
+    }
+
+    #[test]
+    fn a_struct_without_a_protocol_is_not_a_plugin_record() {
+        let flow = flow::Flow {
+            extensions: Some(prost_types::Any {
+                type_url: fields::EXTENSION_TYPE_URL.into(),
+                value: prost_types::Struct::default().encode_to_vec(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(fields::l7_extension(&flow), None);
     }
 }

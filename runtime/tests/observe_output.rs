@@ -278,8 +278,39 @@ fn responses() -> Vec<GetFlowsResponse> {
         }),
         ..base(1_772_119_815, 999)
     };
+    let memcached = Flow {
+        ip: ip4("10.244.1.20", "10.244.1.50"),
+        l4: tcp(45000, 11211, TcpFlags::default()),
+        destination: Some(ep("demo-app", "cache-0", "cache", 56789)),
+        extensions: Some(extension_any(&L7Extension {
+            protocol: "memcached".into(),
+            plugin: "memcached".into(),
+            plugin_version: "0.1.0".into(),
+            fields: vec![
+                Field {
+                    name: "command".into(),
+                    value: Some(Value {
+                        kind: Some(value::Kind::String("set".into())),
+                    }),
+                },
+                Field {
+                    name: "key".into(),
+                    value: Some(Value {
+                        kind: Some(value::Kind::String("user:1".into())),
+                    }),
+                },
+                Field {
+                    name: "bytes".into(),
+                    value: Some(Value {
+                        kind: Some(value::Kind::Uint(42)),
+                    }),
+                },
+            ],
+        })),
+        ..redis_req.clone()
+    };
     let mut out: Vec<GetFlowsResponse> = [
-        http_req, http_resp, drop, trace, world, redis_req, redis_resp, kafka,
+        http_req, http_resp, drop, trace, world, redis_req, redis_resp, kafka, memcached,
     ]
     .into_iter()
     .map(|f| GetFlowsResponse {
@@ -350,24 +381,24 @@ fn json_golden() {
     assert_eq!(first["flow"]["is_reply"], false);
     assert_eq!(first["flow"]["time"], "2026-02-26T15:30:10.123Z");
     let redis: serde_json::Value = serde_json::from_str(text.lines().nth(5).unwrap()).unwrap();
-    assert_eq!(
-        redis["flow"]["extensions"]["@type"],
-        "type.googleapis.com/loupe.flow.v1.L7Extension"
-    );
-    assert_eq!(redis["flow"]["extensions"]["protocol"], "redis");
+    // Plugin fields travel as a google.protobuf.Struct, named as keys.
+    let ext = &redis["flow"]["extensions"];
+    assert_eq!(ext["@type"], "type.googleapis.com/google.protobuf.Struct");
+    assert_eq!(ext["value"]["protocol"], "redis");
+    assert_eq!(ext["value"]["fields"]["command"], "SET");
+    assert_eq!(ext["value"]["fields"]["args"][0], "alice");
     golden("observe_json.txt", &text);
 }
 
-/// The same responses printed by protobuf's own JSON printer (Python's
-/// `json_format`, an implementation independent of ours, with proto field names as
-/// Hubble's printer uses them), from the same bytes and Loupe's descriptors.
-#[test]
-fn json_is_protobufs_own_mapping() {
+/// `responses` printed by protobuf's own JSON printer (Python's `json_format`, an
+/// implementation independent of ours, with proto field names as Hubble's printer
+/// uses them), from their bytes. With `hubble_only`, the printer knows Hubble's
+/// protos and the well-known types but none of Loupe's.
+fn protobuf_printer(responses: &[GetFlowsResponse], hubble_only: bool) -> Vec<serde_json::Value> {
     let python = "/opt/loupe/venv/bin/python";
     let dir = tempfile::tempdir().unwrap();
     let descriptors = dir.path().join("descriptors.bin");
     std::fs::write(&descriptors, loupe_proto::FILE_DESCRIPTOR_SET).unwrap();
-    let responses = responses();
     let hex: Vec<String> = responses
         .iter()
         .map(|r| {
@@ -381,17 +412,22 @@ fn json_is_protobufs_own_mapping() {
 import sys
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 files = descriptor_pb2.FileDescriptorSet.FromString(open(sys.argv[1], "rb").read())
+hubble_only = sys.argv[2] == "hubble-only"
 pool = descriptor_pool.DescriptorPool()
 for f in files.file:
+    if hubble_only and f.package.startswith("loupe."):
+        continue
     pool.Add(f)
 cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("observer.GetFlowsResponse"))
 for line in sys.stdin:
     msg = cls.FromString(bytes.fromhex(line.strip()))
     print(json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None, descriptor_pool=pool))
 "#;
+    let mode = if hubble_only { "hubble-only" } else { "all" };
     let mut child = std::process::Command::new(python)
         .args(["-c", script])
         .arg(&descriptors)
+        .arg(mode)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -405,16 +441,69 @@ for line in sys.stdin:
     .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "python printer failed");
-    let theirs = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `loupe observe -o json` writes what protobuf's own printer writes for the same
+/// bytes: L3/L4, drop, trace, HTTP, Kafka, Redis and memcached flows, lost events.
+#[test]
+fn json_is_protobufs_own_mapping() {
+    let responses = responses();
+    let theirs = protobuf_printer(&responses, false);
     let ours = render(Output::Json, false);
-    let (theirs, ours): (Vec<&str>, Vec<&str>) = (theirs.lines().collect(), ours.lines().collect());
+    let ours: Vec<serde_json::Value> = ours
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(theirs.len(), responses.len());
     assert_eq!(ours.len(), responses.len());
     for (i, (t, o)) in theirs.iter().zip(&ours).enumerate() {
-        let t: serde_json::Value = serde_json::from_str(t).unwrap();
-        let o: serde_json::Value = serde_json::from_str(o).unwrap();
         assert_eq!(o, t, "response {i}: ours differs from protobuf's printer");
     }
+}
+
+/// A client with Hubble's protos and the well-known types only (no Loupe protos)
+/// decodes every plugin's fields.
+#[test]
+fn extensions_need_no_loupe_protos() {
+    let responses = responses();
+    let printed = protobuf_printer(&responses, true);
+    let plugin_fields: Vec<(String, serde_json::Value)> = printed
+        .iter()
+        .filter_map(|r| {
+            let ext = r["flow"].get("extensions")?;
+            assert_eq!(ext["@type"], "type.googleapis.com/google.protobuf.Struct");
+            Some((
+                ext["value"]["protocol"].as_str().unwrap().to_string(),
+                ext["value"]["fields"].clone(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        plugin_fields,
+        [
+            (
+                "redis".to_string(),
+                serde_json::json!({"command": "SET", "key": "session:42", "args": ["alice"]})
+            ),
+            (
+                "redis".to_string(),
+                serde_json::json!({
+                    "command": "FLUSHALL",
+                    "reply-type": "error",
+                    "error": "NOPERM this user has no permissions"
+                })
+            ),
+            (
+                "memcached".to_string(),
+                serde_json::json!({"command": "set", "key": "user:1", "bytes": 42.0})
+            ),
+        ]
+    );
 }
 
 #[test]

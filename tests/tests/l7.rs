@@ -400,13 +400,8 @@ fn l7_visibility_matches_real_clients() {
     let redis = l7_flows(&agent, &["--protocol", "redis"]);
     let keyed = |cmd: &str, key: &str| {
         redis.iter().any(|f| {
-            let fields = f["extensions"]["fields"].as_array();
-            let has = |name: &str, value: &str| {
-                fields.is_some_and(|fs| {
-                    fs.iter()
-                        .any(|x| x["name"] == name && x["value"]["string"] == value)
-                })
-            };
+            let fields = &f["extensions"]["value"]["fields"];
+            let has = |name: &str, value: &str| fields[name] == value;
             has("command", cmd) && has("key", key)
         })
     };

@@ -158,19 +158,12 @@ fn kafka_replay_matches_tshark() {
         })
         .collect(),
     );
+    // Plugin fields travel as a google.protobuf.Struct: numbers as JSON numbers.
     let field = |f: &Value, name: &str| -> String {
-        f["extensions"]["fields"]
-            .as_array()
-            .and_then(|fs| fs.iter().find(|x| x["name"] == name))
-            .map(|x| {
-                let v = &x["value"];
-                v["int"]
-                    .as_str()
-                    .or(v["uint"].as_str())
-                    .map(str::to_string)
-                    .or_else(|| v["int"].as_i64().map(|n| n.to_string()))
-                    .unwrap_or_default()
-            })
+        let v = &f["extensions"]["value"]["fields"][name];
+        v.as_str()
+            .map(str::to_string)
+            .or_else(|| v.as_f64().map(|n| format!("{}", n as i64)))
             .unwrap_or_default()
     };
     let ours = sorted(

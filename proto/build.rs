@@ -1,5 +1,5 @@
 //! Generates the protobuf and gRPC code from `proto/`, and the descriptor set
-//! used for canonical JSON and field masks.
+//! used for protobuf JSON and field masks.
 
 use anyhow::Context as _;
 
@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=proto");
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
     tonic_prost_build::configure()
-        // The descriptors let the CLI print flows in the canonical protobuf JSON
+        // The descriptors let the CLI print flows in protobuf's JSON
         // mapping (including `Any` extensions) without hand-written serializers,
         // and the Observer check field masks.
         .file_descriptor_set_path(out_dir.join("loupe_descriptor.bin"))

@@ -1,6 +1,6 @@
 //! Loupe's wire contract: the generated protobuf and gRPC code of the
 //! Hubble-compatible API (`flow`, `observer`, `peer`, `relay`) and of Loupe's own
-//! services, the descriptors for canonical JSON and field masks, and the flow
+//! services, the descriptors for protobuf JSON and field masks, and the flow
 //! helpers every layer shares (what a flow carries, read one way everywhere).
 //!
 //! Nothing here knows about the agent: every layer of the runtime may depend on
@@ -26,7 +26,7 @@ pub mod plugin {
     #![allow(missing_docs, unreachable_pub, clippy::all)]
     tonic::include_proto!("loupe.plugin.v1");
 }
-/// `flow`: Hubble's flow model (wire-compatible subset).
+/// `flow`: Hubble's flow model (Cilium v1.19's, field for field).
 pub mod flow {
     #![allow(missing_docs, unreachable_pub, clippy::all)]
     tonic::include_proto!("flow");
@@ -52,7 +52,7 @@ pub mod extension {
     tonic::include_proto!("loupe.flow.v1");
 }
 
-/// The descriptors of every message above, for canonical JSON output.
+/// The descriptors of every message above, for protobuf JSON output and field masks.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/loupe_descriptor.bin"));
 
@@ -94,9 +94,9 @@ pub mod fields {
     /// `google.protobuf.Struct`, which every protobuf runtime resolves.
     pub const EXTENSION_TYPE_URL: &str = "type.googleapis.com/google.protobuf.Struct";
 
-    /// Integers up to this magnitude are exact as JSON numbers (doubles); larger
-    /// ones travel as decimal strings.
-    const EXACT_INTEGER: u64 = 1 << 53;
+    /// Integers up to this magnitude are exact (and safe in JavaScript) as JSON
+    /// numbers; larger ones travel as decimal strings.
+    const EXACT_INTEGER: u64 = (1 << 53) - 1;
 
     /// A plugin's record for `Flow.extensions`: a `google.protobuf.Struct`
     /// `{"protocol", "plugin", "plugin_version", "fields": {name: value}}`.
@@ -185,7 +185,10 @@ pub mod fields {
             Some(Kind::Uint(u)) if *u <= EXACT_INTEGER => Json::NumberValue(*u as f64),
             Some(Kind::Uint(u)) => Json::StringValue(u.to_string()),
             Some(Kind::Float(x)) if x.is_finite() => Json::NumberValue(*x),
-            Some(Kind::Float(x)) => Json::StringValue(x.to_string()),
+            // Protobuf's JSON spelling of the numbers JSON cannot carry.
+            Some(Kind::Float(x)) if x.is_nan() => Json::StringValue("NaN".into()),
+            Some(Kind::Float(x)) if *x > 0.0 => Json::StringValue("Infinity".into()),
+            Some(Kind::Float(_)) => Json::StringValue("-Infinity".into()),
             Some(Kind::Bytes(b)) => Json::StringValue(base64(b)),
             Some(Kind::List(l)) => Json::ListValue(prost_types::ListValue {
                 values: l.values.iter().map(to_json).collect(),
@@ -384,6 +387,55 @@ mod tests {
             ]
         );
         assert_eq!(fields::l7_protocol(&flow).as_deref(), Some("redis"));
+    }
+
+    #[test]
+    fn numbers_json_cannot_carry_and_bytes_travel_as_strings() {
+        use extension::value::Kind;
+        let exact = (1u64 << 53) - 1;
+        let ext = extension::L7Extension {
+            protocol: "p".into(),
+            fields: vec![
+                field("a", Kind::Uint(exact)),
+                field("b", Kind::Uint(exact + 1)),
+                field("c", Kind::Int(-(exact as i64) - 1)),
+                field("d", Kind::Float(f64::NAN)),
+                field("e", Kind::Float(f64::INFINITY)),
+                field("f", Kind::Float(f64::NEG_INFINITY)),
+                field("g", Kind::Bytes(Vec::new())),
+                field("h", Kind::Bytes(b"f".to_vec())),
+                field("i", Kind::Bytes(b"fo".to_vec())),
+                field("j", Kind::Bytes(b"foobar".to_vec())),
+            ],
+            ..Default::default()
+        };
+        let flow = flow::Flow {
+            extensions: Some(fields::extension_any(&ext)),
+            ..Default::default()
+        };
+        let got: Vec<Option<Kind>> = fields::l7_extension(&flow)
+            .unwrap()
+            .fields
+            .into_iter()
+            .map(|f| f.value.and_then(|v| v.kind))
+            .collect();
+        let text = |s: &str| Some(Kind::String(s.into()));
+        assert_eq!(
+            got,
+            [
+                Some(Kind::Int(exact as i64)),
+                text("9007199254740992"),
+                text("-9007199254740992"),
+                text("NaN"),
+                text("Infinity"),
+                text("-Infinity"),
+                // RFC 4648's test vectors.
+                text(""),
+                text("Zg=="),
+                text("Zm8="),
+                text("Zm9vYmFy"),
+            ]
+        );
     }
 
     #[test]

@@ -16,7 +16,11 @@ use loupe_runtime::config::AgentConfig;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
-const PYTHON: &str = "/opt/loupe/venv/bin/python";
+/// The lab's Python (`scripts/bootstrap` installs it), or `$LOUPE_VENV/bin/python`.
+fn python() -> String {
+    let venv = std::env::var("LOUPE_VENV").unwrap_or_else(|_| "/opt/loupe/venv".into());
+    format!("{venv}/bin/python")
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -42,12 +46,13 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
         except grpc.RpcError as e:
             print(service or "<server>", e.code().name)
 "#;
-    let out = std::process::Command::new(PYTHON)
+    let python = python();
+    let out = std::process::Command::new(&python)
         .args(["-c", script, target])
         .args(services)
         .output()
         .unwrap_or_else(|e| {
-            panic!("{PYTHON}: {e} (grpcio-health-checking; scripts/bootstrap installs it)")
+            panic!("{python}: {e} (grpcio-health-checking; scripts/bootstrap installs it)")
         });
     assert!(
         out.status.success(),
@@ -94,6 +99,7 @@ async fn health_answers_grpcio_and_tonic_clients() {
         "",
         "hubble.server.Observer",
         "observer.Observer",
+        "peer.Peer",
         "nope.Nope",
     ];
     let answers = tokio::task::spawn_blocking(move || grpcio_check(&target, &services))
@@ -101,7 +107,7 @@ async fn health_answers_grpcio_and_tonic_clients() {
         .unwrap();
     assert_eq!(
         answers,
-        "<server> SERVING\nhubble.server.Observer SERVING\nobserver.Observer SERVING\nnope.Nope NOT_FOUND\n"
+        "<server> SERVING\nhubble.server.Observer SERVING\nobserver.Observer SERVING\npeer.Peer SERVING\nnope.Nope NOT_FOUND\n"
     );
 
     // The same service on the agent socket, where `hubble --server unix://…` asks.

@@ -395,7 +395,8 @@ fn json_golden() {
 /// uses them), from their bytes. With `hubble_only`, the printer knows Hubble's
 /// protos and the well-known types but none of Loupe's.
 fn protobuf_printer(responses: &[GetFlowsResponse], hubble_only: bool) -> Vec<serde_json::Value> {
-    let python = "/opt/loupe/venv/bin/python";
+    let venv = std::env::var("LOUPE_VENV").unwrap_or_else(|_| "/opt/loupe/venv".into());
+    let python = format!("{venv}/bin/python");
     let dir = tempfile::tempdir().unwrap();
     let descriptors = dir.path().join("descriptors.bin");
     std::fs::write(&descriptors, loupe_proto::FILE_DESCRIPTOR_SET).unwrap();
@@ -424,23 +425,28 @@ for line in sys.stdin:
     print(json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None, descriptor_pool=pool))
 "#;
     let mode = if hubble_only { "hubble-only" } else { "all" };
-    let mut child = std::process::Command::new(python)
+    let mut child = std::process::Command::new(&python)
         .args(["-c", script])
         .arg(&descriptors)
         .arg(mode)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| {
             panic!("{python}: {e} (protobuf's Python printer; scripts/bootstrap installs it)")
         });
-    std::io::Write::write_all(
+    // A printer that died early shows up in its exit status and stderr below.
+    let _ = std::io::Write::write_all(
         child.stdin.as_mut().unwrap(),
         (hex.join("\n") + "\n").as_bytes(),
-    )
-    .unwrap();
+    );
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "python printer failed");
+    assert!(
+        out.status.success(),
+        "{python}: protobuf's printer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()

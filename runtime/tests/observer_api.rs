@@ -578,10 +578,26 @@ async fn the_server_fills_summary_as_observe_prints_it() {
             "redis request command=SET",
         ]
     );
-    // The same text `loupe observe` prints for the flows as stored.
-    for (sent, stored) in summaries.iter().zip(&flows) {
-        assert_eq!(*sent, loupe_runtime::flow::summary(stored));
-    }
+
+    // The response keeps its node and time whatever the mask keeps of the flow.
+    let mut stream = client
+        .get_flows(GetFlowsRequest {
+            number: 1,
+            field_mask: Some(prost_types::FieldMask {
+                paths: vec!["verdict".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    assert_eq!(response.node_name, "test-node");
+    assert_eq!(response.time, Some(ts(103)));
+    let Some(ResponseTypes::Flow(flow)) = response.response_types else {
+        panic!("not a flow");
+    };
+    assert!(flow.node_name.is_empty() && flow.time.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,7 +96,7 @@ fn article_api_allow_frontend_allows_get_and_denies_post() {
     ]);
     assert!(
         denied.lines().any(|l| l.contains("\"method\":\"POST\"")
-            && l.contains("\"dropReasonDesc\":\"POLICY_DENIED\"")),
+            && l.contains("\"drop_reason_desc\":\"POLICY_DENIED\"")),
         "{denied}"
     );
     // The allowed GET is a forwarded request with its response.

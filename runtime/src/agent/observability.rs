@@ -1,6 +1,7 @@
-//! Starts what serves flows and metrics: the Observer / Peer services (on the
-//! agent socket, and on TCP with TLS when `hubble.listenAddress` is set), the
-//! flow-metrics subscriber and the two `/metrics` listeners.
+//! Starts what serves flows and metrics: the Observer / Peer services and
+//! `grpc.health.v1.Health` (on the agent socket, and on TCP with TLS when
+//! `hubble.listenAddress` is set), the flow-metrics subscriber and the two
+//! `/metrics` listeners.
 
 use std::net::SocketAddr;
 

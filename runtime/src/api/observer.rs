@@ -96,14 +96,24 @@ impl Query {
     /// (Hubble's CLI prints it as the flow's summary), then the field mask. The
     /// response's node and time are the flow's, whatever the mask keeps.
     fn response(&self, stored: &Flow) -> GetFlowsResponse {
-        let mut flow = stored.clone();
         #[allow(deprecated)]
-        if flow.summary.is_empty() {
-            flow.summary = summary(&flow);
-        }
-        if let Some(mask) = &self.mask {
-            flow = mask.apply(&flow);
-        }
+        let needs_summary =
+            stored.summary.is_empty() && self.mask.as_ref().is_none_or(|m| m.keeps("Summary"));
+        let flow = match (&self.mask, needs_summary) {
+            (mask, true) => {
+                let mut flow = stored.clone();
+                #[allow(deprecated)]
+                {
+                    flow.summary = summary(stored);
+                }
+                match mask {
+                    Some(mask) => mask.apply(&flow),
+                    None => flow,
+                }
+            }
+            (Some(mask), false) => mask.apply(stored),
+            (None, false) => stored.clone(),
+        };
         GetFlowsResponse {
             node_name: stored.node_name.clone(),
             time: stored.time,
@@ -357,6 +367,13 @@ impl FieldMask {
             paths: out,
             descriptor,
         })
+    }
+
+    /// Whether the mask keeps the top-level field `name` (or part of it).
+    pub fn keeps(&self, name: &str) -> bool {
+        self.paths
+            .iter()
+            .any(|p| p.first().is_some_and(|f| f == name))
     }
 
     /// A copy of `flow` with only the masked fields.

@@ -1,5 +1,8 @@
-//! The one-line summary of a flow (Hubble's `Summary`), filled by the Observer for
-//! the flows it sends and printed by `observe` and `replay`.
+//! The one-line summary of a flow (Hubble's `Summary`): HTTP, Kafka, DNS and TCP
+//! flags in the words Cilium's agent uses, plugin records as `<protocol> request
+//! name=value …`, other L4 as type and code. Plugin flows get theirs when they are
+//! built (in the plugin's field order); the Observer fills it for the rest of the
+//! flows it sends, and `observe` / `replay` print it.
 
 use std::fmt::Write as _;
 
@@ -46,7 +49,9 @@ fn value_text(v: Option<&Value>) -> String {
     }
 }
 
-fn extension_summary(f: &Flow, ext: &L7Extension) -> String {
+/// The summary of a plugin's record: its protocol, `request` or `response` with the
+/// latency, then its fields as `name=value` in the order given.
+pub fn plugin_summary(f: &Flow, ext: &L7Extension) -> String {
     let l7 = f.l7.as_ref();
     let kind = l7.map_or(0, |l| l.r#type);
     let mut out = ext.protocol.clone();
@@ -117,7 +122,7 @@ pub fn summary(f: &Flow) -> String {
         }
     }
     if let Some(ext) = loupe_proto::fields::l7_extension(f) {
-        return extension_summary(f, &ext);
+        return plugin_summary(f, &ext);
     }
     match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
         Some(layer4::Protocol::Tcp(t)) => {

@@ -1,12 +1,15 @@
 //! Plugin messages as Hubble L7 flows: HTTP in `l7.http`, Kafka in `l7.kafka` (as
-//! Hubble has them), and every plugin's fields in `Flow.extensions` as Loupe's own
-//! [`L7Extension`]. Requests go client → server, responses server → client with
-//! `is_reply` and the latency since their request.
+//! Hubble has them), and every plugin's fields in `Flow.extensions` (an
+//! [`L7Extension`] sent as a `google.protobuf.Struct`). Flows of other plugins get
+//! their `Summary` here, with the fields in the order the plugin gave them.
+//! Requests go client → server, responses server → client with `is_reply` and the
+//! latency since their request.
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use crate::datapath::flows::timestamp;
+use crate::flow::summary::plugin_summary;
 use crate::plugin::{FieldType, Message, MessageKind, Plugin, Value};
 use crate::reassembly::ConnKey;
 use loupe_proto::extension::{self as ext, L7Extension};
@@ -247,7 +250,7 @@ pub fn message_flow(
     } else {
         (key.client, key.server, &ctx.client, &ctx.server)
     };
-    Flow {
+    let flow = Flow {
         time: Some(timestamp(time)),
         verdict: Verdict::Forwarded as i32,
         l7: Some(Layer7 {
@@ -258,7 +261,20 @@ pub fn message_flow(
         extensions: Some(loupe_proto::fields::extension_any(&extension)),
         is_reply: Some(reply),
         ..base_flow(ctx, src, dst, source, destination)
+    };
+    with_plugin_summary(flow, &extension)
+}
+
+/// A flow without an HTTP / Kafka record gets its summary from the plugin's
+/// fields now, in the plugin's order (the Struct they travel in is a map).
+fn with_plugin_summary(mut flow: Flow, extension: &L7Extension) -> Flow {
+    if flow.l7.as_ref().is_some_and(|l7| l7.record.is_none()) {
+        #[allow(deprecated)]
+        {
+            flow.summary = plugin_summary(&flow, extension);
+        }
     }
+    flow
 }
 
 /// The flow that says a connection's L7 view stopped (parse error, plugin fault,
@@ -281,7 +297,7 @@ pub fn error_flow(
             }),
         }],
     };
-    Flow {
+    let flow = Flow {
         time: Some(timestamp(time)),
         verdict: Verdict::Error as i32,
         l7: Some(Layer7 {
@@ -292,7 +308,8 @@ pub fn error_flow(
         extensions: Some(loupe_proto::fields::extension_any(&extension)),
         is_reply: Some(false),
         ..base_flow(ctx, key.client, key.server, &ctx.client, &ctx.server)
-    }
+    };
+    with_plugin_summary(flow, &extension)
 }
 
 fn base_flow(

@@ -169,10 +169,10 @@ impl CompiledFilter {
                     })
                 })
             })
+            // As Hubble reads it: a flow without a trace id has id 0.
             && any(self.ip_trace_id.is_empty(), &|| {
-                flow.ip_trace_id
-                    .as_ref()
-                    .is_some_and(|t| self.ip_trace_id.contains(&t.trace_id))
+                let id = flow.ip_trace_id.as_ref().map_or(0, |t| t.trace_id);
+                self.ip_trace_id.contains(&id)
             })
     }
 

@@ -504,8 +504,10 @@ fn interface_and_ip_trace_id_match_what_the_flow_carries() {
     };
     let matches =
         |f: &Flow, filter: FlowFilter| FlowFilterSet::new(&[filter], &[]).unwrap().matches(f);
-    // A flow without them matches no such filter (never everything).
+    // A flow without them matches no such filter (never everything), except
+    // trace id 0, which Hubble reads as "none".
     assert!(!matches(&f, by_trace(vec![7])));
+    assert!(matches(&f, by_trace(vec![0])));
     assert!(!matches(&f, by_interface(3, "")));
     f.ip_trace_id = Some(IpTraceId {
         trace_id: 7,

@@ -5,6 +5,8 @@
 // Test helpers panic on failure by design (the lint allows it only inside #[test]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,19 +28,11 @@ fn loupe(socket: &std::path::Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn agent_status_observe_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("loupe.sock");
-    let metrics_port = free_port();
+    let metrics_port = common::free_port();
     let config = dir.path().join("loupe.yaml");
     std::fs::write(
         &config,
@@ -46,7 +40,7 @@ fn agent_status_observe_and_metrics() {
             "nodeName: cli-node\nsocketPath: {}\nstateDir: {}\nbpf:\n  enabled: false\nendpoints:\n  lab: false\nhubble:\n  enabled: true\n  eventBufferCapacity: 1023\n  metrics:\n    enabled: [drop, flow]\n    address: 127.0.0.1\n    port: {}\nprometheus:\n  enabled: true\n  address: 127.0.0.1\n  port: {}\n",
             socket.display(),
             dir.path().join("state").display(),
-            free_port(),
+            common::free_port(),
             metrics_port
         ),
     )

@@ -6,6 +6,8 @@
 // Test helpers panic on failure by design (the lint allows it only inside #[test]).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,20 +17,6 @@ use loupe_runtime::api::client;
 use loupe_runtime::config::AgentConfig;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-
-/// The lab's Python (`scripts/bootstrap` installs it), or `$LOUPE_VENV/bin/python`.
-fn python() -> String {
-    let venv = std::env::var("LOUPE_VENV").unwrap_or_else(|_| "/opt/loupe/venv".into());
-    format!("{venv}/bin/python")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs grpcio-health-checking's client against `target`; one line per service:
 /// `<service> <status name>` (`NOT_FOUND` for an unknown service).
@@ -46,7 +34,7 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
         except grpc.RpcError as e:
             print(service or "<server>", e.code().name)
 "#;
-    let python = python();
+    let python = common::python();
     let out = std::process::Command::new(&python)
         .args(["-c", script, target])
         .args(services)
@@ -65,7 +53,7 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_answers_grpcio_and_tonic_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let mut config = AgentConfig {
         socket_path: dir.path().join("loupe.sock"),
         node_name: Some("health-node".into()),

@@ -11,6 +11,8 @@
 // Test helpers panic on failure by design (the lint allows it only inside #[test]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -25,14 +27,6 @@ use loupe_runtime::agent::{self, AgentState};
 use loupe_runtime::config::AgentConfig;
 use loupe_runtime::metrics::{MetricFamily, MetricKind};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -195,9 +189,9 @@ fn value(sample: &serde_json::Value) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_agent_and_evaluates_the_guide_queries() {
     let dir = tempfile::tempdir().unwrap();
-    let agent_port = free_port();
-    let hubble_port = free_port();
-    let prom_port = free_port();
+    let agent_port = common::free_port();
+    let hubble_port = common::free_port();
+    let prom_port = common::free_port();
     let mut config = AgentConfig {
         socket_path: dir.path().join("loupe.sock"),
         node_name: Some("test-node".into()),

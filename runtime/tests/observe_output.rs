@@ -4,6 +4,8 @@
 // Test helpers panic on failure by design (the lint allows it only inside #[test]).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::PathBuf;
 
 use loupe_proto::extension::{Field, L7Extension, Value, ValueList, value};
@@ -395,8 +397,7 @@ fn json_golden() {
 /// uses them), from their bytes. With `hubble_only`, the printer knows Hubble's
 /// protos and the well-known types but none of Loupe's.
 fn protobuf_printer(responses: &[GetFlowsResponse], hubble_only: bool) -> Vec<serde_json::Value> {
-    let venv = std::env::var("LOUPE_VENV").unwrap_or_else(|_| "/opt/loupe/venv".into());
-    let python = format!("{venv}/bin/python");
+    let python = common::python();
     let dir = tempfile::tempdir().unwrap();
     let descriptors = dir.path().join("descriptors.bin");
     std::fs::write(&descriptors, loupe_proto::FILE_DESCRIPTOR_SET).unwrap();

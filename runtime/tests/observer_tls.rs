@@ -5,6 +5,8 @@
 // Test helpers panic on failure by design (the lint allows it only inside #[test]).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -96,14 +98,6 @@ fn make_pki(dir: &Path) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn connect(port: u16, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_shared(format!("https://localhost:{port}"))
         .unwrap()
@@ -117,7 +111,7 @@ async fn connect(port: u16, tls: ClientTlsConfig) -> Result<Channel, tonic::tran
 async fn observer_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     make_pki(dir.path());
-    let port = free_port();
+    let port = common::free_port();
     let mut config = AgentConfig {
         socket_path: dir.path().join("loupe.sock"),
         node_name: Some("tls-node".into()),

@@ -1,7 +1,7 @@
 //! `grpc.health.v1.Health` next to the Observer, checked by an independent client:
 //! grpcio-health-checking (gRPC C-core, the stack most scripts use) with default
-//! channel options over `hubble.listenAddress`, and tonic's client over the agent
-//! socket. `hubble status` asks for `hubble.server.Observer`.
+//! channel options over `hubble.listenAddress` and over the agent socket, and
+//! tonic's client over the socket. `hubble status` asks for `hubble.server.Observer`.
 
 // Test helpers panic on failure by design (the lint allows it only inside #[test]).
 #![allow(clippy::unwrap_used)]
@@ -90,13 +90,19 @@ async fn health_answers_grpcio_and_tonic_clients() {
         "peer.Peer",
         "nope.Nope",
     ];
+    let want = "<server> SERVING\nhubble.server.Observer SERVING\nobserver.Observer SERVING\npeer.Peer SERVING\nnope.Nope NOT_FOUND\n";
     let answers = tokio::task::spawn_blocking(move || grpcio_check(&target, &services))
         .await
         .unwrap();
-    assert_eq!(
-        answers,
-        "<server> SERVING\nhubble.server.Observer SERVING\nobserver.Observer SERVING\npeer.Peer SERVING\nnope.Nope NOT_FOUND\n"
-    );
+    assert_eq!(answers, want);
+    // The agent socket with default channel options: C-core names the socket path
+    // (percent-encoded) as `:authority`; five calls on one channel also take the
+    // HPACK dynamic-table entry for it.
+    let unix = format!("unix://{}", socket.display());
+    let answers = tokio::task::spawn_blocking(move || grpcio_check(&unix, &services))
+        .await
+        .unwrap();
+    assert_eq!(answers, want);
 
     // The same service on the agent socket, where `hubble --server unix://…` asks.
     let mut health = HealthClient::new(client::connect(&socket).await.unwrap());

@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 use loupe_proto::daemon::daemon_server::DaemonServer;
 use loupe_proto::policy::policies_server::PoliciesServer;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::api::{self, NodeInfo, daemon::DaemonService, policy::PolicyService};
+use crate::api::{
+    self, NodeInfo, authority::AuthorityFix, daemon::DaemonService, policy::PolicyService,
+};
 use crate::config::AgentConfig;
 use crate::control::ControlPlane;
 use crate::datapath::{self, Datapath, controller::Controller, metrics::DatapathCollector};
@@ -239,7 +242,11 @@ async fn serve(
         .add_optional_service(observability.peer())
         .add_service(observability.grpc_health())
         .add_service(api::plugin::PluginService::server(state.plugins.clone()))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+        // grpcio clients name the socket path as `:authority`, which h2 refuses.
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new)),
+            shutdown,
+        );
     let result = server.await;
     observability.stop();
     proxy::stop(l7_proxy);

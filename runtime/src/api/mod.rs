@@ -7,6 +7,7 @@
 //! the control plane and the plugin manager; daemon from the control plane and the
 //! status sources; plugins from the plugin manager. None knows the agent.
 
+pub mod authority;
 pub mod client;
 pub mod daemon;
 pub mod observer;

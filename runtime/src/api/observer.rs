@@ -99,21 +99,19 @@ impl Query {
         #[allow(deprecated)]
         let needs_summary =
             stored.summary.is_empty() && self.mask.as_ref().is_none_or(|m| m.keeps("Summary"));
-        let flow = match (&self.mask, needs_summary) {
-            (mask, true) => {
-                let mut flow = stored.clone();
-                #[allow(deprecated)]
-                {
-                    flow.summary = summary(stored);
-                }
-                match mask {
-                    Some(mask) => mask.apply(&flow),
-                    None => flow,
-                }
-            }
-            (Some(mask), false) => mask.apply(stored),
-            (None, false) => stored.clone(),
+        let mut flow = match &self.mask {
+            Some(mask) if !needs_summary => mask.apply(stored),
+            _ => stored.clone(),
         };
+        if needs_summary {
+            #[allow(deprecated)]
+            {
+                flow.summary = summary(stored);
+            }
+            if let Some(mask) = &self.mask {
+                flow = mask.apply(&flow);
+            }
+        }
         GetFlowsResponse {
             node_name: stored.node_name.clone(),
             time: stored.time,

@@ -15,6 +15,8 @@ use loupe_proto::flow::{
 };
 use loupe_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
 
+use crate::flow::summary;
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -187,18 +189,6 @@ pub fn flow_type(f: &Flow) -> String {
         _ if f.verdict == Verdict::Dropped as i32 => drop_reason_text(f.drop_reason_desc),
         _ if f.trace_observation_point != 0 => trace_point(f.trace_observation_point),
         _ => "UNKNOWN".into(),
-    }
-}
-
-/// The summary column: the server's `Summary` when it sent one (as Hubble's CLI
-/// prints it), else the same text computed here (`loupe replay`, older agents).
-fn summary(f: &Flow) -> String {
-    #[allow(deprecated)]
-    let sent = f.summary.as_str();
-    if sent.is_empty() {
-        crate::flow::summary(f)
-    } else {
-        sent.to_string()
     }
 }
 

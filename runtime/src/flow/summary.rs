@@ -70,11 +70,22 @@ pub fn plugin_summary(f: &Flow, ext: &L7Extension) -> String {
     out
 }
 
-/// A flow's summary as Hubble's `Summary` field carries it: `HTTP/1.1 GET
-/// http://…`, `HTTP/1.1 200 3ms (GET http://…)`, `Kafka request produce
-/// correlation id 12 topic 'orders'`, `TCP Flags: SYN, ACK`, or a plugin's
-/// protocol and fields (`redis request command=SET key=k`).
+/// A flow's summary as Hubble's `Summary` field carries it: the one the flow
+/// already has (a plugin flow's, or the server's), else `HTTP/1.1 GET http://…`,
+/// `HTTP/1.1 200 3ms (GET http://…)`, `Kafka request produce correlation id 12
+/// topic 'orders'`, `TCP Flags: SYN, ACK`, or a plugin's protocol and fields
+/// (`redis request command=SET key=k`).
 pub fn summary(f: &Flow) -> String {
+    #[allow(deprecated)]
+    let sent = f.summary.as_str();
+    if sent.is_empty() {
+        computed(f)
+    } else {
+        sent.to_string()
+    }
+}
+
+fn computed(f: &Flow) -> String {
     if let Some(l7) = &f.l7 {
         let response = l7.r#type == L7FlowType::Response as i32;
         match &l7.record {

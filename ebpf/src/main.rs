@@ -28,7 +28,7 @@ use aya_ebpf::{
 use loupe_common::{
     COUNTER_ENTRIES, COUNTER_PAYLOAD, Counter, CtKey, CtValue, DatapathConfig, EndpointInfo,
     FlowEvent, IpcacheValue, MAX_PAYLOAD_COPY, POLICY_PREFIX_FULL, PayloadEvent, PolicyKey,
-    PolicyValue, action, counter_index, ct_flags, ct_status, direction, drop_reason,
+    PolicyValue, action, attribution, counter_index, ct_flags, ct_status, direction, drop_reason,
     endpoint_flags, event_kind, identity, policy_flags, proxy, sizes,
 };
 
@@ -221,9 +221,9 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
                     ct.policy_rev = policy_rev;
                     ct.remote_identity = remote_identity;
                 }
-                Err(reason) => {
+                Err(denied) => {
                     let _ = CONNTRACK.remove(&scratch.key);
-                    return drop(ctx, &ep, dir, pkt, remote_identity, reason);
+                    return drop_by(ctx, &ep, dir, pkt, remote_identity, denied);
                 }
             }
         }
@@ -281,9 +281,10 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     // The first packet of a connection.
     let remote = lookup_ipcache(remote_addr(pkt, dir));
     let remote_identity = remote.identity;
-    let policy_flags = match verdict(&ep, generation, dir, remote_identity, pkt, enforced) {
-        Ok(flags) => flags,
-        Err(reason) => return drop(ctx, &ep, dir, pkt, remote_identity, reason),
+    let (policy_flags, policy) = match verdict(&ep, generation, dir, remote_identity, pkt, enforced)
+    {
+        Ok(allowed) => (allowed.flags, allowed.policy),
+        Err(denied) => return drop_by(ctx, &ep, dir, pkt, remote_identity, denied),
     };
     let mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
     let l7 = if dir == direction::INGRESS && mark & proxy::MARK_MASK == proxy::FROM_PROXY {
@@ -334,14 +335,17 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         // The SYN: the L7 path learns who the client is and where both streams start.
         copy_payload(ctx, &ep, dir, pkt, remote_identity);
     }
-    trace(
+    emit(
         ctx,
         &ep,
         dir,
         pkt,
         remote_identity,
+        event_kind::TRACE,
+        drop_reason::NONE,
         ct_status::NEW,
         policy_flags,
+        policy,
     );
     count(dir, drop_reason::NONE, pkt.len);
     TC_PASS
@@ -383,7 +387,7 @@ fn redirects(
     // connection is dropped at the server's own hook as before.
     matches!(
         verdict(&server, generation, direction::INGRESS, ep.identity, pkt, false),
-        Ok(flags) if flags & policy_flags::L7_ENFORCE != 0
+        Ok(allowed) if allowed.flags & policy_flags::L7_ENFORCE != 0
     )
 }
 
@@ -499,7 +503,20 @@ fn lookup_ipcache(addr: &[u8; 16]) -> IpcacheValue {
     }
 }
 
-/// The policy decision for a new connection: `Ok(policy flags)` or `Err(drop reason)`.
+/// A connection policy allows: the flags of the allowing entries and the policy
+/// tag of the most specific one (the remote identity's before any identity's).
+struct Allowed {
+    flags: u8,
+    policy: u16,
+}
+
+/// A connection policy drops: why, and the tag of the deny entry (0 for default deny).
+struct Denied {
+    reason: u8,
+    policy: u16,
+}
+
+/// The policy decision for a new connection.
 #[inline(always)]
 fn verdict(
     ep: &EndpointInfo,
@@ -508,9 +525,10 @@ fn verdict(
     remote: u32,
     pkt: &Packet,
     enforced: bool,
-) -> Result<u8, u8> {
+) -> Result<Allowed, Denied> {
     let mut flags = 0u8;
     let mut allowed = false;
+    let mut policy = 0u16;
     // Straight-line on purpose: an array of `Option`s leaves uninitialised bytes the
     // verifier refuses to copy.
     for identity in [remote, identity::ANY] {
@@ -527,18 +545,27 @@ fn verdict(
         );
         if let Some(entry) = POLICY.get(&key) {
             if entry.action == action::DENY {
-                return Err(drop_reason::POLICY_DENY);
+                return Err(Denied {
+                    reason: drop_reason::POLICY_DENY,
+                    policy: attribution::tag(generation, entry.rule),
+                });
             }
             if entry.action == action::ALLOW {
+                if !allowed {
+                    policy = attribution::tag(generation, entry.rule);
+                }
                 allowed = true;
                 flags |= entry.flags;
             }
         }
     }
     if allowed || !enforced {
-        Ok(flags)
+        Ok(Allowed { flags, policy })
     } else {
-        Err(drop_reason::POLICY_DENIED)
+        Err(Denied {
+            reason: drop_reason::POLICY_DENIED,
+            policy: 0,
+        })
     }
 }
 
@@ -621,7 +648,20 @@ fn count(dir: u8, reason: u8, len: u32) {
 
 #[inline(always)]
 fn drop(ctx: &TcContext, ep: &EndpointInfo, dir: u8, pkt: &Packet, remote: u32, reason: u8) -> i32 {
-    count(dir, reason, pkt.len);
+    drop_by(ctx, ep, dir, pkt, remote, Denied { reason, policy: 0 })
+}
+
+/// Drops a packet policy denied, naming the deciding entry.
+#[inline(always)]
+fn drop_by(
+    ctx: &TcContext,
+    ep: &EndpointInfo,
+    dir: u8,
+    pkt: &Packet,
+    remote: u32,
+    denied: Denied,
+) -> i32 {
+    count(dir, denied.reason, pkt.len);
     emit(
         ctx,
         ep,
@@ -629,9 +669,10 @@ fn drop(ctx: &TcContext, ep: &EndpointInfo, dir: u8, pkt: &Packet, remote: u32, 
         pkt,
         remote,
         event_kind::DROP,
-        reason,
+        denied.reason,
         ct_status::NEW,
         0,
+        denied.policy,
     );
     TC_DROP
 }
@@ -656,6 +697,7 @@ fn trace(
         drop_reason::NONE,
         status,
         flags,
+        0,
     );
 }
 
@@ -671,6 +713,7 @@ fn emit(
     reason: u8,
     status: u8,
     policy_flags: u8,
+    policy: u16,
 ) {
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
         if let Some(c) = COUNTERS.get_ptr_mut(LOST_EVENTS) {
@@ -701,7 +744,7 @@ fn emit(
         (*ev).family = pkt.family;
         (*ev).ct_status = status;
         (*ev).policy_flags = policy_flags;
-        (*ev).pad = [0; 2];
+        (*ev).policy = policy;
         (*ev).len = pkt.len;
     }
     // Wake the reader only once a batch has built up; it also drains on a short

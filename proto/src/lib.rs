@@ -78,6 +78,35 @@ pub mod monitor {
     pub const TRACE_TO_LXC: i32 = 0;
     /// Trace sub-type: from the endpoint.
     pub const TRACE_FROM_LXC: i32 = 5;
+
+    /// `Flow.policy_match_type`: no policy entry matched.
+    pub const POLICY_MATCH_NONE: u32 = 0;
+    /// The peer, any protocol and port.
+    pub const POLICY_MATCH_L3_ONLY: u32 = 1;
+    /// The peer and a port.
+    pub const POLICY_MATCH_L3_L4: u32 = 2;
+    /// A port, any peer.
+    pub const POLICY_MATCH_L4_ONLY: u32 = 3;
+    /// Any peer, protocol and port.
+    pub const POLICY_MATCH_ALL: u32 = 4;
+    /// The peer and a protocol, any port.
+    pub const POLICY_MATCH_L3_PROTO: u32 = 5;
+    /// A protocol, any peer and port.
+    pub const POLICY_MATCH_PROTO_ONLY: u32 = 6;
+
+    /// How Hubble prints a policy match type (`policy-verdict:L3-L4 INGRESS`).
+    pub fn policy_match_name(match_type: u32) -> &'static str {
+        match match_type {
+            POLICY_MATCH_L3_ONLY => "L3-Only",
+            POLICY_MATCH_L3_L4 => "L3-L4",
+            POLICY_MATCH_L4_ONLY => "L4-Only",
+            POLICY_MATCH_ALL => "all",
+            POLICY_MATCH_L3_PROTO => "L3-Proto",
+            POLICY_MATCH_PROTO_ONLY => "Proto-Only",
+            POLICY_MATCH_NONE => "none",
+            _ => "unknown",
+        }
+    }
 }
 
 /// What a flow carries, read the same way by filters, metrics and printers.

@@ -336,7 +336,11 @@ fn responses() -> Vec<GetFlowsResponse> {
 }
 
 fn render(output: Output, node_name: bool) -> String {
-    let mut printer = Printer::new(PrintOptions { output, node_name });
+    let mut printer = Printer::new(PrintOptions {
+        output,
+        node_name,
+        policy_names: false,
+    });
     let mut text = String::new();
     for r in responses() {
         text.push_str(&printer.format(&r).unwrap());

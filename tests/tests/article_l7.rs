@@ -99,6 +99,29 @@ fn article_api_allow_frontend_allows_get_and_denies_post() {
             && l.contains("\"drop_reason_desc\":\"POLICY_DENIED\"")),
         "{denied}"
     );
+    // Which policy's rules the request failed, and which allowed the GET.
+    let named = |verdict: &str, field: &str, method: &str| {
+        let out = observe(&["--type", "l7", "--verdict", verdict, "-o", "json"]);
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|f| f["flow"]["l7"]["http"]["method"] == method)
+            .map(|f| {
+                f["flow"][field][0]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .next()
+            .unwrap_or_else(|| panic!("no {method} {verdict} in:\n{out}"))
+    };
+    assert_eq!(
+        named("DROPPED", "ingress_denied_by", "POST"),
+        "api-allow-frontend"
+    );
+    assert_eq!(
+        named("FORWARDED", "ingress_allowed_by", "GET"),
+        "api-allow-frontend"
+    );
     // The allowed GET is a forwarded request with its response.
     let forwarded = observe(&["--type", "l7", "--verdict", "FORWARDED"]);
     assert!(

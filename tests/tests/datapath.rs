@@ -134,8 +134,53 @@ fn article_db_policy_is_enforced_in_the_kernel() {
             "100",
         ])
         .unwrap();
-    assert!(allowed.contains("INGRESS ALLOWED FORWARDED"), "{allowed}");
+    assert!(
+        allowed.contains("policy-verdict:L3-L4 INGRESS ALLOWED (TCP Flags: SYN)"),
+        "{allowed}"
+    );
     assert!(!allowed.contains("DROPPED"), "{allowed}");
+    // Which policy allowed it, as Hubble names it.
+    let named = agent
+        .loupe_ok(&[
+            "observe",
+            "--from-pod",
+            "demo-app/api-service",
+            "--to-port",
+            "6379",
+            "--type",
+            "policy-verdict",
+            "--print-policy-names",
+            "--last",
+            "1",
+        ])
+        .unwrap();
+    assert!(
+        named.contains("ALLOWED BY db-allow-api-service (CiliumNetworkPolicy)"),
+        "{named}"
+    );
+    let json = agent
+        .loupe_ok(&[
+            "observe",
+            "--from-pod",
+            "demo-app/api-service",
+            "--to-port",
+            "6379",
+            "--type",
+            "policy-verdict",
+            "--last",
+            "1",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let flow: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    let by = &flow["flow"]["ingress_allowed_by"][0];
+    assert_eq!(by["name"], "db-allow-api-service", "{json}");
+    assert_eq!(by["namespace"], "demo-app", "{json}");
+    assert_eq!(by["kind"], "CiliumNetworkPolicy", "{json}");
+    assert!(by["revision"].as_str().is_some_and(|r| r != "0"), "{json}");
+    assert_eq!(flow["flow"]["policy_match_type"], 2, "L3-L4: {json}");
+    assert!(flow["flow"].get("egress_allowed_by").is_none(), "{json}");
 
     // Other traffic of the frontend is not affected (db-service has no egress policy,
     // api-service no policy at all).
@@ -241,6 +286,60 @@ spec:
     assert!(
         tcp_ok(&lab, "db-service", "api-service", 80, 2),
         "the allow-all part was lost"
+    );
+    // Drops by the deny rule name it; the egress allow names its policy.
+    let last = |args: &[&str]| -> serde_json::Value {
+        let mut argv = vec!["observe", "--last", "1", "-o", "json"];
+        argv.extend_from_slice(args);
+        let out = agent.loupe_ok(&argv).unwrap();
+        serde_json::from_str(out.lines().next().unwrap_or("{}")).unwrap()
+    };
+    let denied = last(&[
+        "--from-pod",
+        "demo-app/frontend",
+        "--to-port",
+        "80",
+        "--verdict",
+        "DROPPED",
+    ]);
+    assert_eq!(
+        denied["flow"]["drop_reason_desc"], "POLICY_DENY",
+        "{denied}"
+    );
+    assert_eq!(
+        denied["flow"]["ingress_denied_by"][0]["name"], "api-deny-frontend",
+        "{denied}"
+    );
+    let allowed = last(&[
+        "--from-pod",
+        "demo-app/db-service",
+        "--to-pod",
+        "demo-app/api-service",
+        "--type",
+        "policy-verdict",
+        "--traffic-direction",
+        "ingress",
+    ]);
+    assert_eq!(
+        allowed["flow"]["ingress_allowed_by"][0]["name"], "api-deny-frontend",
+        "{allowed}"
+    );
+    assert_eq!(allowed["flow"]["policy_match_type"], 4, "all: {allowed}");
+    let egress = last(&[
+        "--from-pod",
+        "demo-app/frontend",
+        "--to-port",
+        "6379",
+        "--verdict",
+        "DROPPED",
+    ]);
+    assert_eq!(
+        egress["flow"]["drop_reason_desc"], "POLICY_DENIED",
+        "{egress}"
+    );
+    assert!(
+        egress["flow"].get("egress_denied_by").is_none(),
+        "default deny names no policy: {egress}"
     );
 
     agent.loupe_ok(&["policy", "delete", "-f", &deny]).unwrap();

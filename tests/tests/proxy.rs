@@ -346,19 +346,19 @@ struct TestDecider;
 impl Decider for TestDecider {
     fn decide(&self, _conn: &ConnInfo, plugin: &PluginInfo, request: &Message) -> Verdict {
         let deny = |reason: String| Verdict::Deny {
-            policy: "test".into(),
+            by: Default::default(),
             reason,
         };
         match plugin.name.as_str() {
             "redis" => match field_text(plugin, request, "command") {
                 Some(c) if c.eq_ignore_ascii_case("flushall") => deny(format!("command {c}")),
-                _ => Verdict::Allow,
+                _ => Verdict::allow(),
             },
             "http" => match field_text(plugin, request, "path") {
-                Some(p) if p == "/get" => Verdict::Allow,
+                Some(p) if p == "/get" => Verdict::allow(),
                 p => deny(format!("path {p:?}")),
             },
-            _ => Verdict::Allow,
+            _ => Verdict::allow(),
         }
     }
 }
@@ -503,11 +503,11 @@ impl Decider for DenySecretTopic {
         let topic = field_text(plugin, request, "topic");
         if produce && topic.as_deref() == Some("secret") {
             Verdict::Deny {
-                policy: "test".into(),
+                by: Default::default(),
                 reason: "produce to secret".into(),
             }
         } else {
-            Verdict::Allow
+            Verdict::allow()
         }
     }
 }

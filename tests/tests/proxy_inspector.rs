@@ -26,11 +26,11 @@ impl Decider for DenyFlushall {
         };
         if deny {
             Verdict::Deny {
-                policy: "test".into(),
+                by: Default::default(),
                 reason: "denied".into(),
             }
         } else {
-            Verdict::Allow
+            Verdict::allow()
         }
     }
 }
@@ -57,7 +57,7 @@ impl ProxyEvents for Recorded {
 impl ConnEvents for RecordedConn {
     fn request(&mut self, request: &Message, verdict: &Verdict) {
         let command = field_text(&self.plugin.info, request, "command").unwrap_or_default();
-        let v = if *verdict == Verdict::Allow {
+        let v = if matches!(verdict, Verdict::Allow(_)) {
             "allow"
         } else {
             "deny"

@@ -261,7 +261,8 @@ pub struct PolicyValue {
     pub flags: u8,
     /// Port of the runtime's L7 proxy for this entry, 0 if none.
     pub proxy_port: u16,
-    /// Index of the rule in the runtime's policy table (for flow attribution).
+    /// Which policies (and rules) decide through this entry: index + 1 into the
+    /// compiled attribution table of its generation, 0 if none (flow attribution).
     pub rule: u32,
 }
 
@@ -387,10 +388,33 @@ pub struct FlowEvent {
     pub ct_status: u8,
     /// [`policy_flags`] of the matched entry.
     pub policy_flags: u8,
-    /// Reserved, zero.
-    pub pad: [u8; 2],
+    /// Which policy decided: [`attribution::tag`] of the deciding entry's
+    /// [`PolicyValue::rule`] under the generation that decided, 0 if none did.
+    pub policy: u16,
     /// Packet length.
     pub len: u32,
+}
+
+/// The policy tag a [`FlowEvent`] carries: the generation that decided (bit 15)
+/// and the deciding entry's [`PolicyValue::rule`] (bits 0–14), so the runtime reads
+/// it against the policy table of that generation even after a flip.
+pub mod attribution {
+    /// Largest [`super::PolicyValue::rule`] a tag can carry.
+    pub const MAX_RULE: u32 = 0x7fff;
+
+    /// The tag for `rule` under `generation`; 0 (none) when `rule` is 0 or too large.
+    #[inline(always)]
+    pub fn tag(generation: u8, rule: u32) -> u16 {
+        if rule == 0 || rule > MAX_RULE {
+            return 0;
+        }
+        (u16::from(generation & 1) << 15) | rule as u16
+    }
+
+    /// The generation and rule of a non-zero tag.
+    pub fn split(tag: u16) -> (u8, u32) {
+        ((tag >> 15) as u8, u32::from(tag & 0x7fff))
+    }
 }
 
 /// Header of a payload record; the packet's first `len` bytes follow it.

@@ -46,6 +46,9 @@ pub struct ObserveArgs {
     /// Prefix lines with the node name.
     #[arg(long)]
     pub print_node_name: bool,
+    /// Name the policies that decided on policy verdicts (`ALLOWED BY name (kind)`).
+    #[arg(long)]
+    pub print_policy_names: bool,
     /// Negate the next filter flag.
     #[arg(long = "not", action = clap::ArgAction::Count)]
     pub not: u8,
@@ -523,6 +526,7 @@ pub(super) async fn run(args: ObserveArgs, socket: &Path) -> anyhow::Result<i32>
     let opts = PrintOptions {
         output: args.output.unwrap_or(Output::Compact),
         node_name: args.print_node_name,
+        policy_names: args.print_policy_names,
     };
     let mut client = ObserverClient::new(client::connect(socket).await?);
     let mut stream = client

@@ -40,6 +40,8 @@ pub struct PrintOptions {
     pub output: Output,
     /// Prefix the node name.
     pub node_name: bool,
+    /// Name the deciding policies on policy verdicts (`ALLOWED BY name (kind)`).
+    pub policy_names: bool,
 }
 
 /// `Jan _2 15:04:05.000` in UTC.
@@ -169,22 +171,8 @@ pub fn flow_type(f: &Flow) -> String {
         Some(5) => {
             let dir = TrafficDirection::try_from(f.traffic_direction)
                 .map_or("TRAFFIC_DIRECTION_UNKNOWN", |d| d.as_str_name());
-            let outcome = match Verdict::try_from(f.verdict) {
-                Ok(Verdict::Dropped) => "DENIED",
-                Ok(Verdict::Audit) => "AUDITED",
-                _ => "ALLOWED",
-            };
-            let matched = match f.policy_match_type {
-                0 => "none",
-                1 => "L3-Only",
-                2 => "L3-L4",
-                3 => "L4-Only",
-                4 => "all",
-                5 => "L3-Proto",
-                6 => "Proto-Only",
-                _ => "unknown",
-            };
-            format!("policy-verdict:{matched} {dir} {outcome}")
+            let matched = loupe_proto::monitor::policy_match_name(f.policy_match_type);
+            format!("policy-verdict:{matched} {dir}")
         }
         _ if f.verdict == Verdict::Dropped as i32 => drop_reason_text(f.drop_reason_desc),
         _ if f.trace_observation_point != 0 => trace_point(f.trace_observation_point),
@@ -192,8 +180,47 @@ pub fn flow_type(f: &Flow) -> String {
     }
 }
 
-fn verdict(f: &Flow) -> &'static str {
-    Verdict::try_from(f.verdict).map_or("VERDICT_UNKNOWN", |v| v.as_str_name())
+/// Hubble's verdict column: the verdict's name, except on policy verdicts:
+/// `ALLOWED`, `DENIED` or `AUDITED`, with `BY name (kind), …` when asked for.
+fn verdict(f: &Flow, policy_names: bool) -> String {
+    let v = Verdict::try_from(f.verdict);
+    let name = v.map_or("VERDICT_UNKNOWN", |v| v.as_str_name());
+    if f.event_type.as_ref().map(|e| e.r#type) != Some(loupe_proto::monitor::POLICY_VERDICT) {
+        return name.to_string();
+    }
+    let ingress = f.traffic_direction == TrafficDirection::Ingress as i32;
+    let egress = f.traffic_direction == TrafficDirection::Egress as i32;
+    let (outcome, by) = match v {
+        Ok(Verdict::Forwarded | Verdict::Redirected) => (
+            "ALLOWED",
+            if ingress {
+                &f.ingress_allowed_by
+            } else {
+                &f.egress_allowed_by
+            },
+        ),
+        Ok(Verdict::Dropped | Verdict::Error) => (
+            "DENIED",
+            if ingress {
+                &f.ingress_denied_by
+            } else {
+                &f.egress_denied_by
+            },
+        ),
+        Ok(Verdict::Audit) => return "AUDITED".into(),
+        _ => return name.to_string(),
+    };
+    let mut out = outcome.to_string();
+    if policy_names && (ingress || egress) {
+        let named = by
+            .iter()
+            .filter(|p| !p.kind.is_empty() && !p.name.is_empty());
+        for (i, p) in named.enumerate() {
+            out.push_str(if i == 0 { " BY " } else { ", " });
+            let _ = write!(out, "{} ({})", p.name, p.kind);
+        }
+    }
+    out
 }
 
 fn lost_line(l: &LostEvent) -> String {
@@ -259,7 +286,7 @@ impl Printer {
                         "{}{node}: {src} {arrow} {dst} {} {} ({})\n",
                         format_time(f.time.as_ref()),
                         flow_type(f),
-                        verdict(f),
+                        verdict(f, self.opts.policy_names),
                         summary(f)
                     )
                 }
@@ -280,7 +307,7 @@ impl Printer {
                     let _ = writeln!(s, "     SOURCE: {src}");
                     let _ = writeln!(s, "DESTINATION: {dst}");
                     let _ = writeln!(s, "       TYPE: {}", flow_type(f));
-                    let _ = writeln!(s, "    VERDICT: {}", verdict(f));
+                    let _ = writeln!(s, "    VERDICT: {}", verdict(f, self.opts.policy_names));
                     let _ = writeln!(s, "    SUMMARY: {}", summary(f));
                     s
                 }
@@ -294,7 +321,13 @@ impl Printer {
                     if self.opts.node_name {
                         row.push(f.node_name.clone());
                     }
-                    row.extend([src, dst, flow_type(f), verdict(f).to_string(), summary(f)]);
+                    row.extend([
+                        src,
+                        dst,
+                        flow_type(f),
+                        verdict(f, self.opts.policy_names),
+                        summary(f),
+                    ]);
                     self.rows.push(row);
                 }
                 String::new()

@@ -79,6 +79,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let mut printer = Printer::new(PrintOptions {
         output: args.output,
         node_name: false,
+        policy_names: false,
     });
     let context = |_: &crate::reassembly::ConnKey| ConnContext {
         protocol: args.protocol.clone(),

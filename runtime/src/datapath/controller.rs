@@ -21,6 +21,7 @@ use super::{Datapath, DatapathError, mapped};
 use crate::config::{AgentConfig, PolicyEnforcementMode};
 use crate::endpoint::Endpoint;
 use crate::identity::{IdentityAllocator, IdentityError, LabelSet};
+use crate::policy::attribution::PolicyTable;
 use crate::policy::l7::{L7Policy, L7PolicyHandle};
 use crate::policy::repository::{PolicyRepository, StoreError};
 use crate::policy::{Compiled, EndpointView, Policy, PolicyError, compile};
@@ -92,6 +93,8 @@ pub struct Controller {
     snapshot: SnapshotHandle,
     /// The L7 rules in force, for the proxy.
     l7: L7PolicyHandle,
+    /// Policy attribution by datapath generation, for flows.
+    tables: [Arc<PolicyTable>; 2],
     /// Policy map entries one generation may hold (`bpf.policyMapEntries`).
     policy_capacity: usize,
     /// The L7 proxy's port the datapath redirects to (`l7.proxyPort`, 0: none).
@@ -140,6 +143,7 @@ impl Controller {
                 gauges: Arc::default(),
                 snapshot: SnapshotHandle::default(),
                 l7: L7PolicyHandle::default(),
+                tables: Default::default(),
                 policy_capacity: config.bpf.policy_map_entries as usize,
                 proxy_port: config.l7.proxy_port,
             },
@@ -162,6 +166,7 @@ impl Controller {
             gauges: Arc::default(),
             snapshot: SnapshotHandle::default(),
             l7: L7PolicyHandle::default(),
+            tables: Default::default(),
             policy_capacity: config.bpf.policy_map_entries as usize,
             proxy_port: config.l7.proxy_port,
         }
@@ -185,7 +190,8 @@ impl Controller {
 
     fn publish(&self) {
         let cidrs = self.compiled.iter().flat_map(|c| c.cidrs.values().copied());
-        let snap = EndpointSnapshot::build(&self.endpoints, |id| self.identity_labels(id), cidrs);
+        let snap = EndpointSnapshot::build(&self.endpoints, |id| self.identity_labels(id), cidrs)
+            .with_policies(self.tables.clone());
         if let Ok(mut guard) = self.snapshot.write() {
             *guard = Arc::new(snap);
         }
@@ -301,7 +307,7 @@ impl Controller {
         }
         let previous = std::mem::replace(&mut self.endpoints, with_ids);
         let policies = self.policies.to_vec();
-        if let Err(e) = self.reconcile(&policies) {
+        if let Err(e) = self.reconcile(&policies, self.policies.revision()) {
             self.endpoints = previous;
             return Err(e);
         }
@@ -321,7 +327,7 @@ impl Controller {
     pub fn apply(&mut self, policies: Vec<Policy>) -> Result<ApplyReport, ControllerError> {
         let keys: Vec<String> = policies.iter().map(Policy::key).collect();
         let candidate = self.policies.with_applied(&policies);
-        self.reconcile(&candidate)?;
+        self.reconcile(&candidate, self.policies.revision() + 1)?;
         self.policies.commit(candidate)?;
         self.publish();
         Ok(self.report(keys))
@@ -333,7 +339,7 @@ impl Controller {
         if !missing.is_empty() {
             return Err(ControllerError::NotFound(missing.join(", ")));
         }
-        self.reconcile(&candidate)?;
+        self.reconcile(&candidate, self.policies.revision() + 1)?;
         self.policies.commit(candidate)?;
         self.publish();
         Ok(self.report(keys.to_vec()))
@@ -377,7 +383,7 @@ impl Controller {
     /// Re-applies the policies in force (after start-up, once endpoints are known).
     pub fn resync(&mut self) -> Result<(), ControllerError> {
         let policies = self.policies.to_vec();
-        self.reconcile(&policies).map(|_| ())
+        self.reconcile(&policies, self.policies.revision())
     }
 
     fn report(&self, policies: Vec<String>) -> ApplyReport {
@@ -435,9 +441,10 @@ impl Controller {
         Ok(())
     }
 
-    fn reconcile(&mut self, policies: &[Policy]) -> Result<(), ControllerError> {
+    /// Makes `policies` (the repository at `revision`) the policy in force.
+    fn reconcile(&mut self, policies: &[Policy], revision: u64) -> Result<(), ControllerError> {
         let started = Instant::now();
-        let result = self.reconcile_inner(policies);
+        let result = self.reconcile_inner(policies, revision);
         match &result {
             Ok(()) => {
                 self.stats.regenerations += 1;
@@ -447,7 +454,7 @@ impl Controller {
                 self.gauges
                     .observe_regeneration(self.stats.last_regeneration.as_secs_f64());
                 if let Some(compiled) = &self.compiled {
-                    self.l7.store(L7Policy::build(compiled));
+                    self.l7.store(L7Policy::build(compiled, revision));
                 }
                 self.publish();
                 tracing::info!(
@@ -466,7 +473,11 @@ impl Controller {
         result
     }
 
-    fn reconcile_inner(&mut self, policies: &[Policy]) -> Result<(), ControllerError> {
+    fn reconcile_inner(
+        &mut self,
+        policies: &[Policy],
+        revision: u64,
+    ) -> Result<(), ControllerError> {
         let compiled = self.compile(policies)?;
         self.check_capacity(&compiled)?;
         let Some(dp) = self.datapath.as_mut() else {
@@ -492,6 +503,12 @@ impl Controller {
         let active = config.active_gen & 1;
         let changed = self.compiled.as_ref() != Some(&compiled);
         let next = if changed { active ^ 1 } else { active };
+        // Flows name the policies of the generation that decided; the table is in
+        // place before that generation decides anything.
+        self.tables[usize::from(next)] = Arc::new(PolicyTable::build(&compiled, revision));
+        if let Ok(mut guard) = self.snapshot.write() {
+            *guard = Arc::new(guard.as_ref().clone().with_policies(self.tables.clone()));
+        }
         let existing = dp.endpoints();
         for (ep, identity) in &self.endpoints {
             let (ingress, egress) = compiled

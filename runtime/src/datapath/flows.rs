@@ -1,18 +1,20 @@
 //! Datapath events as Hubble flows: L3/L4 type, verdict, drop reason, direction,
-//! addresses, ports and TCP flags, and both endpoints with identity, namespace,
-//! pod, labels and workload.
+//! addresses, ports and TCP flags, both endpoints with identity, namespace, pod,
+//! labels and workload, and the policies that decided.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use loupe_common::{ct_status, direction, event_kind, identity as id};
+use loupe_common::{attribution, ct_status, direction, drop_reason, event_kind, identity as id};
 
 use super::controller::SnapshotHandle;
 use super::events::{self, DatapathEvent};
 use super::metrics::DatapathCollector;
 use crate::endpoint;
 use crate::flow::FlowStore;
+use crate::policy::attribution::PolicyTable;
 use loupe_proto::flow::Flow;
 use loupe_proto::flow::{
     CiliumEventType, Endpoint, FlowType, IcmPv4, IcmPv6, Ip, IpVersion, Layer4, Sctp, Tcp,
@@ -20,13 +22,15 @@ use loupe_proto::flow::{
 };
 use loupe_proto::monitor;
 
-/// What flows need to know about endpoints and identities, rebuilt whenever
-/// endpoints change so converting an event takes no lock.
+/// What flows need to know about endpoints, identities and policies, rebuilt
+/// whenever they change so converting an event takes no lock.
 #[derive(Debug, Default, Clone)]
 pub struct EndpointSnapshot {
     by_id: HashMap<u16, Endpoint>,
     by_ip: HashMap<IpAddr, Endpoint>,
     identity_labels: HashMap<u32, Vec<String>>,
+    /// Policy attribution by datapath generation.
+    policies: [Arc<PolicyTable>; 2],
 }
 
 impl EndpointSnapshot {
@@ -80,6 +84,12 @@ impl EndpointSnapshot {
             snap.identity_labels.insert(identity, l);
         }
         snap
+    }
+
+    /// The snapshot with these policy tables (by datapath generation).
+    pub fn with_policies(mut self, policies: [Arc<PolicyTable>; 2]) -> Self {
+        self.policies = policies;
+        self
     }
 
     /// The local endpoint with this address.
@@ -190,7 +200,7 @@ pub fn to_flow(event: &DatapathEvent, snap: &EndpointSnapshot, node_name: &str) 
             TraceObservationPoint::FromEndpoint,
         )
     };
-    Flow {
+    let mut flow = Flow {
         time: Some(timestamp(event.time)),
         verdict: if dropped {
             Verdict::Dropped
@@ -225,7 +235,27 @@ pub fn to_flow(event: &DatapathEvent, snap: &EndpointSnapshot, node_name: &str) 
         trace_observation_point: point as i32,
         is_reply: Some(raw.ct_status == ct_status::REPLY),
         ..Flow::default()
+    };
+    attribute(&mut flow, raw, snap);
+    flow
+}
+
+/// The policies that decided: on a policy verdict, who allowed it and how its
+/// entry matched; on a drop by a deny rule, who denied it.
+fn attribute(flow: &mut Flow, raw: &loupe_common::FlowEvent, snap: &EndpointSnapshot) {
+    let verdict = raw.kind != event_kind::DROP && raw.ct_status == ct_status::NEW;
+    let denied = raw.kind == event_kind::DROP && raw.reason == drop_reason::POLICY_DENY;
+    if raw.policy == 0 || !(verdict || denied) {
+        return;
     }
+    let (generation, rule) = attribution::split(raw.policy);
+    let Some(decided) = snap.policies[usize::from(generation & 1)].get(rule) else {
+        return;
+    };
+    if verdict {
+        flow.policy_match_type = decided.match_type;
+    }
+    decided.record(flow, raw.dir == direction::INGRESS, denied);
 }
 
 /// Starts turning the datapath's events into flows: one task reads the event ring

@@ -89,6 +89,18 @@ pub struct Rule {
     /// Rule labels (Cilium's policy labels).
     #[serde(default)]
     pub labels: Option<Vec<serde_norway::Value>>,
+    /// What flows this rule decides carry in `policy_log` (Cilium ≥ 1.18).
+    #[serde(default)]
+    pub log: Option<LogConfig>,
+}
+
+/// `log`: a free-form value for flows the rule decides.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Up to 32 printable characters.
+    #[serde(default)]
+    pub value: Option<String>,
 }
 
 /// `enableDefaultDeny`.

@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::IpNet;
 use loupe_common::{
     POLICY_PREFIX_FULL, POLICY_PREFIX_L3, POLICY_PREFIX_PROTO, PolicyKey, PolicyValue, action,
-    identity as id, policy_flags,
+    attribution, identity as id, policy_flags,
 };
+use loupe_proto::monitor;
 
 use super::{Direction, Entity, L7Spec, Peer, PeerRule, Policy};
 use crate::config::PolicyEnforcementMode;
@@ -88,6 +89,8 @@ pub struct L7Port {
     pub spec: L7Spec,
     /// The policy they come from (`namespace/name`).
     pub policy: String,
+    /// The `log.value` of the policy rule they come from.
+    pub log: Option<String>,
 }
 
 /// An allow without L7 rules that covers TCP ports (an L3-only rule covers them
@@ -106,6 +109,37 @@ pub struct L4Allow {
     pub last: u16,
     /// The policy it comes from (`namespace/name`).
     pub policy: String,
+    /// The `log.value` of the policy rule it comes from.
+    pub log: Option<String>,
+}
+
+/// A policy entries are attributed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRef {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`; `None` for a clusterwide policy.
+    pub namespace: Option<String>,
+}
+
+/// One rule of a policy, as entries are attributed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSource {
+    /// Index into [`Compiled::policies`].
+    pub policy: u32,
+    /// Its `log.value`.
+    pub log: Option<String>,
+}
+
+/// What decides through one policy map entry: the rules whose entries merged into
+/// it and how specific its key is. [`PolicyValue::rule`] is an index + 1 into
+/// [`Compiled::attributions`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Attribution {
+    /// Indices into [`Compiled::rules`], ascending.
+    pub rules: Vec<u32>,
+    /// Cilium's policy match type ([`loupe_proto::monitor`]'s `POLICY_MATCH_*`).
+    pub match_type: u32,
 }
 
 /// The result of compilation.
@@ -121,8 +155,12 @@ pub struct Compiled {
     pub l7: Vec<L7Port>,
     /// Allows without L7 rules on TCP ports, for the L7 engine.
     pub l4_allows: Vec<L4Allow>,
-    /// Policy names; `PolicyValue::rule` is an index + 1 into this list.
-    pub rule_names: Vec<String>,
+    /// The policies entries are attributed to.
+    pub policies: Vec<PolicyRef>,
+    /// Their rules.
+    pub rules: Vec<RuleSource>,
+    /// What decides through each entry ([`PolicyValue::rule`] − 1).
+    pub attributions: Vec<Attribution>,
     /// Which endpoints each policy selects.
     pub selected: BTreeMap<String, Vec<u16>>,
 }
@@ -170,11 +208,23 @@ pub fn compile_rules(
         return Ok(out);
     }
 
+    let mut sources = Sources::new();
     for policy in policies {
-        out.rule_names.push(policy.key());
-        let rule_ref = u32::try_from(out.rule_names.len()).unwrap_or(u32::MAX);
+        let policy_index = u32::try_from(out.policies.len()).unwrap_or(u32::MAX);
+        out.policies.push(PolicyRef {
+            name: policy.name.clone(),
+            namespace: policy.namespace.clone(),
+        });
         let mut selected = BTreeSet::new();
         for rule in &policy.rules {
+            out.rules.push(RuleSource {
+                policy: policy_index,
+                log: rule.log.clone(),
+            });
+            let source = Source {
+                rule: u32::try_from(out.rules.len() - 1).unwrap_or(u32::MAX),
+                log: rule.log.as_deref(),
+            };
             for ep in endpoints {
                 if !selects(policy, &rule.endpoint_selector, ep) {
                     continue;
@@ -199,7 +249,15 @@ pub fn compile_rules(
                 ] {
                     for peer_rule in list {
                         add_rule(
-                            &mut out, policy, ep, dir, act, peer_rule, endpoints, rule_ref,
+                            &mut out,
+                            &mut sources,
+                            policy,
+                            ep,
+                            dir,
+                            act,
+                            peer_rule,
+                            endpoints,
+                            &source,
                         );
                     }
                 }
@@ -208,7 +266,7 @@ pub fn compile_rules(
         out.selected
             .insert(policy.key(), selected.into_iter().collect());
     }
-    deny_covered_allows(&mut out.entries);
+    deny_covered_allows(&mut out.entries, &mut sources);
     if allow_localhost {
         let enforced: Vec<u16> = out
             .enforcement
@@ -225,10 +283,59 @@ pub fn compile_rules(
                 port: 0,
                 prefix_len: POLICY_PREFIX_L3,
             };
-            merge(&mut out.entries, key, action::ALLOW, 0, 0);
+            merge(&mut out.entries, &mut sources, key, action::ALLOW, 0, None);
         }
     }
+    attribute(&mut out, &sources);
     Ok(out)
+}
+
+/// The rules merged into each entry (indices into [`Compiled::rules`]).
+type Sources = BTreeMap<EntryKey, BTreeSet<u32>>;
+
+/// The rule entries are being added for.
+struct Source<'a> {
+    rule: u32,
+    log: Option<&'a str>,
+}
+
+/// Gives every entry its attribution: equal attributions share one index.
+/// Entries past what a flow event's tag can carry keep 0 (unattributed).
+fn attribute(out: &mut Compiled, sources: &Sources) {
+    let mut index: BTreeMap<Attribution, u32> = BTreeMap::new();
+    for (key, value) in out.entries.iter_mut() {
+        let attribution = Attribution {
+            rules: sources
+                .get(key)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
+            match_type: match_type(key),
+        };
+        value.rule = match index.get(&attribution) {
+            Some(&i) => i,
+            None if out.attributions.len() < attribution::MAX_RULE as usize => {
+                out.attributions.push(attribution.clone());
+                let i = u32::try_from(out.attributions.len()).unwrap_or(0);
+                index.insert(attribution, i);
+                i
+            }
+            None => 0,
+        };
+    }
+}
+
+/// Cilium's policy match type of an entry: which of peer, protocol and port its
+/// key names.
+fn match_type(key: &EntryKey) -> u32 {
+    let l3 = key.identity != id::ANY;
+    match (l3, key.prefix_len) {
+        (true, POLICY_PREFIX_L3) => monitor::POLICY_MATCH_L3_ONLY,
+        (true, POLICY_PREFIX_PROTO) => monitor::POLICY_MATCH_L3_PROTO,
+        (true, _) => monitor::POLICY_MATCH_L3_L4,
+        (false, POLICY_PREFIX_L3) => monitor::POLICY_MATCH_ALL,
+        (false, POLICY_PREFIX_PROTO) => monitor::POLICY_MATCH_PROTO_ONLY,
+        (false, _) => monitor::POLICY_MATCH_L4_ONLY,
+    }
 }
 
 /// Whether a rule's endpoint selector selects `ep` (a namespaced policy selects
@@ -245,13 +352,14 @@ fn selects(policy: &Policy, selector: &super::LabelSelector, ep: &EndpointView) 
 #[allow(clippy::too_many_arguments)]
 fn add_rule(
     out: &mut Compiled,
+    sources: &mut Sources,
     policy: &Policy,
     ep: &EndpointView,
     dir: Direction,
     act: u8,
     rule: &PeerRule,
     endpoints: &[EndpointView],
-    rule_ref: u32,
+    source: &Source<'_>,
 ) {
     let identities: Vec<u32> = match &rule.peers {
         None if rule.ports.is_empty() && rule.icmps.is_empty() => return, // `{}`: deny all
@@ -278,7 +386,14 @@ fn add_rule(
     };
     if rule.ports.is_empty() && rule.icmps.is_empty() {
         for &identity in &identities {
-            merge(&mut out.entries, base(identity), act, 0, rule_ref);
+            merge(
+                &mut out.entries,
+                sources,
+                base(identity),
+                act,
+                0,
+                Some(source.rule),
+            );
         }
         if act == action::ALLOW {
             out.l4_allows.push(L4Allow {
@@ -288,6 +403,7 @@ fn add_rule(
                 first: 0,
                 last: u16::MAX,
                 policy: policy.key(),
+                log: source.log.map(str::to_owned),
             });
         }
         return;
@@ -309,7 +425,14 @@ fn add_rule(
                             prefix_len,
                             ..base(identity)
                         };
-                        merge(&mut out.entries, key, act, flags, rule_ref);
+                        merge(
+                            &mut out.entries,
+                            sources,
+                            key,
+                            act,
+                            flags,
+                            Some(source.rule),
+                        );
                     }
                 }
             }
@@ -325,6 +448,7 @@ fn add_rule(
                         range.last
                     },
                     policy: policy.key(),
+                    log: source.log.map(str::to_owned),
                 });
             }
             if let Some(spec) = l7 {
@@ -340,6 +464,7 @@ fn add_rule(
                     },
                     spec: spec.clone(),
                     policy: policy.key(),
+                    log: source.log.map(str::to_owned),
                 });
             }
         }
@@ -353,7 +478,7 @@ fn add_rule(
                 prefix_len: POLICY_PREFIX_FULL,
                 ..base(identity)
             };
-            merge(&mut out.entries, key, act, 0, rule_ref);
+            merge(&mut out.entries, sources, key, act, 0, Some(source.rule));
         }
     }
 }
@@ -445,11 +570,11 @@ fn peer_identities(
 /// The kernel takes the longest match per lookup, so an allow for a narrower
 /// prefix would hide a broader deny for the same identity (deny from X on every
 /// port, allow from X on port 80). Such allows become denies: deny always wins.
-fn deny_covered_allows(entries: &mut BTreeMap<EntryKey, PolicyValue>) {
-    let denies: Vec<(EntryKey, u32)> = entries
+fn deny_covered_allows(entries: &mut BTreeMap<EntryKey, PolicyValue>, sources: &mut Sources) {
+    let denies: Vec<EntryKey> = entries
         .iter()
         .filter(|(_, v)| v.action == action::DENY)
-        .map(|(k, v)| (*k, v.rule))
+        .map(|(k, _)| *k)
         .collect();
     if denies.is_empty() {
         return;
@@ -458,20 +583,22 @@ fn deny_covered_allows(entries: &mut BTreeMap<EntryKey, PolicyValue>) {
         if value.action == action::DENY {
             continue;
         }
-        let covered = denies.iter().find(|(d, _)| {
+        let covered = denies.iter().find(|d| {
             d.ep == key.ep
                 && d.dir == key.dir
                 && d.identity == key.identity
                 && d.prefix_len < key.prefix_len
                 && covers(d, key)
         });
-        if let Some((_, rule)) = covered {
+        if let Some(deny) = covered {
             *value = PolicyValue {
                 action: action::DENY,
                 flags: 0,
                 proxy_port: 0,
-                rule: *rule,
+                rule: 0,
             };
+            let by = sources.get(deny).cloned().unwrap_or_default();
+            sources.insert(*key, by);
         }
     }
 }
@@ -496,30 +623,37 @@ fn key_bits(k: &EntryKey) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
-/// Adds an entry; on a clash a deny wins, and allows merge their flags.
+/// Adds an entry from `rule` (`None`: not from a policy); on a clash a deny
+/// wins, and allows merge their flags and rules.
 fn merge(
     entries: &mut BTreeMap<EntryKey, PolicyValue>,
+    sources: &mut Sources,
     key: EntryKey,
     act: u8,
     flags: u8,
-    rule: u32,
+    rule: Option<u32>,
 ) {
     let value = entries.entry(key).or_insert(PolicyValue {
         action: act,
         flags,
         proxy_port: 0,
-        rule,
+        rule: 0,
     });
+    let by = sources.entry(key).or_default();
     if act == action::DENY && value.action != action::DENY {
         *value = PolicyValue {
             action: act,
             flags: 0,
             proxy_port: 0,
-            rule,
+            rule: 0,
         };
+        by.clear();
     } else if act == value.action {
         value.flags |= flags;
+    } else {
+        return;
     }
+    by.extend(rule);
 }
 
 /// Splits `first..=last` into aligned power-of-two blocks: (start, LPM prefix length).

@@ -3,6 +3,7 @@
 //! datapath entries ([`compile`]), and kept in a repository that survives restarts
 //! ([`repository`]).
 
+pub mod attribution;
 pub mod cnp;
 pub mod compile;
 pub mod l7;
@@ -82,6 +83,8 @@ pub struct PolicyRule {
     pub default_deny_ingress: bool,
     /// Same for egress.
     pub default_deny_egress: bool,
+    /// `log.value`: what flows this rule decides carry in `policy_log`.
+    pub log: Option<String>,
 }
 
 /// Peers and ports of one ingress / egress rule.

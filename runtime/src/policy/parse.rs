@@ -207,8 +207,27 @@ fn validate_rule(at: &str, rule: Rule) -> Result<PolicyRule, FieldErr> {
         ingress: None,
         egress: None,
     });
+    let log = match rule.log.and_then(|l| l.value).filter(|v| !v.is_empty()) {
+        Some(v) if v.chars().count() > 32 => {
+            return Err((
+                format!("{at}.log.value"),
+                format!(
+                    "is {} characters long; at most 32 are allowed",
+                    v.chars().count()
+                ),
+            ));
+        }
+        Some(v) if v.chars().any(char::is_control) => {
+            return Err((
+                format!("{at}.log.value"),
+                "must be printable (no control characters)".into(),
+            ));
+        }
+        other => other,
+    };
     let mut out = PolicyRule {
         endpoint_selector: selector,
+        log,
         ingress: Vec::new(),
         ingress_deny: Vec::new(),
         egress: Vec::new(),

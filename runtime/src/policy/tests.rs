@@ -352,3 +352,196 @@ fn several_documents_and_empty_ones() {
     assert_eq!(p[1].key(), "demo-app/api-allow-frontend");
     assert!(p[0].document.contains("db-allow-api-service"));
 }
+
+/// What flows name for the entry at `k`: (policy `namespace/name`s, logs, match type).
+fn attributed(c: &Compiled, k: EntryKey) -> (Vec<String>, Vec<String>, u32) {
+    let table = attribution::PolicyTable::build(c, 7);
+    let rule = c.entries.get(&k).map(|v| v.rule).unwrap_or(0);
+    let decided = table
+        .get(rule)
+        .unwrap_or_else(|| panic!("entry {k:?} (rule {rule}) is not attributed"));
+    assert!(decided.policies.iter().all(|p| p.revision == 7));
+    (
+        decided
+            .policies
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect(),
+        decided.logs.clone(),
+        decided.match_type,
+    )
+}
+
+#[test]
+fn entries_name_every_policy_and_rule_that_decides_through_them() {
+    let text = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: a, namespace: demo-app}
+spec:
+  endpointSelector: {matchLabels: {app: db-service}}
+  log: {value: "db from api"}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: api-service}}]
+    toPorts: [{ports: [{port: "6379", protocol: TCP}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b, namespace: demo-app}
+specs:
+- endpointSelector: {matchLabels: {app: db-service}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: api-service}}]
+    toPorts: [{ports: [{port: "6379", protocol: TCP}]}]
+  - toPorts: [{ports: [{port: "9121", protocol: TCP}]}]
+- endpointSelector: {matchLabels: {app: db-service}}
+  log: {value: "no frontend"}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+"#;
+    let c = compile_text(text, PolicyEnforcementMode::Default);
+    // Two policies allow the same peer and port: both are named, with a's log.
+    let both = key(3, Direction::Ingress, 1002, 6, 6379, POLICY_PREFIX_FULL);
+    assert_eq!(
+        attributed(&c, both),
+        (
+            vec!["demo-app/a".into(), "demo-app/b".into()],
+            vec!["db from api".into()],
+            loupe_proto::monitor::POLICY_MATCH_L3_L4
+        )
+    );
+    // A port from any peer.
+    let any = key(3, Direction::Ingress, id::ANY, 6, 9121, POLICY_PREFIX_FULL);
+    assert_eq!(
+        attributed(&c, any),
+        (
+            vec!["demo-app/b".into()],
+            vec![],
+            loupe_proto::monitor::POLICY_MATCH_L4_ONLY
+        )
+    );
+    // The deny names its own rule only, and so do the allows it covers.
+    let deny = key(3, Direction::Ingress, 1001, 0, 0, POLICY_PREFIX_L3);
+    let expected = (
+        vec!["demo-app/b".to_string()],
+        vec!["no frontend".to_string()],
+        loupe_proto::monitor::POLICY_MATCH_L3_ONLY,
+    );
+    assert_eq!(action_of(&c, deny), Some(action::DENY));
+    assert_eq!(attributed(&c, deny), expected);
+    // Equal attributions share one index.
+    let mut rules: Vec<u32> = c.entries.values().map(|v| v.rule).collect();
+    rules.sort_unstable();
+    rules.dedup();
+    assert_eq!(rules.len(), c.attributions.len());
+    assert!(rules.iter().all(|&r| r >= 1));
+}
+
+#[test]
+fn a_deny_over_an_allow_names_only_the_deny() {
+    let text = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow, namespace: demo-app}
+spec:
+  endpointSelector: {matchLabels: {app: db-service}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts: [{ports: [{port: "6379", protocol: TCP}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: lockdown}
+spec:
+  endpointSelector: {matchLabels: {app: db-service}}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts: [{ports: [{port: "6379", protocol: TCP}]}]
+"#;
+    let c = compile_text(text, PolicyEnforcementMode::Default);
+    let k = key(3, Direction::Ingress, 1001, 6, 6379, POLICY_PREFIX_FULL);
+    assert_eq!(action_of(&c, k), Some(action::DENY));
+    let table = attribution::PolicyTable::build(&c, 1);
+    let decided = table.get(c.entries[&k].rule).unwrap();
+    assert_eq!(decided.policies.len(), 1);
+    let p = &decided.policies[0];
+    assert_eq!(
+        (p.name.as_str(), p.namespace.as_str(), p.kind.as_str()),
+        ("lockdown", "", attribution::KIND_CCNP)
+    );
+    assert!(
+        p.labels.contains(
+            &"k8s:io.cilium.k8s.policy.derived-from=CiliumClusterwideNetworkPolicy".into()
+        )
+    );
+}
+
+#[test]
+fn match_types_follow_the_key() {
+    use loupe_proto::monitor::*;
+    let text = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: m, namespace: demo-app}
+spec:
+  endpointSelector: {matchLabels: {app: db-service}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: api-service}}]
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts: [{ports: [{port: "0", protocol: UDP}]}]
+  - toPorts: [{ports: [{port: "0", protocol: SCTP}]}]
+  - fromEntities: [all]
+"#;
+    let c = compile_text(text, PolicyEnforcementMode::Default);
+    let mt = |k| attributed(&c, k).2;
+    assert_eq!(
+        mt(key(3, Direction::Ingress, 1002, 0, 0, POLICY_PREFIX_L3)),
+        POLICY_MATCH_L3_ONLY
+    );
+    assert_eq!(
+        mt(key(3, Direction::Ingress, 1001, 17, 0, POLICY_PREFIX_PROTO)),
+        POLICY_MATCH_L3_PROTO
+    );
+    assert_eq!(
+        mt(key(
+            3,
+            Direction::Ingress,
+            id::ANY,
+            132,
+            0,
+            POLICY_PREFIX_PROTO
+        )),
+        POLICY_MATCH_PROTO_ONLY
+    );
+    assert_eq!(
+        mt(key(3, Direction::Ingress, id::ANY, 0, 0, POLICY_PREFIX_L3)),
+        POLICY_MATCH_ALL
+    );
+}
+
+#[test]
+fn log_values_are_checked() {
+    let with_log = |v: &str| {
+        DB_ALLOW_API.replace(
+            "      ingress:\n",
+            &format!("      log: {{value: {v:?}}}\n      ingress:\n"),
+        )
+    };
+    let ok = parse_policies("p.yaml", &with_log("db from api")).unwrap();
+    assert_eq!(ok[0].rules[0].log.as_deref(), Some("db from api"));
+    let long = err(&with_log(&"x".repeat(33)));
+    assert!(
+        long.contains("spec.log.value: is 33 characters long; at most 32 are allowed"),
+        "{long}"
+    );
+    let control = err(&with_log("a\tb"));
+    assert!(
+        control.contains("spec.log.value: must be printable"),
+        "{control}"
+    );
+    let unknown = err(&DB_ALLOW_API.replace(
+        "      ingress:\n",
+        "      log: {value: x, level: debug}\n      ingress:\n",
+    ));
+    assert!(unknown.contains("unknown field `level`"), "{unknown}");
+}

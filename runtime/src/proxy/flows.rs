@@ -70,9 +70,13 @@ impl ConnEvents for ConnFlows {
             SystemTime::now(),
             None,
         );
-        if matches!(verdict, Verdict::Deny { .. }) {
-            flow.verdict = FlowVerdict::Dropped as i32;
-            flow.drop_reason_desc = DropReason::PolicyDenied as i32;
+        match verdict {
+            Verdict::Allow(by) => by.record(&mut flow, false),
+            Verdict::Deny { by, .. } => {
+                flow.verdict = FlowVerdict::Dropped as i32;
+                flow.drop_reason_desc = DropReason::PolicyDenied as i32;
+                by.record(&mut flow, true);
+            }
         }
         self.flows.push(flow);
     }

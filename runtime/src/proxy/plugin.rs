@@ -30,19 +30,27 @@ use std::time::{Duration, Instant};
 
 use super::inspect::{Action, ConnInfo, Inspector, InspectorFactory, PassThrough};
 use crate::plugin::{ConnId, Direction, Message, MessageKind, Plugin, PluginInfo, Worker};
+use crate::policy::attribution::L7Attribution;
 
 /// A decision on one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Forward it.
-    Allow,
+    /// Forward it; the policies that allow it, for its flow.
+    Allow(L7Attribution),
     /// Answer with the plugin's deny reply.
     Deny {
-        /// The policy (`namespace/name`) that denies it, if one does.
-        policy: String,
+        /// The policies whose rules it failed, for its flow.
+        by: L7Attribution,
         /// Why, for flows and logs.
         reason: String,
     },
+}
+
+impl Verdict {
+    /// Forward it, naming no policy.
+    pub fn allow() -> Self {
+        Self::Allow(L7Attribution::default())
+    }
 }
 
 /// Decides requests of enforced connections (the L7 policy engine implements it).
@@ -58,7 +66,7 @@ pub struct AllowAll;
 
 impl Decider for AllowAll {
     fn decide(&self, _: &ConnInfo, _: &PluginInfo, _: &Message) -> Verdict {
-        Verdict::Allow
+        Verdict::allow()
     }
 }
 
@@ -318,7 +326,7 @@ impl PluginInspector {
         self.events.request(&message, &verdict);
         let paired = !matches!(message.correlation, crate::plugin::Correlation::None);
         match verdict {
-            Verdict::Allow if self.denied_queued > 0 => {
+            Verdict::Allow(_) if self.denied_queued > 0 => {
                 self.tail = Tail::Hold;
                 self.held_bytes += unit.len();
                 self.slots.push_back(Slot::Held {
@@ -326,7 +334,7 @@ impl PluginInspector {
                     bytes: unit,
                 });
             }
-            Verdict::Allow => {
+            Verdict::Allow(_) => {
                 self.tail = Tail::Forward;
                 out.push(Action::ToServer(unit));
                 if paired {

@@ -101,6 +101,8 @@ pub struct L7Match {
     pub policy: Arc<str>,
     /// The rule in it.
     pub rule: L7RuleRef,
+    /// The `log.value` of the policy rule it belongs to.
+    pub log: Option<Arc<str>>,
 }
 
 /// A denied request.
@@ -109,6 +111,8 @@ pub struct L7Denial {
     /// The policies whose L7 rules applied to the peer and matched nothing
     /// (empty: nothing allows this peer on this port at all).
     pub policies: Vec<Arc<str>>,
+    /// The distinct `log.value`s of their rules.
+    pub logs: Vec<Arc<str>>,
 }
 
 /// The verdict on one request.
@@ -134,6 +138,7 @@ impl L7Decision {
 #[derive(Debug, Clone)]
 struct RuleSet {
     policy: Arc<str>,
+    log: Option<Arc<str>>,
     /// Sorted; `0` = any peer.
     identities: Vec<u32>,
     first: u16,
@@ -184,6 +189,7 @@ impl RuleSet {
         };
         Self {
             policy: Arc::from(port.policy.as_str()),
+            log: port.log.as_deref().map(Arc::from),
             identities,
             first: port.first,
             last: port.last,
@@ -211,8 +217,8 @@ pub(crate) fn covers(identities: &[u32], identity: u32) -> bool {
         || identities.binary_search(&identity).is_ok()
 }
 
-/// Ports `first..=last` allowed without L7 rules by a policy.
-type PortsAllowed = (u16, u16, Arc<str>);
+/// Ports `first..=last` allowed without L7 rules by a policy (and the rule's log).
+type PortsAllowed = (u16, u16, Arc<str>, Option<Arc<str>>);
 
 /// The L7 rules of a compiled policy, ready for lookups.
 #[derive(Debug, Clone, Default)]
@@ -227,12 +233,17 @@ pub struct L7Policy {
     l4: HashMap<(u16, Direction, u32), Vec<PortsAllowed>>,
     /// (endpoint, direction) under default-deny.
     enforced: HashMap<(u16, Direction), bool>,
+    /// The policy repository's revision these rules come from.
+    revision: u64,
 }
 
 impl L7Policy {
     /// Builds the table from a compilation (regexes are compiled here, once).
-    pub fn build(compiled: &Compiled) -> Self {
-        let mut out = Self::default();
+    pub fn build(compiled: &Compiled, revision: u64) -> Self {
+        let mut out = Self {
+            revision,
+            ..Self::default()
+        };
         for port in &compiled.l7 {
             let index = out.sets.len();
             let set = RuleSet::new(port);
@@ -256,11 +267,12 @@ impl L7Policy {
                 continue;
             }
             let policy: Arc<str> = Arc::from(allow.policy.as_str());
+            let log: Option<Arc<str>> = allow.log.as_deref().map(Arc::from);
             for &identity in &allow.identities {
                 out.l4
                     .entry((allow.ep, allow.dir, identity))
                     .or_default()
-                    .push((allow.first, allow.last, policy.clone()));
+                    .push((allow.first, allow.last, policy.clone(), log.clone()));
             }
         }
         for (&ep, &(ingress, egress)) in &compiled.enforcement {
@@ -268,6 +280,11 @@ impl L7Policy {
             out.enforced.insert((ep, Direction::Egress), egress);
         }
         out
+    }
+
+    /// The policy repository's revision these rules come from.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Whether there are no L7 rules at all.
@@ -294,15 +311,14 @@ impl L7Policy {
     }
 
     /// The policy of a rule without L7 rules that allows `identity` on `port`.
-    fn l4_allow(&self, ep: u16, dir: Direction, port: u16, identity: u32) -> Option<&Arc<str>> {
+    fn l4_allow(&self, ep: u16, dir: Direction, port: u16, identity: u32) -> Option<&PortsAllowed> {
         let any = loupe_common::identity::ANY;
         [identity, any]
             .into_iter()
             .take(if identity == any { 1 } else { 2 })
             .filter_map(|id| self.l4.get(&(ep, dir, id)))
             .flatten()
-            .find(|(first, last, _)| *first <= port && port <= *last)
-            .map(|(_, _, policy)| policy)
+            .find(|(first, last, _, _)| *first <= port && port <= *last)
     }
 
     /// The parser the rules of `port` need (`None`: no L7 rules there). When
@@ -354,10 +370,11 @@ impl L7Policy {
         if let Some(found) = match_rules(&applicable, request) {
             return L7Decision::Allow(found);
         }
-        if let Some(policy) = self.l4_allow(ep, dir, port, remote_identity) {
+        if let Some((_, _, policy, log)) = self.l4_allow(ep, dir, port, remote_identity) {
             return L7Decision::Allow(L7Match {
                 policy: policy.clone(),
                 rule: L7RuleRef::L4Only,
+                log: log.clone(),
             });
         }
         if applicable.is_empty() && !self.enforced.get(&(ep, dir)).copied().unwrap_or(false) {
@@ -369,7 +386,13 @@ impl L7Policy {
                 policies.push(set.policy.clone());
             }
         }
-        L7Decision::Deny(L7Denial { policies })
+        let mut logs: Vec<Arc<str>> = Vec::new();
+        for log in applicable.iter().filter_map(|s| s.log.as_ref()) {
+            if !logs.contains(log) {
+                logs.push(log.clone());
+            }
+        }
+        L7Decision::Deny(L7Denial { policies, logs })
     }
 }
 
@@ -379,6 +402,7 @@ fn match_rules(sets: &[&RuleSet], req: &dyn L7Request) -> Option<L7Match> {
         Some(L7Match {
             policy: set.policy.clone(),
             rule,
+            log: set.log.clone(),
         })
     };
     let protocol = req.protocol();

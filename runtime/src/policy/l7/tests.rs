@@ -49,7 +49,7 @@ fn compiled(text: &str) -> Compiled {
 }
 
 fn table(text: &str) -> L7Policy {
-    L7Policy::build(&compiled(text))
+    L7Policy::build(&compiled(text), 1)
 }
 
 /// A policy on `app: api` with one ingress rule per `(from app, port, rules)`.
@@ -142,12 +142,14 @@ fn allowed_by(policy: &str, rule: L7RuleRef) -> L7Decision {
     L7Decision::Allow(L7Match {
         policy: Arc::from(policy),
         rule,
+        log: None,
     })
 }
 
 fn denied(policies: &[&str]) -> L7Decision {
     L7Decision::Deny(L7Denial {
         policies: policies.iter().map(|p| Arc::from(*p)).collect(),
+        logs: Vec::new(),
     })
 }
 
@@ -276,7 +278,7 @@ fn rules_from_several_policies_are_ored() {
 fn empty_rule_is_visibility_only() {
     let text = policy("p", &[("frontend", 80, "http:\n- {}"), ("db", 80, GET_GET)]);
     let c = compiled(&text);
-    let t = L7Policy::build(&c);
+    let t = L7Policy::build(&c, 1);
     assert_eq!(
         decide(&t, 80, FRONTEND, &http("DELETE", "/anything")),
         allowed_by("demo/p", L7RuleRef::Http(0))
@@ -298,7 +300,7 @@ fn empty_rule_is_visibility_only() {
         "p",
         &[("frontend", 80, "http:\n- method: \"\"\n  headers: []")],
     ));
-    let t = L7Policy::build(&c);
+    let t = L7Policy::build(&c, 1);
     assert!(decide(&t, 80, FRONTEND, &http("PATCH", "/")).allowed());
     assert_eq!(flags(&c, FRONTEND, 80), policy_flags::L7);
     let c = compiled(&policy("p", &[("frontend", 9092, "kafka:\n- topic: \"\"")]));
@@ -327,7 +329,7 @@ fn l4_only_rule_on_an_l7_port_allows_everything_at_l7() {
         policy("l4", &[("frontend", 80, "")])
     );
     let c = compiled(&text);
-    let t = L7Policy::build(&c);
+    let t = L7Policy::build(&c, 1);
     assert_eq!(
         decide(&t, 80, FRONTEND, &http("DELETE", "/x")),
         allowed_by("demo/l4", L7RuleRef::L4Only)
@@ -348,7 +350,7 @@ fn l4_only_rule_on_an_l7_port_allows_everything_at_l7() {
 
     // Another peer allowed by an L4-only rule: everything, and no L7 on its entry.
     let c = compiled(&policy("p", &[("frontend", 80, GET_GET), ("db", 80, "")]));
-    let t = L7Policy::build(&c);
+    let t = L7Policy::build(&c, 1);
     assert_eq!(
         decide(&t, 80, DB, &http("POST", "/")),
         allowed_by("demo/p", L7RuleRef::L4Only)
@@ -370,7 +372,7 @@ fn l3_only_rule_allows_everything_at_l7() {
         policy("l7", &[("frontend", 80, GET_GET)])
     );
     let c = compiled(&text);
-    let t = L7Policy::build(&c);
+    let t = L7Policy::build(&c, 1);
     assert_eq!(
         decide(&t, 80, FRONTEND, &http("POST", "/")),
         allowed_by("demo/l3", L7RuleRef::L4Only)
@@ -890,7 +892,7 @@ fn egress_rules_apply_to_the_destination_identity() {
                 - ports:\n      - port: \"80\"\n        protocol: TCP\n      rules:\n        http:\n        \
                 - method: GET\n";
     let c = compiled(text);
-    let t = L7Policy::build(&c);
+    let t = L7Policy::build(&c, 1);
     let d = |to, req: &Req| t.decide(1, Direction::Egress, 80, to, req);
     assert_eq!(
         d(API, &http("GET", "/")),

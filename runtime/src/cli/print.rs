@@ -5,16 +5,14 @@
 use std::fmt::Write as _;
 
 use clap::ValueEnum;
-use prost::Message as _;
-use prost_reflect::{DynamicMessage, SerializeOptions};
 
-use loupe_proto::descriptor_pool;
 use loupe_proto::flow::{
     DropReason, Endpoint, Flow, L7FlowType, LostEvent, LostEventSource, TraceObservationPoint,
     TrafficDirection, Verdict, layer7,
 };
 use loupe_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
 
+use crate::flow::json::to_json;
 use crate::flow::summary;
 
 /// Output formats.
@@ -231,25 +229,6 @@ fn lost_line(l: &LostEvent) -> String {
         l.cpu.unwrap_or(0),
         l.num_events_lost
     )
-}
-
-/// Protobuf's JSON mapping of a response as Hubble's CLI prints it: proto field
-/// names (`source_port`, `is_reply`), enum names, RFC 3339 times, `Any` with
-/// `@type`, unset fields left out.
-pub fn to_json(resp: &GetFlowsResponse) -> Result<String, String> {
-    let desc = descriptor_pool()
-        .get_message_by_name("observer.GetFlowsResponse")
-        .ok_or("observer.GetFlowsResponse descriptor missing")?;
-    let msg =
-        DynamicMessage::decode(desc, resp.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::new(&mut out);
-    msg.serialize_with_options(
-        &mut ser,
-        &SerializeOptions::new().use_proto_field_name(true),
-    )
-    .map_err(|e| e.to_string())?;
-    String::from_utf8(out).map_err(|e| e.to_string())
 }
 
 /// Formats responses; `table` aligns columns over what it was given.

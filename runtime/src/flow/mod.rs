@@ -1,5 +1,5 @@
-//! Flows: the bounded store of recent flows, live fan-out to subscribers, and the
-//! filters of Hubble's `FlowFilter`.
+//! Flows: the bounded store of recent flows, live fan-out to subscribers, the
+//! filters of Hubble's `FlowFilter`, field masks and the JSON form.
 //!
 //! Every producer (the datapath's event reader, the L7 path) hands finished
 //! [`Flow`]s to one [`FlowStore`] with [`FlowStore::push`]; the gRPC Observer,
@@ -8,11 +8,14 @@
 
 pub mod fanout;
 pub mod filter;
+pub mod json;
+pub mod mask;
 pub mod selector;
 pub mod store;
 pub mod summary;
 
 pub use fanout::{Event, Subscription};
 pub use filter::{FilterError, FlowFilterSet};
+pub use mask::FieldMask;
 pub use store::{FlowStore, StoreStats};
 pub use summary::summary;

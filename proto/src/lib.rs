@@ -320,12 +320,68 @@ pub mod time {
     pub fn now_timestamp() -> prost_types::Timestamp {
         prost_types::Timestamp::from(std::time::SystemTime::now())
     }
+
+    /// A duration written as Go and Hubble write them: numbers with units `ns`,
+    /// `us`, `ms`, `s`, `m`, `h` (and `d`), e.g. `30s`, `1h30m`, `250ms`; `0` alone
+    /// is zero. The error says what is wrong with `text`.
+    pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+        if text == "0" {
+            return Ok(std::time::Duration::ZERO);
+        }
+        let bad = || format!("{text:?} is not a duration like 30s, 5m or 1h30m");
+        let mut total: u128 = 0;
+        let mut rest = text;
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let number: u128 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = &rest[digits..];
+            let unit = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let nanos: u128 = match &rest[..unit] {
+                "ns" => 1,
+                "us" | "µs" => 1_000,
+                "ms" => 1_000_000,
+                "s" => 1_000_000_000,
+                "m" => 60_000_000_000,
+                "h" => 3_600_000_000_000,
+                "d" => 86_400_000_000_000,
+                "" => return Err(format!("{text:?}: a number needs a unit (s, m, h…)")),
+                other => return Err(format!("{text:?}: unknown unit {other:?}")),
+            };
+            rest = &rest[unit..];
+            total = total.saturating_add(number.saturating_mul(nanos));
+        }
+        let nanos = u64::try_from(total).map_err(|_| format!("{text:?} is too long"))?;
+        Ok(std::time::Duration::from_nanos(nanos))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message as _;
+
+    #[test]
+    fn durations_read_as_go_writes_them() {
+        use std::time::Duration;
+        let d = |t| time::parse_duration(t);
+        assert_eq!(d("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(d("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(d("0s"), Ok(Duration::ZERO));
+        assert_eq!(d("0"), Ok(Duration::ZERO));
+        assert_eq!(d("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(d("").is_err());
+        assert!(d("5").unwrap_err().contains("needs a unit"));
+        assert!(d("5x").unwrap_err().contains("unknown unit \"x\""));
+        assert!(d("s").is_err());
+    }
 
     #[test]
     fn descriptors_name_the_flow_message() {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::export::config::ExportConfig;
 use crate::metrics::options::MetricSpec;
 use crate::{plugin, reassembly};
 
@@ -54,6 +55,8 @@ pub struct HubbleConfig {
     pub tls: HubbleTlsConfig,
     /// Flow-derived metrics.
     pub metrics: HubbleMetricsConfig,
+    /// Flow export to files (`static`, `dynamic`).
+    pub export: ExportConfig,
 }
 
 /// `hubble.tls.*` (off by default).
@@ -258,6 +261,7 @@ impl Default for HubbleConfig {
             listen_address: String::new(),
             tls: HubbleTlsConfig::default(),
             metrics: HubbleMetricsConfig::default(),
+            export: ExportConfig::default(),
         }
     }
 }
@@ -554,6 +558,18 @@ impl AgentConfig {
             return Err(invalid(
                 "hubble.eventQueueSize",
                 format!("{} is outside 1..=1048576", h.event_queue_size),
+            ));
+        }
+        if let Err(e) = h.export.static_.spec("hubble.export.static") {
+            return Err(invalid(&e.field, e.message));
+        }
+        if h.export.dynamic.enabled && !h.export.dynamic.config.path.is_absolute() {
+            return Err(invalid(
+                "hubble.export.dynamic.config.path",
+                format!(
+                    "{} is not an absolute path",
+                    h.export.dynamic.config.path.display()
+                ),
             ));
         }
         if !h.listen_address.is_empty() && self.hubble_listen_address().is_none() {

@@ -57,6 +57,14 @@ impl Health {
         components.insert(name.to_string(), status);
     }
 
+    /// Forgets a component (one that no longer exists).
+    pub fn remove(&self, name: &str) {
+        self.components
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+    }
+
     /// Every component, by name.
     pub fn components(&self) -> Vec<(String, ComponentStatus)> {
         self.components

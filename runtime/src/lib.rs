@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod endpoint;
+pub mod export;
 pub mod flow;
 pub mod health;
 pub mod host;

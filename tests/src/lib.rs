@@ -439,3 +439,10 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
     std::fs::write(&path, text).expect("writing a file");
     path.display().to_string()
 }
+
+/// The lab's Python with the test clients' packages (`scripts/bootstrap` installs
+/// it into `/opt/loupe/venv`), or `$LOUPE_VENV/bin/python`.
+pub fn python() -> String {
+    let venv = std::env::var("LOUPE_VENV").unwrap_or_else(|_| "/opt/loupe/venv".into());
+    format!("{venv}/bin/python")
+}

@@ -4,6 +4,7 @@
 //! `/metrics` listeners.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -19,6 +20,9 @@ const HUBBLE_HEALTH_SERVICE: &str = "hubble.server.Observer";
 use super::AgentState;
 use crate::api::observer::ObserverService;
 use crate::api::peer::PeerService;
+use crate::export::Exports;
+use crate::export::config::ExportConfig;
+use crate::export::config::ExportConfigError;
 use crate::health::ComponentState;
 use crate::metrics::{self, FlowMetrics, MetricSpec};
 
@@ -55,6 +59,9 @@ pub enum ObservabilityError {
     /// A metrics listener failed.
     #[error(transparent)]
     Listen(#[from] metrics::server::ListenError),
+    /// An exporter setting was refused (config validation normally catches this first).
+    #[error(transparent)]
+    Export(#[from] ExportConfigError),
 }
 
 /// Running observability tasks; dropped or stopped with the agent.
@@ -66,6 +73,8 @@ pub(super) struct Observability {
     /// `hubble.server.Observer`, `observer.Observer` and `peer.Peer` report `SERVING`.
     health: HealthReporter,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Flow exporters (`hubble.export.*`); they stop when this is dropped.
+    exports: Arc<Exports>,
 }
 
 /// The Observer and Peer services over the agent's flow store and node.
@@ -100,6 +109,8 @@ impl Observability {
         for t in self.tasks {
             t.abort();
         }
+        // The last holder: exporters write what they hold and stop.
+        drop(self.exports);
     }
 }
 
@@ -232,6 +243,15 @@ pub(super) async fn start(state: &AgentState) -> Result<Observability, Observabi
         );
     }
 
+    let exports = Arc::new(if cfg.hubble.enabled {
+        start_exports(state, &cfg.hubble.export)?
+    } else {
+        Exports::default()
+    });
+    if !exports.is_empty() {
+        register_exports(state, &exports);
+    }
+
     if cfg.hubble.enabled {
         state.health.set(
             "hubble",
@@ -293,5 +313,31 @@ pub(super) async fn start(state: &AgentState) -> Result<Observability, Observabi
         services: cfg.hubble.enabled.then(|| services(state)),
         health,
         tasks,
+        exports,
     })
+}
+
+/// Starts the flow exporters and offers their counters on both `/metrics`.
+fn start_exports(state: &AgentState, cfg: &ExportConfig) -> Result<Exports, ObservabilityError> {
+    let queue = (state.config.hubble.event_queue_size as usize).max(65_536);
+    let exports = Exports::start(cfg, &state.flows, queue, state.health.clone())?;
+    if exports.is_empty() {
+        state.health.set(
+            "hubble/exporter",
+            ComponentState::Disabled,
+            "hubble.export.static and .dynamic are off",
+        );
+    }
+    Ok(exports)
+}
+
+/// Registers the exporters' families; the registries hold them weakly, so
+/// stopping the agent stops the exporters.
+fn register_exports(state: &AgentState, exports: &Arc<Exports>) {
+    for registry in [&state.metrics, &state.hubble_metrics] {
+        let weak = Arc::downgrade(exports);
+        registry.register_fn("exporters", move || {
+            weak.upgrade().map(|e| e.families()).unwrap_or_default()
+        });
+    }
 }

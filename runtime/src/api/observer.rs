@@ -19,7 +19,8 @@ use tonic::{Request, Response, Status};
 
 use super::NodeInfo;
 use crate::control::SummaryHandle;
-use crate::flow::{Event, FieldMask, FlowFilterSet, FlowStore, Subscription, summary};
+use crate::flow::json::flow_response;
+use crate::flow::{Event, FieldMask, FlowFilterSet, FlowStore, Subscription};
 
 /// The service over the flow store, this node's description and the endpoint
 /// summary (for namespaces).
@@ -89,31 +90,9 @@ impl Query {
         self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u)
     }
 
-    /// The response for a stored flow: `Summary` filled as Cilium's agent fills it
-    /// (Hubble's CLI prints it as the flow's summary), then the field mask. The
-    /// response's node and time are the flow's, whatever the mask keeps.
+    /// The response for a stored flow.
     fn response(&self, stored: &Flow) -> GetFlowsResponse {
-        #[allow(deprecated)]
-        let needs_summary =
-            stored.summary.is_empty() && self.mask.as_ref().is_none_or(|m| m.keeps("Summary"));
-        let mut flow = match &self.mask {
-            Some(mask) if !needs_summary => mask.apply(stored),
-            _ => stored.clone(),
-        };
-        if needs_summary {
-            #[allow(deprecated)]
-            {
-                flow.summary = summary(stored);
-            }
-            if let Some(mask) = &self.mask {
-                flow = mask.apply(&flow);
-            }
-        }
-        GetFlowsResponse {
-            node_name: stored.node_name.clone(),
-            time: stored.time,
-            response_types: Some(ResponseTypes::Flow(flow)),
-        }
+        flow_response(stored, self.mask.as_ref())
     }
 }
 

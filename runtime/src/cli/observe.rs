@@ -456,32 +456,10 @@ pub fn parse_time(
             nanos: i32::try_from(t.nanosecond()).unwrap_or(0),
         });
     }
-    let mut total = 0_u64;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let n: u64 = number.parse().map_err(|_| {
-            format!("--{flag}: {text:?} is neither RFC 3339 nor a duration like 5m")
-        })?;
-        number.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return Err(format!("--{flag}: unknown unit {c:?} in {text:?}")),
-        };
-    }
-    if !number.is_empty() || text.is_empty() {
-        return Err(format!(
-            "--{flag}: {text:?} is neither RFC 3339 nor a duration like 5m"
-        ));
-    }
+    let ago = loupe_proto::time::parse_duration(text)
+        .map_err(|_| format!("--{flag}: {text:?} is neither RFC 3339 nor a duration like 5m"))?;
     let at = now
-        .checked_sub(std::time::Duration::from_secs(total))
+        .checked_sub(ago)
         .ok_or_else(|| format!("--{flag}: {text:?} is too far back"))?;
     Ok(prost_types::Timestamp::from(at))
 }

@@ -701,3 +701,79 @@ fn bad_policies_are_refused_and_the_old_one_stays() {
     assert!(!list.contains("demo-app/second"), "{list}");
     assert_eq!(redis_reachability(&lab), (true, false, false));
 }
+
+/// `n` policies named `<prefix>-<i>`, each allowing api-service to one port of
+/// db-service, in one file.
+fn many_policies(prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {prefix}-{i}, namespace: demo-app}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db-service}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: api-service}}}}]\n    toPorts: [{{ports: [{{port: \"{}\", protocol: TCP}}]}}]\n---\n",
+                20000 + i
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_during_an_apply_leaves_the_old_set_or_the_new_one() {
+    let _guard = serial();
+    let _lab = TestLab::up("e2e-crash", 238).unwrap();
+    let mut agent = TestAgent::start("crash", "e2e-crash", "", 4).unwrap();
+    let dir = agent.state_dir.parent().unwrap().join("many");
+    let count = |agent: &TestAgent| {
+        agent
+            .loupe_ok(&["policy", "list"])
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("demo-app/run"))
+            .count()
+    };
+    // How long a 300-policy apply takes here: the kills land across it.
+    let file = write_policy(&dir, "run-base.yaml", &many_policies("run-base", 300));
+    let started = std::time::Instant::now();
+    agent.loupe_ok(&["policy", "apply", "-f", &file]).unwrap();
+    let took = started.elapsed().as_millis() as u64;
+    let mut in_force = count(&agent);
+    assert_eq!(in_force, 300);
+    let mut outcomes = Vec::new();
+    let delays = [5u64, 20, 40, 60, 80, 100, 120].map(|pct| (took * pct / 100).max(1));
+    for (run, delay_ms) in delays.into_iter().enumerate() {
+        let file = write_policy(
+            &dir,
+            &format!("run{run}.yaml"),
+            &many_policies(&format!("run{run}"), 300),
+        );
+        let mut apply = std::process::Command::new(loupe_tests::loupe_bin())
+            .arg("--socket")
+            .arg(&agent.socket)
+            .args(["policy", "apply", "-f", &file])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        agent.kill9();
+        let _ = apply.wait();
+        agent.spawn(4).unwrap();
+        let now = count(&agent);
+        assert!(
+            now == in_force || now == in_force + 300,
+            "run {run} (kill after {delay_ms} ms): {now} policies in force, expected {in_force} or {}",
+            in_force + 300
+        );
+        outcomes.push(now - in_force);
+        in_force = now;
+        let leftovers: Vec<_> = std::fs::read_dir(agent.state_dir.join("policies"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+    eprintln!(
+        "a 300-policy apply took {took} ms; policies added per run (0: killed before the commit): {outcomes:?}"
+    );
+}

@@ -216,7 +216,14 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         if ct.policy_rev != policy_rev {
             // Policy changed since this connection was allowed: check it once more.
             let remote_identity = lookup_identity(remote_addr(pkt, dir));
-            match verdict(&ep, generation, dir, remote_identity, pkt, enforced) {
+            match verdict(
+                &ep,
+                (generation, policy_rev),
+                dir,
+                remote_identity,
+                pkt,
+                enforced,
+            ) {
                 Ok(_) => {
                     ct.policy_rev = policy_rev;
                     ct.remote_identity = remote_identity;
@@ -281,8 +288,14 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     // The first packet of a connection.
     let remote = lookup_ipcache(remote_addr(pkt, dir));
     let remote_identity = remote.identity;
-    let (policy_flags, policy) = match verdict(&ep, generation, dir, remote_identity, pkt, enforced)
-    {
+    let (policy_flags, policy) = match verdict(
+        &ep,
+        (generation, policy_rev),
+        dir,
+        remote_identity,
+        pkt,
+        enforced,
+    ) {
         Ok(allowed) => (allowed.flags, allowed.policy),
         Err(denied) => return drop_by(ctx, &ep, dir, pkt, remote_identity, denied),
     };
@@ -386,7 +399,7 @@ fn redirects(
     // Unenforced lookup: only the flags of an allow entry matter here; a denied
     // connection is dropped at the server's own hook as before.
     matches!(
-        verdict(&server, generation, direction::INGRESS, ep.identity, pkt, false),
+        verdict(&server, (generation, config.policy_rev), direction::INGRESS, ep.identity, pkt, false),
         Ok(allowed) if allowed.flags & policy_flags::L7_ENFORCE != 0
     )
 }
@@ -520,7 +533,7 @@ struct Denied {
 #[inline(always)]
 fn verdict(
     ep: &EndpointInfo,
-    generation: u8,
+    (generation, rev): (u8, u32),
     dir: u8,
     remote: u32,
     pkt: &Packet,
@@ -547,12 +560,12 @@ fn verdict(
             if entry.action == action::DENY {
                 return Err(Denied {
                     reason: drop_reason::POLICY_DENY,
-                    policy: attribution::tag(generation, entry.rule),
+                    policy: attribution::tag(rev, entry.rule),
                 });
             }
             if entry.action == action::ALLOW {
                 if !allowed {
-                    policy = attribution::tag(generation, entry.rule);
+                    policy = attribution::tag(rev, entry.rule);
                 }
                 allowed = true;
                 flags |= entry.flags;

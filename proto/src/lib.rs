@@ -322,7 +322,7 @@ pub mod time {
     }
 
     /// A duration written as Go and Hubble write them: numbers with units `ns`,
-    /// `us`, `ms`, `s`, `m`, `h` (and `d`), e.g. `30s`, `1h30m`, `250ms`; `0` alone
+    /// `us`, `ms`, `s`, `m`, `h` (and `d`), e.g. `30s`, `1h30m`, `1.5s`; `0` alone
     /// is zero. The error says what is wrong with `text`.
     pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         if text == "0" {
@@ -335,13 +335,26 @@ pub mod time {
             return Err(bad());
         }
         while !rest.is_empty() {
-            let digits = rest
-                .find(|c: char| !c.is_ascii_digit())
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit() && c != '.')
                 .unwrap_or(rest.len());
-            let number: u128 = rest[..digits].parse().map_err(|_| bad())?;
-            rest = &rest[digits..];
+            let number = &rest[..end];
+            let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+            if (whole.is_empty() && frac.is_empty()) || frac.contains('.') {
+                return Err(bad());
+            }
+            let digits = |t: &str| -> Result<u128, String> {
+                if t.is_empty() {
+                    Ok(0)
+                } else {
+                    t.parse().map_err(|_| bad())
+                }
+            };
+            let frac = &frac[..frac.len().min(18)];
+            let (whole, fraction) = (digits(whole)?, digits(frac)?);
+            rest = &rest[end..];
             let unit = rest
-                .find(|c: char| c.is_ascii_digit())
+                .find(|c: char| c.is_ascii_digit() || c == '.')
                 .unwrap_or(rest.len());
             let nanos: u128 = match &rest[..unit] {
                 "ns" => 1,
@@ -355,7 +368,10 @@ pub mod time {
                 other => return Err(format!("{text:?}: unknown unit {other:?}")),
             };
             rest = &rest[unit..];
-            total = total.saturating_add(number.saturating_mul(nanos));
+            let scale = 10u128.pow(u32::try_from(frac.len()).unwrap_or(0));
+            total = total
+                .saturating_add(whole.saturating_mul(nanos))
+                .saturating_add(fraction.saturating_mul(nanos) / scale);
         }
         let nanos = u64::try_from(total).map_err(|_| format!("{text:?} is too long"))?;
         Ok(std::time::Duration::from_nanos(nanos))
@@ -377,6 +393,11 @@ mod tests {
         assert_eq!(d("0s"), Ok(Duration::ZERO));
         assert_eq!(d("0"), Ok(Duration::ZERO));
         assert_eq!(d("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(d("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(d(".5m"), Ok(Duration::from_secs(30)));
+        assert_eq!(d("1h0.25m"), Ok(Duration::from_secs(3615)));
+        assert!(d("1.2.3s").is_err());
+        assert!(d(".s").is_err());
         assert!(d("").is_err());
         assert!(d("5").unwrap_err().contains("needs a unit"));
         assert!(d("5x").unwrap_err().contains("unknown unit \"x\""));

@@ -73,6 +73,14 @@ print(n)
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
+/// An RFC 3339 UTC time (`…:24.17364Z`) with its fraction padded to nanoseconds,
+/// so times compare as strings.
+fn sortable(t: &str) -> String {
+    let t = t.trim_end_matches('Z');
+    let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
+    format!("{secs}.{frac:0<9}")
+}
+
 fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
@@ -102,10 +110,44 @@ fn static_export_writes_what_observe_prints_for_the_flows_it_selects() {
     .unwrap();
     requests(&lab, "frontend", 5);
     requests(&lab, "api-service", 3);
-    lab.exec("frontend", &["redis-cli", "-h", "db-service", "PING"]);
-    // The frontend's HTTP flows: SYN verdicts, traces, closes in both hooks.
+    let pong = lab
+        .exec_ok("frontend", &["redis-cli", "-h", "db-service", "PING"])
+        .unwrap();
+    assert_eq!(pong.trim(), "PONG");
+    // The denied Redis flows are in the store before the last request; once the
+    // exporter wrote that request's flows (it reads in order), it has seen them.
+    let redis_flows = || {
+        agent
+            .loupe_ok(&[
+                "observe",
+                "--from-pod",
+                "demo-app/frontend",
+                "--to-port",
+                "6379",
+                "-o",
+                "json",
+            ])
+            .unwrap()
+    };
     assert!(
-        wait_for(Duration::from_secs(5), || lines(&file).len() >= 20),
+        wait_for(Duration::from_secs(5), || !redis_flows().trim().is_empty()),
+        "no Redis flows to deny"
+    );
+    let redis = redis_flows();
+    let last_redis = redis
+        .lines()
+        .map(|l| sortable(json(l)["time"].as_str().unwrap()))
+        .max()
+        .unwrap();
+    requests(&lab, "frontend", 1);
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            lines(&file).iter().any(|l| {
+                json(l)["time"]
+                    .as_str()
+                    .is_some_and(|t| t > last_redis.as_str())
+            })
+        }),
         "{:?}\n{}",
         lines(&file),
         agent.log()
@@ -124,7 +166,9 @@ fn static_export_writes_what_observe_prints_for_the_flows_it_selects() {
             "denyList let through: {line}"
         );
     }
-    // Byte for byte what `observe -o json` prints for the same flows.
+    // Byte for byte what `observe -o json` prints for the same flows (which is what
+    // `hubble observe -o json` prints: checked by hand with the real Hubble CLI,
+    // and `flow::json`'s unit tests pin Go's field order, numbers and escapes).
     let observed = agent
         .loupe_ok(&[
             "observe",
@@ -233,17 +277,24 @@ fn dynamic_exporters_mask_aggregate_rotate_and_survive_a_full_disk() {
     });
     std::thread::sleep(Duration::from_millis(500));
 
-    // Enough flows for 1 MiB: about 1 KiB a line, 8 lines a request.
-    requests(&lab, "frontend", 160);
+    // Traffic until the 1 MiB file rotates (about 1 KiB a line, 8 lines a
+    // request), in bounded batches.
+    let rotations = || {
+        metric(
+            prom,
+            "hubble_exporter_rotations_total",
+            &["name=\"rotated\""],
+        )
+    };
+    let mut sent = 0;
+    while sent < 800 && rotations() < 1.0 {
+        requests(&lab, "frontend", 80);
+        sent += 80;
+        wait_for(Duration::from_secs(2), || rotations() >= 1.0);
+    }
     assert!(
-        wait_for(Duration::from_secs(10), || {
-            metric(
-                prom,
-                "hubble_exporter_rotations_total",
-                &["name=\"rotated\""],
-            ) >= 1.0
-        }),
-        "no rotation: {}",
+        rotations() >= 1.0,
+        "no rotation after {sent} requests: {}",
         loupe_tests::samples(prom, &["hubble_exporter"])
     );
     // The full disk: counted, reported, and no partial line left behind.
@@ -269,7 +320,7 @@ fn dynamic_exporters_mask_aggregate_rotate_and_survive_a_full_disk() {
     // The follower got every request's flows meanwhile (8 or more per request).
     assert!(
         wait_for(Duration::from_secs(5), || {
-            followed.load(std::sync::atomic::Ordering::Relaxed) >= 160 * 4
+            followed.load(std::sync::atomic::Ordering::Relaxed) >= sent * 4
         }),
         "follow stalled at {} lines",
         followed.load(std::sync::atomic::Ordering::Relaxed)
@@ -344,26 +395,31 @@ fn dynamic_exporters_mask_aggregate_rotate_and_survive_a_full_disk() {
     );
     let before = lines(&masked).len();
     requests(&lab, "frontend", 10);
-    assert!(
-        wait_for(Duration::from_secs(5), || !lines(&aggregated).is_empty()),
-        "nothing aggregated"
-    );
-    let groups: Vec<serde_json::Value> = lines(&aggregated).iter().map(|l| json(l)).collect();
-    let counted: u64 = groups
-        .iter()
-        .map(|g| {
-            let a = &g["flow"]["aggregate"];
-            [
-                "ingress_flow_count",
-                "egress_flow_count",
-                "unknown_direction_flow_count",
-            ]
+    // Windows close every second: wait until they hold every request's flows.
+    let groups =
+        || -> Vec<serde_json::Value> { lines(&aggregated).iter().map(|l| json(l)).collect() };
+    let counted = |groups: &[serde_json::Value]| -> u64 {
+        groups
             .iter()
-            .map(|k| a[k].as_u64().unwrap_or(0))
-            .sum::<u64>()
-        })
-        .sum();
-    assert!(counted >= 10 * 4, "{groups:?}");
+            .map(|g| {
+                let a = &g["flow"]["aggregate"];
+                [
+                    "ingress_flow_count",
+                    "egress_flow_count",
+                    "unknown_direction_flow_count",
+                ]
+                .iter()
+                .map(|k| a[k].as_u64().unwrap_or(0))
+                .sum::<u64>()
+            })
+            .sum()
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || counted(&groups()) >= 10 * 4),
+        "{:?}",
+        groups()
+    );
+    let groups = groups();
     assert!(
         groups
             .iter()

@@ -389,31 +389,37 @@ pub struct FlowEvent {
     /// [`policy_flags`] of the matched entry.
     pub policy_flags: u8,
     /// Which policy decided: [`attribution::tag`] of the deciding entry's
-    /// [`PolicyValue::rule`] under the generation that decided, 0 if none did.
+    /// [`PolicyValue::rule`] under the policy revision that decided, 0 if none did.
     pub policy: u16,
     /// Packet length.
     pub len: u32,
 }
 
-/// The policy tag a [`FlowEvent`] carries: the generation that decided (bit 15)
-/// and the deciding entry's [`PolicyValue::rule`] (bits 0–14), so the runtime reads
-/// it against the policy table of that generation even after a flip.
+/// The policy tag a [`FlowEvent`] carries: the low two bits of the policy
+/// revision in force when it was decided ([`DatapathConfig::policy_rev`], bits
+/// 14–15) and the deciding entry's [`PolicyValue::rule`] (bits 0–13), so the
+/// runtime reads it against that revision's policy table even after three more
+/// policy changes.
 pub mod attribution {
     /// Largest [`super::PolicyValue::rule`] a tag can carry.
-    pub const MAX_RULE: u32 = 0x7fff;
+    pub const MAX_RULE: u32 = 0x3fff;
+    /// How many revisions' tables the runtime keeps (revisions are told apart
+    /// modulo this).
+    pub const REVISIONS: usize = 4;
 
-    /// The tag for `rule` under `generation`; 0 (none) when `rule` is 0 or too large.
+    /// The tag for `rule` under revision `rev`; 0 (none) when `rule` is 0 or too
+    /// large.
     #[inline(always)]
-    pub fn tag(generation: u8, rule: u32) -> u16 {
+    pub fn tag(rev: u32, rule: u32) -> u16 {
         if rule == 0 || rule > MAX_RULE {
             return 0;
         }
-        (u16::from(generation & 1) << 15) | rule as u16
+        (((rev & 3) as u16) << 14) | rule as u16
     }
 
-    /// The generation and rule of a non-zero tag.
-    pub fn split(tag: u16) -> (u8, u32) {
-        ((tag >> 15) as u8, u32::from(tag & 0x7fff))
+    /// The revision slot (`rev % REVISIONS`) and rule of a non-zero tag.
+    pub fn split(tag: u16) -> (usize, u32) {
+        (usize::from(tag >> 14), u32::from(tag & 0x3fff))
     }
 }
 

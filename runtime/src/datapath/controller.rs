@@ -13,7 +13,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use loupe_common::{DatapathConfig, EndpointInfo, IpcacheValue, endpoint_flags, identity as id};
+use loupe_common::{
+    DatapathConfig, EndpointInfo, IpcacheValue, attribution, endpoint_flags, identity as id,
+};
 
 use super::flows::EndpointSnapshot;
 use super::metrics::DatapathGauges;
@@ -93,8 +95,9 @@ pub struct Controller {
     snapshot: SnapshotHandle,
     /// The L7 rules in force, for the proxy.
     l7: L7PolicyHandle,
-    /// Policy attribution by datapath generation, for flows.
-    tables: [Arc<PolicyTable>; 2],
+    /// Policy attribution by policy revision (modulo `attribution::REVISIONS`),
+    /// for flows.
+    tables: [Arc<PolicyTable>; attribution::REVISIONS],
     /// Policy map entries one generation may hold (`bpf.policyMapEntries`).
     policy_capacity: usize,
     /// The L7 proxy's port the datapath redirects to (`l7.proxyPort`, 0: none).
@@ -300,10 +303,14 @@ impl Controller {
     pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) -> Result<(), ControllerError> {
         let mut with_ids = Vec::with_capacity(endpoints.len());
         for ep in endpoints {
-            let identity = self
-                .identities
-                .endpoint_identity(&LabelSet::from_k8s(&ep.spec.identity_labels()))?;
-            with_ids.push((ep, identity));
+            let labels = LabelSet::from_k8s(&ep.spec.identity_labels());
+            match self.identities.endpoint_identity(&labels) {
+                Ok(identity) => with_ids.push((ep, identity)),
+                Err(e) => {
+                    self.identities.rollback();
+                    return Err(e.into());
+                }
+            }
         }
         let previous = std::mem::replace(&mut self.endpoints, with_ids);
         let policies = self.policies.to_vec();
@@ -314,10 +321,13 @@ impl Controller {
         Ok(())
     }
 
-    /// Compiles `policies` as they would apply now, without writing anything.
+    /// Compiles `policies` as they would apply now, without writing anything: the
+    /// identities the compilation needed are taken back.
     pub fn validate(&mut self, policies: &[Policy]) -> Result<Compiled, ControllerError> {
         let candidate = self.policies.with_applied(policies);
-        let compiled = self.compile(&candidate)?;
+        let compiled = self.compile(&candidate);
+        self.identities.rollback();
+        let compiled = compiled?;
         self.check_capacity(&compiled)?;
         Ok(compiled)
     }
@@ -456,6 +466,7 @@ impl Controller {
                 if let Some(compiled) = &self.compiled {
                     self.l7.store(L7Policy::build(compiled, revision));
                 }
+                self.settle_identities();
                 self.publish();
                 tracing::info!(
                     endpoints = self.endpoints.len(),
@@ -467,10 +478,28 @@ impl Controller {
             }
             Err(e) => {
                 self.stats.failures += 1;
+                self.identities.rollback();
                 tracing::warn!(error = %e, "policy regeneration refused; previous policy stays in force");
             }
         }
         result
+    }
+
+    /// Keeps the identities the policy in force needs, releases the rest (CIDR
+    /// prefixes no policy names any more, label sets no endpoint has) and writes
+    /// the table once.
+    fn settle_identities(&mut self) {
+        let mut used: BTreeSet<u32> = self.endpoints.iter().map(|(_, id)| *id).collect();
+        if let Some(compiled) = &self.compiled {
+            used.extend(compiled.cidrs.values().copied());
+        }
+        let released = self.identities.retain(|id| used.contains(&id));
+        if released > 0 {
+            tracing::debug!(released, "released unused identities");
+        }
+        if let Err(e) = self.identities.commit() {
+            tracing::warn!(error = %e, "identity table not written; retried with the next change");
+        }
     }
 
     fn reconcile_inner(
@@ -503,11 +532,20 @@ impl Controller {
         let active = config.active_gen & 1;
         let changed = self.compiled.as_ref() != Some(&compiled);
         let next = if changed { active ^ 1 } else { active };
-        // Flows name the policies of the generation that decided; the table is in
-        // place before that generation decides anything.
-        self.tables[usize::from(next)] = Arc::new(PolicyTable::build(&compiled, revision));
+        // Flows name the policies of the revision that decided; the table is in
+        // place before that revision decides anything.
+        let rev = if changed {
+            config.policy_rev.wrapping_add(1)
+        } else {
+            config.policy_rev
+        };
+        self.tables[rev as usize % attribution::REVISIONS] =
+            Arc::new(PolicyTable::build(&compiled, revision));
+        // Built outside the write lock, so the flow reader never waits on the copy.
+        let current = self.snapshot.read().map(|s| s.clone()).unwrap_or_default();
+        let with_table = Arc::new(current.as_ref().clone().with_policies(self.tables.clone()));
         if let Ok(mut guard) = self.snapshot.write() {
-            *guard = Arc::new(guard.as_ref().clone().with_policies(self.tables.clone()));
+            *guard = with_table;
         }
         let existing = dp.endpoints();
         for (ep, identity) in &self.endpoints {

@@ -29,8 +29,8 @@ pub struct EndpointSnapshot {
     by_id: HashMap<u16, Endpoint>,
     by_ip: HashMap<IpAddr, Endpoint>,
     identity_labels: HashMap<u32, Vec<String>>,
-    /// Policy attribution by datapath generation.
-    policies: [Arc<PolicyTable>; 2],
+    /// Policy attribution by policy revision (modulo `attribution::REVISIONS`).
+    policies: [Arc<PolicyTable>; attribution::REVISIONS],
 }
 
 impl EndpointSnapshot {
@@ -86,8 +86,8 @@ impl EndpointSnapshot {
         snap
     }
 
-    /// The snapshot with these policy tables (by datapath generation).
-    pub fn with_policies(mut self, policies: [Arc<PolicyTable>; 2]) -> Self {
+    /// The snapshot with these policy tables (by policy revision).
+    pub fn with_policies(mut self, policies: [Arc<PolicyTable>; attribution::REVISIONS]) -> Self {
         self.policies = policies;
         self
     }
@@ -248,8 +248,8 @@ fn attribute(flow: &mut Flow, raw: &loupe_common::FlowEvent, snap: &EndpointSnap
     if raw.policy == 0 || !(verdict || denied) {
         return;
     }
-    let (generation, rule) = attribution::split(raw.policy);
-    let Some(decided) = snap.policies[usize::from(generation & 1)].get(rule) else {
+    let (slot, rule) = attribution::split(raw.policy);
+    let Some(decided) = snap.policies.get(slot).and_then(|t| t.get(rule)) else {
         return;
     };
     if verdict {

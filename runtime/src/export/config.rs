@@ -43,7 +43,7 @@ pub struct StaticExport {
     pub deny_list: Vec<serde_json::Value>,
     /// Rotate the file at this size.
     pub file_max_size_mb: u32,
-    /// Rotated files kept.
+    /// Rotated files kept (0: all).
     pub file_max_backups: u32,
     /// Gzip rotated files.
     pub file_compress: bool,
@@ -139,7 +139,7 @@ pub struct FlowLog {
 pub struct Rotation {
     /// Rotate before a write would pass this many bytes.
     pub max_bytes: u64,
-    /// Rotated files kept.
+    /// Rotated files kept (0: all).
     pub max_backups: usize,
     /// Gzip rotated files.
     pub compress: bool,
@@ -279,10 +279,11 @@ impl FlowLog {
 
 impl FlowLogs {
     /// Parses a `flowLogs:` file and checks every entry; names and files must be
-    /// unique.
+    /// unique, and none may be the static exporter's (`static`, `static_path`).
     pub fn parse(
         source: &str,
         text: &str,
+        static_path: Option<&Path>,
     ) -> Result<Vec<(FlowLog, ExportSpec)>, ExportConfigError> {
         let file: FlowLogs =
             serde_norway::from_str(text).map_err(|e| err(source, e.to_string()))?;
@@ -290,6 +291,21 @@ impl FlowLogs {
         for (i, entry) in file.flow_logs.into_iter().enumerate() {
             let at = format!("{source}: flowLogs[{i}]");
             let spec = entry.spec(&at)?;
+            if entry.name == "static" {
+                return Err(err(
+                    format!("{at}.name"),
+                    "\"static\" is the static exporter's name",
+                ));
+            }
+            if static_path.is_some_and(|p| p == entry.file_path) {
+                return Err(err(
+                    format!("{at}.filePath"),
+                    format!(
+                        "{} is hubble.export.static.filePath",
+                        entry.file_path.display()
+                    ),
+                ));
+            }
             if out.iter().any(|(e, _)| e.name == entry.name) {
                 return Err(err(
                     format!("{at}.name"),
@@ -464,7 +480,7 @@ flowLogs:
   filePath: /var/run/loupe/hubble/all.log
   fileMaxSizeMb: 1
 "#;
-        let specs = FlowLogs::parse("flowlogs.yaml", text).unwrap();
+        let specs = FlowLogs::parse("flowlogs.yaml", text, None).unwrap();
         assert_eq!(specs.len(), 2);
         let drops = &specs[0].1;
         assert_eq!(
@@ -476,7 +492,7 @@ flowLogs:
         assert_eq!(specs[1].1.rotation.max_bytes, 1 << 20);
 
         let twice = text.replace("name: all", "name: drops");
-        let e = FlowLogs::parse("flowlogs.yaml", &twice)
+        let e = FlowLogs::parse("flowlogs.yaml", &twice, None)
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -484,26 +500,42 @@ flowLogs:
             "flowlogs.yaml: flowLogs[1].name: \"drops\" is used twice"
         );
         let same_file = text.replace("all.log", "drops.log");
-        let e = FlowLogs::parse("flowlogs.yaml", &same_file)
+        let e = FlowLogs::parse("flowlogs.yaml", &same_file, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("flowLogs[1].filePath"), "{e}");
         let unknown = text.replace("fileMaxSizeMb", "fileMaxSize");
-        let e = FlowLogs::parse("flowlogs.yaml", &unknown)
+        let e = FlowLogs::parse("flowlogs.yaml", &unknown, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `fileMaxSize`"), "{e}");
         let no_name = text.replace("- name: all\n  filePath", "- filePath");
-        let e = FlowLogs::parse("flowlogs.yaml", &no_name)
+        let e = FlowLogs::parse("flowlogs.yaml", &no_name, None)
             .unwrap_err()
             .to_string();
         assert_eq!(e, "flowlogs.yaml: flowLogs[1].name: is required");
         let bad_end = text.replace("2030-01-01T00:00:00Z", "tomorrow");
-        let e = FlowLogs::parse("flowlogs.yaml", &bad_end)
+        let e = FlowLogs::parse("flowlogs.yaml", &bad_end, None)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("flowLogs[0].end: \"tomorrow\" is not RFC 3339"),
+            "{e}"
+        );
+        let static_file = Path::new("/var/run/loupe/hubble/all.log");
+        let e = FlowLogs::parse("flowlogs.yaml", text, Some(static_file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("flowLogs[1].filePath: /var/run/loupe/hubble/all.log is hubble.export.static.filePath"),
+            "{e}"
+        );
+        let named_static = text.replace("name: all", "name: static");
+        let e = FlowLogs::parse("flowlogs.yaml", &named_static, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("flowLogs[1].name: \"static\" is the static exporter's name"),
             "{e}"
         );
     }

@@ -1,14 +1,15 @@
-//! Dynamic exporters: the `flowLogs:` file is re-read every second and, when its
-//! content changed, applied entry by entry — new names start, removed ones stop
-//! (after writing what they hold), changed ones are replaced. A file that does not
-//! parse changes nothing: the running exporters go on and the error is reported
+//! Dynamic exporters: the `flowLogs:` file is re-read every second and, once a new
+//! content has read the same twice in a row (so a file caught half-written is not
+//! applied), applied entry by entry — new names start, removed ones stop (after
+//! writing what they hold), changed ones are replaced. A file that does not parse
+//! changes nothing: the running exporters go on and the error is reported
 //! (`hubble/exporter-config` in `loupe status`, and
 //! `hubble_dynamic_exporter_reconfigurations_total{op="failure"}`).
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -46,7 +47,8 @@ struct State {
 #[derive(Debug)]
 pub struct DynamicExporters {
     state: Arc<Mutex<State>>,
-    stop: Arc<AtomicBool>,
+    /// Dropping it wakes and ends the watcher.
+    stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -57,33 +59,40 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl DynamicExporters {
-    /// Applies `path` now and watches it.
-    pub fn start(path: PathBuf, flows: FlowStore, queue: usize, health: Arc<Health>) -> Self {
+    /// Applies `path` now and watches it; `static_path` is the static exporter's
+    /// file, which no dynamic one may use.
+    pub fn start(
+        path: PathBuf,
+        static_path: Option<PathBuf>,
+        flows: FlowStore,
+        queue: usize,
+        health: Arc<Health>,
+    ) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = mpsc::channel::<()>();
         let mut watcher = Watcher {
             path,
+            static_path,
             flows,
             queue,
             health,
             state: state.clone(),
             seen: None,
+            candidate: None,
         };
-        watcher.poll();
-        let flag = stop.clone();
+        watcher.poll(true);
         let thread = std::thread::Builder::new()
             .name("export-config".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(POLL);
-                    watcher.poll();
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(POLL) {
+                    watcher.poll(false);
                 }
             })
             .map_err(|e| tracing::error!(error = %e, "flow exporter config watcher did not start"))
             .ok();
         Self {
             state,
-            stop,
+            stop: Some(stop),
             thread,
         }
     }
@@ -152,28 +161,33 @@ impl DynamicExporters {
 
 impl Drop for DynamicExporters {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        // The exporters flush and stop as they drop.
-        lock(&self.state).running.clear();
+        // The exporters flush and stop as they drop, outside the lock.
+        let running = std::mem::take(&mut lock(&self.state).running);
+        drop(running);
     }
 }
 
 /// Reads the file and applies changes.
 struct Watcher {
     path: PathBuf,
+    static_path: Option<PathBuf>,
     flows: FlowStore,
     queue: usize,
     health: Arc<Health>,
     state: Arc<Mutex<State>>,
-    /// The content last read (applied or refused).
+    /// The content last acted on (applied or refused).
     seen: Option<String>,
+    /// A new content read once, applied if the next read agrees.
+    candidate: Option<String>,
 }
 
 impl Watcher {
-    fn poll(&mut self) {
+    /// Reads the file; `now` applies a new content at once (at start).
+    fn poll(&mut self, now: bool) {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) => {
@@ -186,52 +200,77 @@ impl Watcher {
             }
         };
         if self.seen.as_deref() == Some(text.as_str()) {
+            self.candidate = None;
             return;
         }
+        if !now && self.candidate.as_deref() != Some(text.as_str()) {
+            // Read it once more before acting: a writer may be halfway through.
+            self.candidate = Some(text);
+            return;
+        }
+        self.candidate = None;
         self.seen = Some(text.clone());
         let source = self.path.display().to_string();
-        let entries = match FlowLogs::parse(&source, &text) {
+        let entries = match FlowLogs::parse(&source, &text, self.static_path.as_deref()) {
             Ok(e) => e,
             Err(e) => {
                 self.refuse(&e.to_string());
                 return;
             }
         };
-        let mut state = lock(&self.state);
         let wanted: BTreeMap<String, _> = entries
             .into_iter()
             .map(|(entry, spec)| (entry.name.clone(), (entry, spec)))
             .collect();
-        let gone: Vec<String> = state
-            .running
-            .keys()
-            .filter(|n| !wanted.contains_key(*n))
-            .cloned()
-            .collect();
-        for name in gone {
-            state.running.remove(&name);
-            self.health.remove(&format!("hubble/exporter/{name}"));
-            *state.reconfigurations.entry("remove").or_default() += 1;
+        // Take out what goes away or changes, then let it finish without the lock
+        // (`/metrics` reads the state meanwhile).
+        let mut stopping = Vec::new();
+        let mut ops: Vec<&'static str> = Vec::new();
+        let mut to_start = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            let gone: Vec<String> = state
+                .running
+                .keys()
+                .filter(|n| !wanted.contains_key(*n))
+                .cloned()
+                .collect();
+            for name in gone {
+                stopping.extend(state.running.remove(&name));
+                self.health.remove(&format!("hubble/exporter/{name}"));
+                ops.push("remove");
+            }
+            for (name, (entry, spec)) in wanted {
+                let op = match state.running.get(&name) {
+                    Some(r) if r.entry == entry => continue,
+                    Some(_) => "update",
+                    None => "add",
+                };
+                stopping.extend(state.running.remove(&name));
+                ops.push(op);
+                to_start.push((name, entry, spec));
+            }
         }
-        for (name, (entry, spec)) in wanted {
-            let op = match state.running.get(&name) {
-                Some(r) if r.entry == entry => continue,
-                Some(_) => "update",
-                None => "add",
-            };
-            // The old one writes what it holds and stops before the new one opens
-            // the file.
-            state.running.remove(&name);
-            let end = spec.end;
-            let exporter = Exporter::start(spec, &self.flows, self.queue, self.health.clone());
-            state.running.insert(
-                name,
-                Running {
-                    entry,
-                    end,
-                    exporter,
-                },
-            );
+        // The old ones write what they hold and stop before new ones open the files.
+        drop(stopping);
+        let started: Vec<(String, Running)> = to_start
+            .into_iter()
+            .map(|(name, entry, spec)| {
+                let end = spec.end;
+                let exporter = Exporter::start(spec, &self.flows, self.queue, self.health.clone());
+                (
+                    name,
+                    Running {
+                        entry,
+                        end,
+                        exporter,
+                    },
+                )
+            })
+            .collect();
+        let mut state = lock(&self.state);
+        state.running.extend(started);
+        for op in ops {
             *state.reconfigurations.entry(op).or_default() += 1;
         }
         let mut h = DefaultHasher::new();

@@ -83,6 +83,11 @@ impl RotatingFile {
         if self.file.is_none() {
             self.open()?;
         }
+        let Some(file) = self.file.as_ref() else {
+            return Err(io::Error::other("file not open"));
+        };
+        // What is on disk, not what we wrote: someone may have truncated it.
+        self.size = file.metadata()?.len();
         let mut rotated = false;
         if self.size + len > self.rotation.max_bytes {
             self.rotate()?;
@@ -93,7 +98,9 @@ impl RotatingFile {
         };
         if let Err(e) = file.write_all(line) {
             // Leave no partial line behind: cut the file back to where it was.
-            let _ = file.set_len(self.size);
+            if file.metadata().is_ok_and(|m| m.len() > self.size) {
+                let _ = file.set_len(self.size);
+            }
             return Err(e);
         }
         self.size += len;
@@ -182,9 +189,8 @@ impl RotatingFile {
                     .strip_suffix(&format!("{ext}.gz"))
                     .or_else(|| body.strip_suffix(&ext))?;
                 // `2026-12-07T10-30-00.000` (and `.n` for same-millisecond twins).
-                let ok = stamp.len() >= 23
-                    && stamp.as_bytes()[10] == b'T'
-                    && stamp[..4].bytes().all(|b| b.is_ascii_digit());
+                let b = stamp.as_bytes();
+                let ok = b.len() >= 23 && b[10] == b'T' && b[..4].iter().all(u8::is_ascii_digit);
                 ok.then(|| (stamp.to_string(), e.path()))
             })
             .collect();
@@ -192,7 +198,12 @@ impl RotatingFile {
         found.into_iter().map(|(_, p)| p).collect()
     }
 
+    /// Removes the oldest backups past the limit (0 keeps them all, as Cilium's
+    /// rotation does).
     fn prune(&self) -> io::Result<()> {
+        if self.rotation.max_backups == 0 {
+            return Ok(());
+        }
         let backups = self.backups();
         let excess = backups.len().saturating_sub(self.rotation.max_backups);
         for old in &backups[..excess] {
@@ -271,6 +282,27 @@ mod tests {
         assert_eq!(newest, (6..9).map(line).collect::<String>());
         let oldest = std::fs::read_to_string(&backups[0]).unwrap();
         assert_eq!(oldest, (3..6).map(line).collect::<String>());
+    }
+
+    #[test]
+    fn zero_backups_keeps_them_all_and_strangers_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        // Files that only look like backups, one with a multi-byte name.
+        std::fs::write(dir.path().join("events-abcé0123456T89012345678.log"), "x").unwrap();
+        std::fs::write(dir.path().join("events-notes.log"), "x").unwrap();
+        let mut f = RotatingFile::new(path, rotation(40, 0, false));
+        for i in 0..6 {
+            f.write_line(format!("{{\"n\":{i},\"pad\":\"{}\"}}\n", "z".repeat(16)).as_bytes())
+                .unwrap();
+        }
+        assert_eq!(f.backups().len(), 5);
+        assert!(dir.path().join("events-notes.log").exists());
+        assert!(
+            dir.path()
+                .join("events-abcé0123456T89012345678.log")
+                .exists()
+        );
     }
 
     #[test]

@@ -201,15 +201,12 @@ impl Run {
         }
     }
 
+    /// Writes the window (its flows were all counted before any `end`).
     fn flush(&mut self) {
         let Some(agg) = self.aggregator.as_mut() else {
             return;
         };
-        let flows = agg.take();
-        if self.ended() {
-            return;
-        }
-        for flow in flows {
+        for flow in agg.take() {
             let resp = GetFlowsResponse {
                 node_name: flow.node_name.clone(),
                 time: flow.time,
@@ -329,9 +326,11 @@ impl Exports {
             .static_
             .spec("hubble.export.static")?
             .map(|spec| Exporter::start(spec, flows, queue, health.clone()));
+        let static_path = cfg.static_.enabled.then(|| cfg.static_.file_path.clone());
         let dynamic = cfg.dynamic.enabled.then(|| {
             dynamic::DynamicExporters::start(
                 cfg.dynamic.config.path.clone(),
+                static_path,
                 flows.clone(),
                 queue,
                 health,

@@ -4,6 +4,12 @@
 //! allocation table is persisted, and a new label set first tries a slot derived
 //! from a hash of its labels (so even a lost table tends to give the same numbers).
 //! CIDR prefixes named by policies get node-local identities the same way.
+//!
+//! Allocation is transactional, so trying a policy costs nothing lasting: numbers
+//! allocated since the last [`IdentityAllocator::commit`] are taken back by
+//! [`IdentityAllocator::rollback`] (a refused apply, `policy validate`), and the
+//! table is written once per commit, not once per identity. After a change is in
+//! force, [`IdentityAllocator::retain`] releases the identities nothing uses.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +74,10 @@ pub struct IdentityAllocator {
     by_id: BTreeMap<u32, LabelSet>,
     by_labels: BTreeMap<String, u32>,
     path: Option<PathBuf>,
+    /// Allocated since the last commit or rollback.
+    pending: Vec<u32>,
+    /// The table on disk is behind.
+    dirty: bool,
 }
 
 impl IdentityAllocator {
@@ -149,8 +159,51 @@ impl IdentityAllocator {
             })?;
         self.by_id.insert(id, labels.clone());
         self.by_labels.insert(key, id);
-        self.persist()?;
+        self.pending.push(id);
         Ok(id)
+    }
+
+    /// Keeps what was allocated since the last commit and writes the table if it
+    /// changed (once, however many identities were allocated).
+    pub fn commit(&mut self) -> Result<(), IdentityError> {
+        if !self.pending.is_empty() {
+            self.dirty = true;
+        }
+        self.pending.clear();
+        if self.dirty {
+            self.persist()?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Takes back what was allocated since the last commit.
+    pub fn rollback(&mut self) {
+        for id in self.pending.drain(..) {
+            if let Some(labels) = self.by_id.remove(&id) {
+                self.by_labels.remove(&labels.key());
+            }
+        }
+    }
+
+    /// Releases every committed identity `used` says nothing uses; returns how many
+    /// (written with the next commit).
+    pub fn retain(&mut self, used: impl Fn(u32) -> bool) -> usize {
+        let unused: Vec<u32> = self
+            .by_id
+            .keys()
+            .copied()
+            .filter(|id| !used(*id) && !self.pending.contains(id))
+            .collect();
+        for id in &unused {
+            if let Some(labels) = self.by_id.remove(id) {
+                self.by_labels.remove(&labels.key());
+            }
+        }
+        if !unused.is_empty() {
+            self.dirty = true;
+        }
+        unused.len()
     }
 
     /// The labels of an identity (reserved identities as `reserved:<name>`).
@@ -185,10 +238,15 @@ impl IdentityAllocator {
         let table = Table {
             identities: self.by_id.clone(),
         };
-        let bytes = serde_json::to_vec_pretty(&table)
+        let bytes = serde_json::to_vec(&table)
             .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, bytes).map_err(io)?;
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()
+        };
+        write().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     }
 }
@@ -223,10 +281,12 @@ mod tests {
         let b = labels(&[("app", "api"), ("io.kubernetes.pod.namespace", "demo-app")]);
         let (ia, ib) = {
             let mut alloc = IdentityAllocator::open(&path).unwrap();
-            (
+            let ids = (
                 alloc.endpoint_identity(&a).unwrap(),
                 alloc.endpoint_identity(&b).unwrap(),
-            )
+            );
+            alloc.commit().unwrap();
+            ids
         };
         assert_ne!(ia, ib);
         assert!((256..=65535).contains(&ia));
@@ -260,5 +320,30 @@ mod tests {
             alloc.labels(reserved::WORLD).unwrap().0,
             vec!["reserved:world"]
         );
+    }
+
+    #[test]
+    fn tries_leave_nothing_and_unused_identities_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identities.json");
+        let mut alloc = IdentityAllocator::open(&path).unwrap();
+        let kept = alloc.cidr_identity(&"10.0.0.0/8".parse().unwrap()).unwrap();
+        alloc.commit().unwrap();
+        // A validation (or a refused apply) of 2,000 new prefixes: nothing stays.
+        for i in 0..2000u32 {
+            let net = ipnet::IpNet::from(ipnet::Ipv4Net::new(i.into(), 32).unwrap());
+            alloc.cidr_identity(&net).unwrap();
+        }
+        assert_eq!(alloc.len(), 2001);
+        alloc.rollback();
+        assert_eq!(alloc.len(), 1);
+        let on_disk = IdentityAllocator::open(&path).unwrap();
+        assert_eq!(on_disk.len(), 1);
+        assert_eq!(on_disk.labels(kept).unwrap().0, vec!["cidr:10.0.0.0/8"]);
+        // A policy that no longer names the prefix releases its identity.
+        assert_eq!(alloc.retain(|id| id != kept), 1);
+        alloc.commit().unwrap();
+        assert!(IdentityAllocator::open(&path).unwrap().is_empty());
+        assert!(!path.with_extension("json.tmp").exists());
     }
 }

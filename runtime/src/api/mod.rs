@@ -33,6 +33,25 @@ pub struct NodeInfo {
     pub started: Instant,
 }
 
+/// Longest error message a client is sent: longer ones (a huge bad pattern
+/// echoed back) are cut, so standard clients never hit their metadata limits.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// A gRPC error with its message bounded to [`MAX_ERROR_MESSAGE`] bytes.
+pub fn error(code: tonic::Code, message: impl Into<String>) -> tonic::Status {
+    let mut message = message.into();
+    if message.len() > MAX_ERROR_MESSAGE {
+        let total = message.len();
+        let mut cut = MAX_ERROR_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(&format!("… ({total} bytes, cut)"));
+    }
+    tonic::Status::new(code, message)
+}
+
 impl NodeInfo {
     /// Nanoseconds since the agent started.
     pub fn uptime_ns(&self) -> u64 {
@@ -82,4 +101,23 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ServeError> 
     let listener = listener.map_err(socket_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket_err)?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let short = error(tonic::Code::InvalidArgument, "bad filter");
+        assert_eq!(short.message(), "bad filter");
+        let long = error(tonic::Code::InvalidArgument, "é".repeat(1 << 20));
+        assert!(
+            long.message().len() <= MAX_ERROR_MESSAGE + 32,
+            "{}",
+            long.message().len()
+        );
+        assert!(long.message().ends_with("… (2097152 bytes, cut)"));
+        assert_eq!(long.code(), tonic::Code::InvalidArgument);
+    }
 }

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use super::error;
 use loupe_proto::fields::time_ns;
 use loupe_proto::flow::Flow;
 use loupe_proto::observer::{
@@ -57,9 +58,10 @@ struct Query {
 impl Query {
     fn new(req: &GetFlowsRequest) -> Result<Self, Status> {
         let filters = FlowFilterSet::new(&req.whitelist, &req.blacklist)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| error(tonic::Code::InvalidArgument, e.to_string()))?;
         if req.first && req.follow {
-            return Err(Status::invalid_argument(
+            return Err(error(
+                tonic::Code::InvalidArgument,
                 "first and follow cannot be combined: first reads the oldest stored flows",
             ));
         }
@@ -68,12 +70,12 @@ impl Query {
         if let (Some(s), Some(u)) = (since, until)
             && s > u
         {
-            return Err(Status::invalid_argument("since is after until"));
+            return Err(error(tonic::Code::InvalidArgument, "since is after until"));
         }
         let mask = match &req.field_mask {
             Some(m) if !m.paths.is_empty() => Some(
                 FieldMask::new(&m.paths)
-                    .map_err(|e| Status::invalid_argument(format!("field_mask: {e}")))?,
+                    .map_err(|e| error(tonic::Code::InvalidArgument, format!("field_mask: {e}")))?,
             ),
             _ => None,
         };

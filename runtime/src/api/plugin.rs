@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::error;
 use tonic::{Request, Response, Status};
 
 use crate::plugin::{
@@ -33,11 +34,11 @@ impl PluginService {
 
 fn status(err: InstallError) -> Status {
     match err {
-        InstallError::NotInstalled(_) => Status::not_found(err.to_string()),
+        InstallError::NotInstalled(_) => error(tonic::Code::NotFound, err.to_string()),
         InstallError::Directory { .. } | InstallError::Engine(_) => {
-            Status::internal(err.to_string())
+            error(tonic::Code::Internal, err.to_string())
         }
-        _ => Status::invalid_argument(err.to_string()),
+        _ => error(tonic::Code::InvalidArgument, err.to_string()),
     }
 }
 
@@ -78,7 +79,10 @@ impl Plugins for PluginService {
             None
         } else {
             let ports: Result<Vec<u16>, _> = req.ports.iter().map(|&p| u16::try_from(p)).collect();
-            Some(ports.map_err(|_| Status::invalid_argument("ports must be 1..=65535"))?)
+            Some(
+                ports
+                    .map_err(|_| error(tonic::Code::InvalidArgument, "ports must be 1..=65535"))?,
+            )
         };
         let name = (!req.name.is_empty()).then_some(req.name);
         let manager = self.manager.clone();
@@ -86,7 +90,7 @@ impl Plugins for PluginService {
         let summary =
             tokio::task::spawn_blocking(move || manager.install(&req.wasm, name.as_deref(), ports))
                 .await
-                .map_err(|e| Status::internal(format!("install task: {e}")))?
+                .map_err(|e| error(tonic::Code::Internal, format!("install task: {e}")))?
                 .map_err(status)?;
         Ok(Response::new(InstallResponse {
             plugin: Some(plugin(&summary)),

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::error;
 use loupe_proto::policy::{
     DeleteRequest, ListRequest, ListResponse, PolicyDocuments, PolicyResult, PolicySummary,
     SelectedEndpoints, policies_server::Policies,
@@ -34,17 +35,20 @@ impl PolicyService {
         for file in docs.files {
             out.extend(
                 parse_policies(&file.name, &file.text)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                    .map_err(|e| error(tonic::Code::InvalidArgument, e.to_string()))?,
             );
         }
         if out.is_empty() {
-            return Err(Status::invalid_argument("no policy documents given"));
+            return Err(error(
+                tonic::Code::InvalidArgument,
+                "no policy documents given",
+            ));
         }
         // Generic L7 rules must fit an installed plugin's schema; refused here,
         // before the controller sees them, so the policy in force stays.
         for policy in &out {
             validate_l7(policy, self.plugins.as_ref())
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                .map_err(|e| error(tonic::Code::InvalidArgument, e.to_string()))?;
         }
         Ok(out)
     }
@@ -65,11 +69,13 @@ fn result(outcome: PolicyOutcome) -> Response<PolicyResult> {
 
 fn status(err: ControllerError) -> Status {
     match err {
-        ControllerError::NotFound(m) => Status::not_found(format!("no such policy: {m}")),
-        ControllerError::Datapath(DatapathError::PolicyMapFull { .. }) => {
-            Status::resource_exhausted(err.to_string())
+        ControllerError::NotFound(m) => {
+            error(tonic::Code::NotFound, format!("no such policy: {m}"))
         }
-        other => Status::internal(other.to_string()),
+        ControllerError::Datapath(DatapathError::PolicyMapFull { .. }) => {
+            error(tonic::Code::ResourceExhausted, err.to_string())
+        }
+        other => error(tonic::Code::Internal, other.to_string()),
     }
 }
 
@@ -100,7 +106,7 @@ impl Policies for PolicyService {
     ) -> Result<Response<PolicyResult>, Status> {
         let keys = request.into_inner().keys;
         if keys.is_empty() {
-            return Err(Status::invalid_argument("no policy names given"));
+            return Err(error(tonic::Code::InvalidArgument, "no policy names given"));
         }
         let outcome = self.control.delete(&keys).await.map_err(status)?;
         tracing::info!(policies = ?outcome.policies, "policy deleted");

@@ -43,12 +43,42 @@ pub enum PluginCommand {
     },
 }
 
+/// The bytes of a plugin file: a regular file named directly, never what a
+/// symbolic link points at (the CLI may run as root; the agent gets the bytes).
+fn read_plugin_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                anyhow::anyhow!(
+                    "{} is a symbolic link; give the plugin file itself",
+                    path.display()
+                )
+            } else {
+                anyhow::anyhow!("reading {}: {e}", path.display())
+            }
+        })?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{} is not a regular file", path.display());
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes)
+}
+
 pub(super) async fn run(cmd: PluginCommand, socket: &Path) -> anyhow::Result<i32> {
     let mut client = PluginsClient::new(client::connect(socket).await?);
     match cmd {
         PluginCommand::Install { file, name, ports } => {
-            let wasm =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let wasm = read_plugin_file(&file)?;
             let reply = client
                 .install(InstallRequest {
                     wasm,
@@ -159,4 +189,29 @@ fn ports_text(ports: &[u32]) -> String {
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_are_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("p.wasm");
+        std::fs::write(&real, b"\0asm").unwrap();
+        assert_eq!(read_plugin_file(&real).unwrap(), b"\0asm");
+        let link = dir.path().join("link.wasm");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = read_plugin_file(&link).unwrap_err().to_string();
+        assert!(
+            e.ends_with("is a symbolic link; give the plugin file itself"),
+            "{e}"
+        );
+        let e = read_plugin_file(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("is not a regular file") || e.contains("reading"),
+            "{e}"
+        );
+    }
 }

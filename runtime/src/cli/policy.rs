@@ -79,8 +79,21 @@ fn read_files(paths: &[PathBuf]) -> anyhow::Result<PolicyDocuments> {
             });
         }
     }
+    // The agent takes gRPC messages up to 4 MiB; say so before sending more.
+    let total: usize = files.iter().map(|f| f.text.len() + f.name.len()).sum();
+    if total > REQUEST_LIMIT {
+        anyhow::bail!(
+            "the policy files hold {:.1} MiB; one request carries at most {} MiB: apply them in parts",
+            total as f64 / f64::from(1 << 20),
+            REQUEST_LIMIT >> 20
+        );
+    }
     Ok(PolicyDocuments { files })
 }
+
+/// What one apply / validate request may carry (tonic's default message limit,
+/// less room for the envelope).
+const REQUEST_LIMIT: usize = (4 << 20) - (64 << 10);
 
 fn print_result(verb: &str, result: &PolicyResult) {
     for (i, key) in result.policies.iter().enumerate() {

@@ -30,8 +30,32 @@ pub struct PolicyError {
     pub message: String,
 }
 
-/// Parses every document of a YAML text.
+/// Largest policy text accepted: Kubernetes' limit on one object (etcd's 1.5 MiB).
+pub const MAX_POLICY_BYTES: usize = 1536 << 10;
+/// Deepest nesting of `[` / `{` accepted; real policies stay under ten.
+pub const MAX_NESTING: usize = 64;
+
+/// Parses every document of a YAML text. Texts too large or nested too deeply to
+/// be policies are refused before parsing, so they cost nothing.
 pub fn parse_policies(source_name: &str, text: &str) -> Result<Vec<Policy>, PolicyError> {
+    let refuse = |message: String| PolicyError {
+        source_name: source_name.to_string(),
+        document: 0,
+        name: String::new(),
+        field: "(file)".into(),
+        message,
+    };
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(refuse(format!(
+            "{} bytes; a policy file may hold at most {MAX_POLICY_BYTES} (Kubernetes' object size limit)",
+            text.len()
+        )));
+    }
+    if let Some(line) = nested_too_deep(text) {
+        return Err(refuse(format!(
+            "line {line}: nested more than {MAX_NESTING} levels deep"
+        )));
+    }
     let mut out = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let err = |field: String, message: String, name: String| PolicyError {
@@ -645,4 +669,30 @@ fn check_regex(re: &str) -> Result<(), String> {
     regex::Regex::new(&format!("^(?:{re})$"))
         .map(|_| ())
         .map_err(|e| format!("invalid regex {re:?}: {e}"))
+}
+
+/// The line where `[` / `{` nesting (outside quotes and comments) passes
+/// [`MAX_NESTING`], if it does.
+fn nested_too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Some(n + 1);
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    None
 }

@@ -545,3 +545,19 @@ fn log_values_are_checked() {
     ));
     assert!(unknown.contains("unknown field `level`"), "{unknown}");
 }
+
+#[test]
+fn texts_too_large_or_too_deep_are_refused_before_parsing() {
+    let big = format!("{DB_ALLOW_API}\n# {}\n", "x".repeat(2 << 20));
+    let e = err(&big);
+    assert!(e.contains("a policy file may hold at most 1572864"), "{e}");
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let e = err(&deep);
+    assert!(e.contains("line 1: nested more than 64 levels deep"), "{e}");
+    // Brackets in strings and comments are not nesting.
+    let quoted = DB_ALLOW_API.replace(
+        "    spec:\n",
+        &format!("    # {}\n    spec:\n", "[".repeat(100)),
+    );
+    assert!(parse_policies("p.yaml", &quoted).is_ok());
+}

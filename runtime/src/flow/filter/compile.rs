@@ -90,7 +90,12 @@ fn parse_ips(field: &'static str, values: &[String]) -> Result<Vec<IpNet>, Filte
         .map(|v| {
             v.parse::<IpNet>()
                 .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| err(field, format!("{v:?} is neither an IP address nor a CIDR")))
+                .map_err(|_| {
+                    err(
+                        field,
+                        format!("{} is neither an IP address nor a CIDR", quote(v)),
+                    )
+                })
         })
         .collect()
 }
@@ -102,7 +107,7 @@ fn parse_pods(field: &'static str, values: &[String]) -> Result<Vec<PodPrefix>, 
             // Kubernetes' default namespace when none is given, as the Hubble CLI does.
             let (namespace, prefix) = v.split_once('/').unwrap_or(("default", v.as_str()));
             if namespace.is_empty() {
-                return Err(err(field, format!("{v:?}: empty namespace")));
+                return Err(err(field, format!("{}: empty namespace", quote(v))));
             }
             Ok(PodPrefix {
                 namespace: namespace.to_string(),
@@ -112,11 +117,46 @@ fn parse_pods(field: &'static str, values: &[String]) -> Result<Vec<PodPrefix>, 
         .collect()
 }
 
+/// Longest regular expression or wildcard pattern a filter may hold.
+pub(super) const MAX_PATTERN: usize = 1024;
+/// Memory a compiled pattern may take.
+const PATTERN_MEMORY: usize = 1 << 20;
+
+/// A value as quoted in errors: at most 64 characters of it.
+pub(super) fn quote(v: &str) -> String {
+    match v.char_indices().nth(64) {
+        None => format!("{v:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &v[..cut], v.len()),
+    }
+}
+
+/// A bounded regular expression: its text and its compiled size.
+fn bounded_regex(field: &'static str, shown: &str, pattern: &str) -> Result<Regex, FilterError> {
+    if shown.len() > MAX_PATTERN {
+        return Err(err(
+            field,
+            format!("{} is longer than {MAX_PATTERN} bytes", quote(shown)),
+        ));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(PATTERN_MEMORY)
+        .dfa_size_limit(PATTERN_MEMORY)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => {
+                err(field, format!("{} compiles too large", quote(shown)))
+            }
+            // The parser's message repeats the pattern: keep only its last line.
+            other => {
+                let text = other.to_string();
+                let reason = text.lines().last().unwrap_or("invalid").trim().to_string();
+                err(field, format!("{}: {reason}", quote(shown)))
+            }
+        })
+}
+
 fn parse_regexes(field: &'static str, values: &[String]) -> Result<Vec<Regex>, FilterError> {
-    values
-        .iter()
-        .map(|v| Regex::new(v).map_err(|e| err(field, format!("{v:?}: {e}"))))
-        .collect()
+    values.iter().map(|v| bounded_regex(field, v, v)).collect()
 }
 
 /// A `*` wildcard pattern (FQDNs, node names) as an anchored regex.
@@ -132,7 +172,7 @@ fn parse_globs(field: &'static str, values: &[String]) -> Result<Vec<Regex>, Fil
                 .map(regex::escape)
                 .collect::<Vec<_>>()
                 .join("[^/]*");
-            Regex::new(&format!("^(?:{pattern})$")).map_err(|e| err(field, format!("{v:?}: {e}")))
+            bounded_regex(field, v, &format!("^(?:{pattern})$"))
         })
         .collect()
 }
@@ -151,8 +191,12 @@ fn parse_ports(field: &'static str, values: &[String]) -> Result<Vec<u16>, Filte
     values
         .iter()
         .map(|v| {
-            v.parse::<u16>()
-                .map_err(|_| err(field, format!("{v:?} is not a port number (0-65535)")))
+            v.parse::<u16>().map_err(|_| {
+                err(
+                    field,
+                    format!("{} is not a port number (0-65535)", quote(v)),
+                )
+            })
         })
         .collect()
 }
@@ -164,7 +208,10 @@ fn parse_status(values: &[String]) -> Result<Vec<StatusMatch>, FilterError> {
             let bad = || {
                 err(
                     "http_status_code",
-                    format!("{v:?}: expected a status code (404) or a class (5+, 40+)"),
+                    format!(
+                        "{}: expected a status code (404) or a class (5+, 40+)",
+                        quote(v)
+                    ),
                 )
             };
             if let Some(prefix) = v.strip_suffix('+') {

@@ -15,6 +15,7 @@ mod matches;
 mod tests;
 
 use loupe_proto::flow::{Flow, FlowFilter};
+use prost::Message as _;
 
 use compile::CompiledFilter;
 
@@ -28,6 +29,11 @@ pub struct FilterError {
     pub message: String,
 }
 
+/// Filters a request may carry in each of its lists.
+pub const MAX_FILTERS: usize = 1024;
+/// Size of one filter, encoded.
+pub const MAX_FILTER_BYTES: usize = 64 << 10;
+
 /// A whitelist and a blacklist, compiled.
 #[derive(Debug, Clone, Default)]
 pub struct FlowFilterSet {
@@ -38,6 +44,24 @@ pub struct FlowFilterSet {
 impl FlowFilterSet {
     /// Compiles a request's filters.
     pub fn new(whitelist: &[FlowFilter], blacklist: &[FlowFilter]) -> Result<Self, FilterError> {
+        // What a request may cost is checked before anything is compiled.
+        for (field, list) in [("whitelist", whitelist), ("blacklist", blacklist)] {
+            if list.len() > MAX_FILTERS {
+                return Err(FilterError {
+                    field,
+                    message: format!("{} filters; at most {MAX_FILTERS}", list.len()),
+                });
+            }
+            if let Some(big) = list.iter().find(|f| f.encoded_len() > MAX_FILTER_BYTES) {
+                return Err(FilterError {
+                    field,
+                    message: format!(
+                        "a filter of {} bytes; at most {MAX_FILTER_BYTES}",
+                        big.encoded_len()
+                    ),
+                });
+            }
+        }
         Ok(Self {
             whitelist: whitelist
                 .iter()

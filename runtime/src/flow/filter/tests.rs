@@ -532,3 +532,44 @@ fn url_paths() {
     assert_eq!(url_path("http://a"), "/");
     assert_eq!(url_path("/x#y"), "/x");
 }
+
+#[test]
+fn what_a_request_may_cost_is_bounded_before_compiling() {
+    let refused = |f: FlowFilter| FlowFilterSet::new(&[f], &[]).unwrap_err();
+    // A 2 MB wildcard: refused by size, the message quoting a short prefix.
+    let huge = refused(FlowFilter {
+        node_name: vec!["*a".repeat(1 << 20)],
+        ..FlowFilter::default()
+    });
+    assert_eq!(huge.field, "whitelist");
+    assert!(huge.message.contains("at most 65536"), "{huge}");
+    // Under the filter size, a pattern longer than 1 KiB is refused by itself.
+    let long = refused(FlowFilter {
+        http_path: vec!["a".repeat(5000)],
+        ..FlowFilter::default()
+    });
+    assert_eq!(long.field, "http_path");
+    assert!(
+        long.message
+            .contains("… (5000 bytes) is longer than 1024 bytes"),
+        "{long}"
+    );
+    assert!(long.to_string().len() < 200, "{long}");
+    // A short pattern that compiles too large.
+    let big = refused(FlowFilter {
+        http_url: vec!["(\\w{50}){50}".into()],
+        ..FlowFilter::default()
+    });
+    assert!(big.message.contains("compiles too large"), "{big}");
+    // A bad regex: the reason, without the parser's copy of the pattern.
+    let bad = refused(FlowFilter {
+        http_path: vec!["(unclosed".into()],
+        ..FlowFilter::default()
+    });
+    assert!(bad.message.starts_with("\"(unclosed\": "), "{bad}");
+    assert_eq!(bad.message.lines().count(), 1, "{bad}");
+    // Too many filters.
+    let many = vec![FlowFilter::default(); MAX_FILTERS + 1];
+    let e = FlowFilterSet::new(&[], &many).unwrap_err();
+    assert_eq!(e.field, "blacklist");
+}

@@ -236,6 +236,21 @@ impl ControlPlane {
         (listings, repository.revision())
     }
 
+    /// Which policies in force need a parser for each protocol their L7 rules
+    /// name: protocol → `namespace/name`s.
+    pub async fn l7_protocols_in_use(&self) -> BTreeMap<String, Vec<String>> {
+        let inner = self.inner.lock().await;
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for policy in inner.controller.policies().policies() {
+            for protocol in policy.l7_protocols() {
+                out.entry(protocol.to_string())
+                    .or_default()
+                    .push(policy.key());
+            }
+        }
+        out
+    }
+
     /// Every endpoint with its security identity (0 while it has none).
     pub async fn endpoints(&self) -> Vec<(Endpoint, u32)> {
         let inner = self.inner.lock().await;

@@ -128,3 +128,79 @@ fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
     let out = loupe(&["--socket", s, "plugin", "remove", "memcached"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin named \"memcached\""));
 }
+
+#[test]
+fn plugins_policies_need_stay_and_concurrent_installs_agree() {
+    let dir = scratch_dir("plugin-inuse");
+    let socket = dir.join("loupe.sock").display().to_string();
+    let config = dir.join("loupe.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "socketPath: {socket}\nstateDir: {}\nbpf:\n  enabled: false\nendpoints:\n  lab: false\nplugins:\n  bundled: false\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let s = socket.as_str();
+    let redis = guest("loupe_plugin_redis").display().to_string();
+    let memcached = guest("loupe_plugin_memcached").display().to_string();
+    let policy = loupe_tests::root()
+        .join("examples/policies/db-redis-l7.yaml")
+        .display()
+        .to_string();
+    let running = agent(&config, s);
+    loupe_ok(&["--socket", s, "plugin", "install", &redis]).unwrap();
+    loupe_ok(&["--socket", s, "policy", "apply", "-f", &policy]).unwrap();
+    let refused = |args: &[&str], expected: &str| {
+        let mut argv = vec!["--socket", s, "plugin"];
+        argv.extend_from_slice(args);
+        let out = loupe(&argv);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was not refused");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    };
+    // The policy's parser cannot be removed or swapped for another protocol's.
+    refused(
+        &["remove", "redis"],
+        "plugin \"redis\" parses \"redis\" for policies in force (demo-app/db-redis-l7); removing it would make their connections fail closed",
+    );
+    refused(
+        &["install", &memcached, "--name", "redis"],
+        "replacing it with a \"memcached\" parser",
+    );
+    // A new build of the same protocol is fine, and so is removing one of two.
+    loupe_ok(&["--socket", s, "plugin", "install", &redis]).unwrap();
+    loupe_ok(&[
+        "--socket", s, "plugin", "install", &redis, "--name", "redis2", "--ports", "16379",
+    ])
+    .unwrap();
+    loupe_ok(&["--socket", s, "plugin", "remove", "redis"]).unwrap();
+    refused(&["remove", "redis2"], "pass --force");
+    loupe_ok(&["--socket", s, "plugin", "remove", "redis2", "--force"]).unwrap();
+
+    // Eight installs of one file at once: each succeeds, and what is stored
+    // loads after a restart.
+    let installs: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, m) = (s.to_string(), memcached.clone());
+            std::thread::spawn(move || loupe(&["--socket", &s, "plugin", "install", &m]))
+        })
+        .collect();
+    for install in installs {
+        let out = install.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(running);
+    let _running = agent(&config, s);
+    let list = loupe_ok(&["--socket", s, "plugin", "list"]).unwrap();
+    assert!(
+        list.lines()
+            .any(|l| l.contains("memcached") && l.contains("active")),
+        "{list}"
+    );
+}

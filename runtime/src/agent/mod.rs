@@ -241,7 +241,10 @@ async fn serve(
         .add_optional_service(observability.observer())
         .add_optional_service(observability.peer())
         .add_service(observability.grpc_health())
-        .add_service(api::plugin::PluginService::server(state.plugins.clone()))
+        .add_service(api::plugin::PluginService::server(
+            state.plugins.clone(),
+            state.control.clone(),
+        ))
         // grpcio clients name the socket path as `:authority`, which h2 refuses.
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new)),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::error;
 use tonic::{Request, Response, Status};
 
+use crate::control::ControlPlane;
 use crate::plugin::{
     InstallError, PluginManager, PluginSummary, Transport, host::MAX_PLUGIN_BYTES,
 };
@@ -14,27 +15,31 @@ use loupe_proto::plugin::{
     plugins_server::{Plugins, PluginsServer},
 };
 
-/// The service, over the agent's plugin manager.
+/// The service, over the agent's plugin manager and the control plane (to know
+/// which plugins the policies in force need).
 #[derive(Debug, Clone)]
 pub struct PluginService {
     manager: Arc<PluginManager>,
+    control: Arc<ControlPlane>,
 }
 
 impl PluginService {
-    /// A service managing `manager`'s plugins.
-    pub fn new(manager: Arc<PluginManager>) -> Self {
-        Self { manager }
+    /// A service managing `manager`'s plugins for the policies of `control`.
+    pub fn new(manager: Arc<PluginManager>, control: Arc<ControlPlane>) -> Self {
+        Self { manager, control }
     }
 
     /// The gRPC server, accepting requests as large as the largest plugin.
-    pub fn server(manager: Arc<PluginManager>) -> PluginsServer<Self> {
-        PluginsServer::new(Self::new(manager)).max_decoding_message_size(MAX_PLUGIN_BYTES + 4096)
+    pub fn server(manager: Arc<PluginManager>, control: Arc<ControlPlane>) -> PluginsServer<Self> {
+        PluginsServer::new(Self::new(manager, control))
+            .max_decoding_message_size(MAX_PLUGIN_BYTES + 4096)
     }
 }
 
 fn status(err: InstallError) -> Status {
     match err {
         InstallError::NotInstalled(_) => error(tonic::Code::NotFound, err.to_string()),
+        InstallError::InUse { .. } => error(tonic::Code::FailedPrecondition, err.to_string()),
         InstallError::Directory { .. } | InstallError::Engine(_) => {
             error(tonic::Code::Internal, err.to_string())
         }
@@ -86,12 +91,15 @@ impl Plugins for PluginService {
         };
         let name = (!req.name.is_empty()).then_some(req.name);
         let manager = self.manager.clone();
+        let in_use = self.control.l7_protocols_in_use().await;
+        let force = req.force;
         // Compiling a component takes tens of milliseconds of CPU: off the reactor.
-        let summary =
-            tokio::task::spawn_blocking(move || manager.install(&req.wasm, name.as_deref(), ports))
-                .await
-                .map_err(|e| error(tonic::Code::Internal, format!("install task: {e}")))?
-                .map_err(status)?;
+        let summary = tokio::task::spawn_blocking(move || {
+            manager.install_guarded(&req.wasm, name.as_deref(), ports, &in_use, force)
+        })
+        .await
+        .map_err(|e| error(tonic::Code::Internal, format!("install task: {e}")))?
+        .map_err(status)?;
         Ok(Response::new(InstallResponse {
             plugin: Some(plugin(&summary)),
         }))
@@ -142,8 +150,10 @@ impl Plugins for PluginService {
         &self,
         request: Request<RemoveRequest>,
     ) -> Result<Response<RemoveResponse>, Status> {
+        let req = request.into_inner();
+        let in_use = self.control.l7_protocols_in_use().await;
         self.manager
-            .remove(&request.into_inner().name)
+            .remove_guarded(&req.name, &in_use, req.force)
             .map_err(status)?;
         Ok(Response::new(RemoveResponse {}))
     }

@@ -24,6 +24,9 @@ pub enum PluginCommand {
         /// Attach to these ports (default: the plugin's default ports).
         #[arg(long, value_delimiter = ',')]
         ports: Vec<u16>,
+        /// Replace a plugin of another protocol even if policies in force use it.
+        #[arg(long)]
+        force: bool,
     },
     /// Installed plugins with their counters.
     List {
@@ -40,6 +43,10 @@ pub enum PluginCommand {
     Remove {
         /// Installed name.
         name: String,
+        /// Remove it even if policies in force use it (their connections then
+        /// fail closed).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -77,13 +84,19 @@ fn read_plugin_file(path: &Path) -> anyhow::Result<Vec<u8>> {
 pub(super) async fn run(cmd: PluginCommand, socket: &Path) -> anyhow::Result<i32> {
     let mut client = PluginsClient::new(client::connect(socket).await?);
     match cmd {
-        PluginCommand::Install { file, name, ports } => {
+        PluginCommand::Install {
+            file,
+            name,
+            ports,
+            force,
+        } => {
             let wasm = read_plugin_file(&file)?;
             let reply = client
                 .install(InstallRequest {
                     wasm,
                     name: name.unwrap_or_default(),
                     ports: ports.into_iter().map(u32::from).collect(),
+                    force,
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}: {}", file.display(), s.message()))?
@@ -169,9 +182,12 @@ pub(super) async fn run(cmd: PluginCommand, socket: &Path) -> anyhow::Result<i32
                 println!("  {:<16} {:<9} {}", f.name, f.r#type, f.description);
             }
         }
-        PluginCommand::Remove { name } => {
+        PluginCommand::Remove { name, force } => {
             client
-                .remove(RemoveRequest { name: name.clone() })
+                .remove(RemoveRequest {
+                    name: name.clone(),
+                    force,
+                })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
             println!("removed {name}");

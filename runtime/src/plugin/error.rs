@@ -59,6 +59,20 @@ pub enum InstallError {
     /// No such plugin installed.
     #[error("no plugin named {0:?} is installed")]
     NotInstalled(String),
+    /// Policies in force need the plugin this change would take away.
+    #[error(
+        "plugin {plugin:?} parses {protocol:?} for policies in force ({policies}); {change} would make their connections fail closed: change those policies first, or pass --force"
+    )]
+    InUse {
+        /// The installed name.
+        plugin: String,
+        /// The protocol the policies name.
+        protocol: String,
+        /// The policies (`namespace/name`, comma-separated).
+        policies: String,
+        /// What was asked (`removing it`, `replacing it with a "kafka" parser`).
+        change: String,
+    },
     /// The engine could not be set up.
     #[error("plugin engine: {0}")]
     Engine(String),

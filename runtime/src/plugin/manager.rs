@@ -74,7 +74,14 @@ pub struct PluginManager {
     dir: PluginDir,
     cache: Cache,
     installed: RwLock<BTreeMap<String, Installed>>,
+    /// Held by installs and removals, so concurrent ones under one name never
+    /// mix one's component with the other's manifest.
+    changes: std::sync::Mutex<()>,
 }
+
+/// Which policies in force need a parser for each protocol (protocol →
+/// `namespace/name`s), for refusing changes that would take theirs away.
+pub type ProtocolUse = BTreeMap<String, Vec<String>>;
 
 impl PluginManager {
     /// Opens the plugin directory and loads every plugin in it; one that fails to
@@ -117,6 +124,7 @@ impl PluginManager {
             dir,
             cache,
             installed: RwLock::new(installed),
+            changes: std::sync::Mutex::new(()),
         })
     }
 
@@ -133,11 +141,32 @@ impl PluginManager {
         name: Option<&str>,
         ports: Option<Vec<u16>>,
     ) -> Result<PluginSummary, InstallError> {
+        self.install_guarded(wasm, name, ports, &ProtocolUse::new(), true)
+    }
+
+    /// [`Self::install`], refused (unless `force`) when it replaces a plugin of
+    /// another protocol that policies in `in_use` still need.
+    pub fn install_guarded(
+        &self,
+        wasm: &[u8],
+        name: Option<&str>,
+        ports: Option<Vec<u16>>,
+        in_use: &ProtocolUse,
+        force: bool,
+    ) -> Result<PluginSummary, InstallError> {
         if let Some(name) = name {
             check_name(name)?;
         }
         let plugin = self.host.load(wasm, Some(&self.cache))?;
         let name = name.unwrap_or(&plugin.info.name).to_string();
+        let _change = self
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !force {
+            let change = format!("replacing it with a {:?} parser", plugin.info.protocol);
+            self.check_in_use(&name, Some(&plugin.info.protocol), in_use, change)?;
+        }
         let ports = ports.unwrap_or_else(|| plugin.info.default_ports.clone());
         if ports.contains(&0) {
             return Err(InstallError::Describe("port 0".into()));
@@ -161,11 +190,81 @@ impl PluginManager {
 
     /// Removes a plugin; connections still using it finish on it.
     pub fn remove(&self, name: &str) -> Result<(), InstallError> {
+        self.remove_guarded(name, &ProtocolUse::new(), true)
+    }
+
+    /// [`Self::remove`], refused (unless `force`) while policies in `in_use` need
+    /// the plugin and no other installed one parses their protocol.
+    pub fn remove_guarded(
+        &self,
+        name: &str,
+        in_use: &ProtocolUse,
+        force: bool,
+    ) -> Result<(), InstallError> {
         check_name(name)?;
+        let _change = self
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !force {
+            self.check_in_use(name, None, in_use, "removing it".into())?;
+        }
         if self.write_lock().remove(name).is_none() {
             return Err(InstallError::NotInstalled(name.into()));
         }
         self.dir.remove(name)
+    }
+
+    /// Whether replacing plugin `name` by one parsing `next` (`None`: removing it)
+    /// takes away the parser of policies in `in_use`.
+    fn check_in_use(
+        &self,
+        name: &str,
+        next: Option<&str>,
+        in_use: &ProtocolUse,
+        change: String,
+    ) -> Result<(), InstallError> {
+        let installed = self.read_lock();
+        let Some(protocol) = installed
+            .get(name)
+            .and_then(|e| e.plugin.as_ref())
+            .map(|p| p.info.protocol.clone())
+        else {
+            return Ok(());
+        };
+        if next == Some(protocol.as_str()) {
+            return Ok(());
+        }
+        // Another plugin of the same protocol keeps serving it.
+        let others = installed
+            .iter()
+            .filter(|(n, _)| n.as_str() != name)
+            .filter_map(|(_, e)| e.plugin.as_ref())
+            .any(|p| p.info.protocol == protocol);
+        // With another plugin of that protocol installed, only policies naming
+        // this one by an installed name other than the protocol lose their parser.
+        let names: &[&str] = match (others, name == protocol) {
+            (true, true) => &[],
+            (true, false) => &[name],
+            (false, _) => &[protocol.as_str(), name],
+        };
+        let mut users: Vec<&str> = names
+            .iter()
+            .filter_map(|n| in_use.get(*n))
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        if users.is_empty() {
+            return Ok(());
+        }
+        Err(InstallError::InUse {
+            plugin: name.to_string(),
+            protocol,
+            policies: users.join(", "),
+            change,
+        })
     }
 
     /// The version new connections of `name` use.

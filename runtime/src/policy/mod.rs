@@ -210,6 +210,36 @@ pub enum L7Spec {
     },
 }
 
+impl L7Spec {
+    /// The protocol whose parser the rules need (`http`, `kafka`, or the plugin
+    /// `l7proto` names).
+    pub fn protocol(&self) -> &str {
+        match self {
+            Self::Http(_) => "http",
+            Self::Kafka(_) => "kafka",
+            Self::Generic { protocol, .. } => protocol,
+        }
+    }
+}
+
+impl Policy {
+    /// The protocols its L7 rules need parsers for.
+    pub fn l7_protocols(&self) -> std::collections::BTreeSet<&str> {
+        self.rules
+            .iter()
+            .flat_map(|r| {
+                r.ingress
+                    .iter()
+                    .chain(&r.ingress_deny)
+                    .chain(&r.egress)
+                    .chain(&r.egress_deny)
+            })
+            .flat_map(|p| p.ports.iter().filter_map(|(_, l7)| l7.as_ref()))
+            .map(L7Spec::protocol)
+            .collect()
+    }
+}
+
 /// Direction of a rule relative to the selected endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {

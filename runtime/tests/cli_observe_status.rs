@@ -114,3 +114,72 @@ fn agent_status_observe_and_metrics() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Loupe agent"));
 }
+
+/// SIGTERM stops the agent even while `observe --follow` streams are open (a
+/// graceful stop would wait for them forever).
+#[test]
+fn sigterm_stops_the_agent_with_followers_attached() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("loupe.sock");
+    let config = dir.path().join("loupe.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "socketPath: {}\nstateDir: {}\nbpf:\n  enabled: false\nendpoints:\n  lab: false\nplugins:\n  bundled: false\n",
+            socket.display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Agent(
+        Command::new(env!("CARGO_BIN_EXE_loupe"))
+            .args(["agent", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while !loupe(&socket, &["status"]).status.success() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "agent did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut followers: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_loupe"))
+                .arg("--socket")
+                .arg(&socket)
+                .args(["observe", "--follow"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agent.0.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopping = Instant::now();
+    let stopped = loop {
+        if let Some(status) = agent.0.try_wait().unwrap() {
+            break Some(status);
+        }
+        if stopping.elapsed() > Duration::from_secs(15) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for f in &mut followers {
+        let _ = f.kill();
+        let _ = f.wait();
+    }
+    let status = stopped.expect("the agent did not stop within 15 s of SIGTERM");
+    assert!(status.success(), "{status}");
+}

@@ -229,6 +229,8 @@ async fn serve(
         metrics: state.metrics.clone(),
         flows: config.hubble.enabled.then(|| state.flows.clone()),
     };
+    let (stopping, watcher) = Stopping::new(shutdown);
+    tasks.0.push(watcher);
     let server = tonic::transport::Server::builder()
         .add_service(DaemonServer::new(DaemonService::new(
             state.control.clone(),
@@ -248,15 +250,51 @@ async fn serve(
         // grpcio clients name the socket path as `:authority`, which h2 refuses.
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new)),
-            shutdown,
+            stopping.clone().wait(),
         );
-    let result = server.await;
+    // A graceful stop waits for open calls, and `observe --follow` streams never
+    // end by themselves: after a short grace the rest are closed.
+    let result = tokio::select! {
+        result = server => result,
+        () = async {
+            stopping.wait().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        } => {
+            tracing::info!("closing the streams still open");
+            Ok(())
+        }
+    };
     observability.stop();
     proxy::stop(l7_proxy);
     drop(tasks);
     let _ = std::fs::remove_file(&config.socket_path);
     tracing::info!("agent stopped");
     result.map_err(Into::into)
+}
+
+/// How long a stopping agent lets open calls finish.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Resolves (for every clone) once the agent is asked to stop.
+#[derive(Clone)]
+struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    /// Watches `shutdown`.
+    fn new(
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        });
+        (Self(rx), task)
+    }
+
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
 }
 
 /// The agent's background tasks: aborted when the agent stops, or when start-up

@@ -213,76 +213,63 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     if let Some(ct) = CONNTRACK.get_ptr_mut(&scratch.key) {
         // SAFETY: as above.
         let ct = unsafe { &mut *ct };
-        if ct.policy_rev != policy_rev {
-            // Policy changed since this connection was allowed: check it once more.
-            let remote_identity = lookup_identity(remote_addr(pkt, dir));
-            match verdict(
-                &ep,
-                (generation, policy_rev),
-                dir,
-                remote_identity,
-                pkt,
-                enforced,
-            ) {
-                Ok(_) => {
-                    ct.policy_rev = policy_rev;
-                    ct.remote_identity = remote_identity;
-                }
-                Err(denied) => {
-                    let _ = CONNTRACK.remove(&scratch.key);
-                    return drop_by(ctx, &ep, dir, pkt, remote_identity, denied);
-                }
-            }
-        }
-        ct.last_seen_ns = now;
         if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
             && ct.flags & (ct_flags::FIN_FWD | ct_flags::FIN_REV | ct_flags::RST) != 0
         {
-            // The client reused the port of a closed connection: a new connection
-            // on the old entry. Start its life afresh (garbage collection must not
-            // take it for the closed one).
-            ct.flags &= ct_flags::L7 | ct_flags::PROXY | ct_flags::FROM_PROXY;
-            ct.created_ns = now;
-            let remote_identity = ct.remote_identity;
-            if ct.flags & ct_flags::PROXY != 0
-                && let Err(reason) = steer(ctx, pkt, config.proxy_port, true)
-            {
-                return drop(ctx, &ep, dir, pkt, remote_identity, reason);
+            // The client reused the port of a closed connection: a new connection,
+            // decided afresh below (policy, proxy redirect, L7 copy) like any other.
+            let _ = CONNTRACK.remove(&scratch.key);
+        } else {
+            if ct.policy_rev != policy_rev {
+                // Policy changed since this connection was allowed: check it once more.
+                let remote_identity = lookup_identity(remote_addr(pkt, dir));
+                match verdict(
+                    &ep,
+                    (generation, policy_rev),
+                    dir,
+                    remote_identity,
+                    pkt,
+                    enforced,
+                ) {
+                    Ok(_) => {
+                        ct.policy_rev = policy_rev;
+                        ct.remote_identity = remote_identity;
+                    }
+                    Err(denied) => {
+                        let _ = CONNTRACK.remove(&scratch.key);
+                        return drop_by(ctx, &ep, dir, pkt, remote_identity, denied);
+                    }
+                }
             }
+            ct.last_seen_ns = now;
+            let closing = close_flags(pkt.tcp_flags, ct_flags::FIN_FWD, ct.flags);
+            ct.flags |= closing;
             if ct.flags & ct_flags::L7 != 0 {
-                copy_payload(ctx, &ep, dir, pkt, remote_identity);
+                copy_payload(ctx, &ep, dir, pkt, ct.remote_identity);
+            }
+            if ct.flags & ct_flags::PROXY != 0 {
+                // A retransmitted SYN needs the listener again; everything else finds
+                // the proxy's socket by local routing.
+                let syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+                if let Err(reason) = steer(ctx, pkt, config.proxy_port, syn) {
+                    let remote_identity = ct.remote_identity;
+                    return drop(ctx, &ep, dir, pkt, remote_identity, reason);
+                }
+            }
+            if closing != 0 {
+                trace(
+                    ctx,
+                    &ep,
+                    dir,
+                    pkt,
+                    ct.remote_identity,
+                    ct_status::ESTABLISHED,
+                    0,
+                );
             }
             count(dir, drop_reason::NONE, pkt.len);
-            trace(ctx, &ep, dir, pkt, remote_identity, ct_status::NEW, 0);
             return TC_PASS;
         }
-        let closing = close_flags(pkt.tcp_flags, ct_flags::FIN_FWD, ct.flags);
-        ct.flags |= closing;
-        if ct.flags & ct_flags::L7 != 0 {
-            copy_payload(ctx, &ep, dir, pkt, ct.remote_identity);
-        }
-        if ct.flags & ct_flags::PROXY != 0 {
-            // A retransmitted SYN needs the listener again; everything else finds
-            // the proxy's socket by local routing.
-            let syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            if let Err(reason) = steer(ctx, pkt, config.proxy_port, syn) {
-                let remote_identity = ct.remote_identity;
-                return drop(ctx, &ep, dir, pkt, remote_identity, reason);
-            }
-        }
-        if closing != 0 {
-            trace(
-                ctx,
-                &ep,
-                dir,
-                pkt,
-                ct.remote_identity,
-                ct_status::ESTABLISHED,
-                0,
-            );
-        }
-        count(dir, drop_reason::NONE, pkt.len);
-        return TC_PASS;
     }
 
     // The first packet of a connection.

@@ -15,7 +15,32 @@ fn article_api_allow_frontend_allows_get_and_denies_post() {
         .join("examples/policies/api-allow-frontend.yaml")
         .display()
         .to_string();
+    // A POST from a fixed client port, before any policy: allowed. The same port
+    // is used again once the policy is in force: a new connection on a closed
+    // conntrack entry must be decided afresh (and so go through the proxy).
+    let post_from_port = |port: u16| {
+        let script = format!(
+            "import socket\n\
+             s=socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('', {port}))\n\
+             s.settimeout(10)\n\
+             s.connect(('api-service', 80))\n\
+             s.sendall(b'POST /post HTTP/1.1\\r\\nHost: api-service\\r\\nContent-Length: 0\\r\\nConnection: close\\r\\n\\r\\n')\n\
+             print(s.recv(64).split()[1].decode())\n"
+        );
+        lab.exec_ok("frontend", &["python3", "-c", &script])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(post_from_port(40123), "200");
     agent.loupe_ok(&["policy", "apply", "-f", &policy]).unwrap();
+    assert_eq!(
+        post_from_port(40123),
+        "403",
+        "a reused client port bypassed the L7 policy"
+    );
 
     let get = lab
         .exec_ok(

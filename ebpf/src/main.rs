@@ -185,9 +185,16 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let policy_rev = config.policy_rev;
 
-    // A reply to a connection this endpoint tracks in the other direction.
+    // A reply to a connection this endpoint tracks in the other direction. A pure
+    // SYN opens a connection and is never a reply: an entry the other way round
+    // is then stale (a late packet of a connection already forgotten) and goes,
+    // so neither the SYN nor the connection's later packets skip its policy and
+    // redirect decisions.
+    let opening = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     reverse_key(pkt, opposite(dir), ep.ep_id, &mut scratch.key);
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&scratch.key) {
+    if opening {
+        let _ = CONNTRACK.remove(&scratch.key);
+    } else if let Some(ct) = CONNTRACK.get_ptr_mut(&scratch.key) {
         // SAFETY: the pointer is into a map value the kernel keeps alive for this call.
         let ct = unsafe { &mut *ct };
         ct.last_seen_ns = now;

@@ -41,6 +41,29 @@ fn article_api_allow_frontend_allows_get_and_denies_post() {
         "403",
         "a reused client port bypassed the L7 policy"
     );
+    // A stray packet from api-service:80 to a frontend port nothing tracks (a late
+    // segment of a forgotten connection) leaves an entry the other way round; a
+    // new connection from that port is still a new connection.
+    let stray = "import socket,struct\n\
+        src,dst=socket.gethostbyname('api-service'),socket.gethostbyname('frontend')\n\
+        def csum(b):\n\
+        \x20 b+=b'\\0'*(len(b)%2)\n\
+        \x20 s=sum(struct.unpack('!%dH'%(len(b)//2),b))\n\
+        \x20 s=(s>>16)+(s&0xffff); s+=s>>16\n\
+        \x20 return ~s&0xffff\n\
+        tcp=struct.pack('!HHIIBBHHH',80,40124,1,1,5<<4,0x10,65535,0,0)\n\
+        ph=socket.inet_aton(src)+socket.inet_aton(dst)+struct.pack('!BBH',0,6,len(tcp))\n\
+        tcp=tcp[:16]+struct.pack('!H',csum(ph+tcp))+tcp[18:]\n\
+        r=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_TCP)\n\
+        r.sendto(tcp,(dst,0))\n";
+    lab.exec_ok("api-service", &["python3", "-c", stray])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        post_from_port(40124),
+        "403",
+        "a stale entry the other way round let a new connection bypass the L7 policy"
+    );
 
     let get = lab
         .exec_ok(

@@ -1,0 +1,83 @@
+"""One soak client inside a lab pod: sends one kind of request, each on its own
+connection, about ten a second until a deadline, and appends one JSON line per
+request to OUT: {"kind", "t0", "t1", "outcome"} (times in seconds since the epoch).
+
+Usage: soak_client.py KIND OUT DEADLINE
+  http     GET /get and POST /post to api-service:80   outcome: status code or error
+  redis    SET other:<n> and SET cache:<n> on db-service:6379   outcome: ok, noperm or error
+  tcp      a TCP connection to db-service:6379           outcome: connected or error
+"""
+import http.client
+import json
+import socket
+import sys
+import time
+
+kind, out, deadline = sys.argv[1], sys.argv[2], float(sys.argv[3])
+TIMEOUT = 2.0
+
+
+PORT = [0]
+
+
+def http_request(method, path):
+    conn = http.client.HTTPConnection("api-service", 80, timeout=TIMEOUT)
+    try:
+        conn.connect()
+        PORT[0] = conn.sock.getsockname()[1]
+        conn.request(method, path, body=b"x" if method == "POST" else None)
+        resp = conn.getresponse()
+        resp.read()
+        return str(resp.status)
+    finally:
+        conn.close()
+
+
+def redis_set(key):
+    with socket.create_connection(("db-service", 6379), timeout=TIMEOUT) as s:
+        cmd = f"*3\r\n$3\r\nSET\r\n${len(key)}\r\n{key}\r\n$1\r\n1\r\n".encode()
+        s.sendall(cmd)
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            reply += chunk
+        if reply.startswith(b"+OK"):
+            return "ok"
+        if reply.startswith(b"-NOPERM"):
+            return "noperm"
+        return "error:" + reply[:40].decode(errors="replace").strip()
+
+
+def tcp_connect():
+    with socket.create_connection(("db-service", 6379), timeout=1.0):
+        return "connected"
+
+
+def requests(n):
+    if kind == "http":
+        return [("http-get", lambda: http_request("GET", "/get")),
+                ("http-post", lambda: http_request("POST", "/post"))]
+    if kind == "redis":
+        return [("redis-set-other", lambda: redis_set(f"other:{n}")),
+                ("redis-set-cache", lambda: redis_set(f"cache:{n}"))]
+    return [("tcp-connect", tcp_connect)]
+
+
+n = 0
+with open(out, "a", buffering=1) as f:
+    while time.time() < deadline:
+        for name, send in requests(n):
+            t0 = time.time()
+            try:
+                outcome = send()
+            except Exception as e:  # a refused or timed-out request is an outcome
+                outcome = "error:" + type(e).__name__
+            record = {"kind": name, "t0": t0, "t1": time.time(), "outcome": outcome}
+            if PORT[0]:
+                record["port"] = PORT[0]
+                PORT[0] = 0
+            f.write(json.dumps(record) + "\n")
+        n += 1
+        time.sleep(0.1)

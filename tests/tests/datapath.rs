@@ -140,8 +140,8 @@ fn article_db_policy_is_enforced_in_the_kernel() {
     );
     assert!(!allowed.contains("DROPPED"), "{allowed}");
     // Which policy allowed it, as Hubble names it.
-    let named = agent
-        .loupe_ok(&[
+    let last_verdict = |extra: &[&str]| {
+        let mut args = vec![
             "observe",
             "--from-pod",
             "demo-app/api-service",
@@ -149,30 +149,18 @@ fn article_db_policy_is_enforced_in_the_kernel() {
             "6379",
             "--type",
             "policy-verdict",
-            "--print-policy-names",
             "--last",
             "1",
-        ])
-        .unwrap();
+        ];
+        args.extend_from_slice(extra);
+        agent.loupe_ok(&args).unwrap()
+    };
+    let named = last_verdict(&["--print-policy-names"]);
     assert!(
         named.contains("ALLOWED BY db-allow-api-service (CiliumNetworkPolicy)"),
         "{named}"
     );
-    let json = agent
-        .loupe_ok(&[
-            "observe",
-            "--from-pod",
-            "demo-app/api-service",
-            "--to-port",
-            "6379",
-            "--type",
-            "policy-verdict",
-            "--last",
-            "1",
-            "-o",
-            "json",
-        ])
-        .unwrap();
+    let json = last_verdict(&["-o", "json"]);
     let flow: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
     let by = &flow["flow"]["ingress_allowed_by"][0];
     assert_eq!(by["name"], "db-allow-api-service", "{json}");

@@ -107,6 +107,8 @@ struct Packet {
     /// Port used for the policy lookup (ICMP: the type).
     policy_port: u16,
     tcp_flags: u8,
+    /// TCP sequence number.
+    seq: u32,
     /// TCP payload bytes.
     payload_len: u32,
     /// ICMP error or neighbour discovery: never tracked, never policed.
@@ -220,11 +222,15 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     if let Some(ct) = CONNTRACK.get_ptr_mut(&scratch.key) {
         // SAFETY: as above.
         let ct = unsafe { &mut *ct };
-        if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && ct.flags & (ct_flags::FIN_FWD | ct_flags::FIN_REV | ct_flags::RST) != 0
+        if opening
+            && (ct.flags & (ct_flags::FIN_FWD | ct_flags::FIN_REV | ct_flags::RST) != 0
+                || ct.flags & ct_flags::OPENED_BY_SYN == 0
+                || ct.syn_seq != pkt.seq)
         {
-            // The client reused the port of a closed connection: a new connection,
-            // decided afresh below (policy, proxy redirect, L7 copy) like any other.
+            // A SYN that is not a retransmission of the one that opened this entry:
+            // the client reused the port of a closed, forgotten or never-finished
+            // connection (or a stray mid-stream packet created the entry). A new
+            // connection, decided afresh below (policy, proxy redirect, L7 copy).
             let _ = CONNTRACK.remove(&scratch.key);
         } else {
             if ct.policy_rev != policy_rev {
@@ -315,9 +321,11 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         last_seen_ns: now,
         policy_rev,
         remote_identity,
-        flags: l7 | close_flags(pkt.tcp_flags, ct_flags::FIN_FWD, 0),
-        proxy_port: 0,
-        pad: [0; 4],
+        flags: l7
+            | close_flags(pkt.tcp_flags, ct_flags::FIN_FWD, 0)
+            | if opening { ct_flags::OPENED_BY_SYN } else { 0 },
+        pad: [0; 2],
+        syn_seq: if opening { pkt.seq } else { 0 },
     };
     if let Err(err) = CONNTRACK.insert(&scratch.key, &entry, BPF_NOEXIST as u64) {
         // -EEXIST: another CPU created it first, which is fine.
@@ -776,6 +784,7 @@ fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ParseError> {
         dport: 0,
         policy_port: 0,
         tcp_flags: 0,
+        seq: 0,
         payload_len: 0,
         control: false,
         fragment: false,
@@ -865,6 +874,7 @@ fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ParseError> {
             pkt.sport = u16::from_be_bytes([ports[0], ports[1]]);
             pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
             pkt.tcp_flags = ctx.load(l4_off + 13).map_err(bad)?;
+            pkt.seq = u32::from_be(ctx.load(l4_off + 4).map_err(bad)?);
             pkt.policy_port = pkt.dport;
             let doff: u8 = ctx.load(l4_off + 12).map_err(bad)?;
             let headers = (l4_off + usize::from(doff >> 4) * 4) as u32;

@@ -41,28 +41,44 @@ fn article_api_allow_frontend_allows_get_and_denies_post() {
         "403",
         "a reused client port bypassed the L7 policy"
     );
-    // A stray packet from api-service:80 to a frontend port nothing tracks (a late
-    // segment of a forgotten connection) leaves an entry the other way round; a
-    // new connection from that port is still a new connection.
-    let stray = "import socket,struct\n\
-        src,dst=socket.gethostbyname('api-service'),socket.gethostbyname('frontend')\n\
-        def csum(b):\n\
-        \x20 b+=b'\\0'*(len(b)%2)\n\
-        \x20 s=sum(struct.unpack('!%dH'%(len(b)//2),b))\n\
-        \x20 s=(s>>16)+(s&0xffff); s+=s>>16\n\
-        \x20 return ~s&0xffff\n\
-        tcp=struct.pack('!HHIIBBHHH',80,40124,1,1,5<<4,0x10,65535,0,0)\n\
-        ph=socket.inet_aton(src)+socket.inet_aton(dst)+struct.pack('!BBH',0,6,len(tcp))\n\
-        tcp=tcp[:16]+struct.pack('!H',csum(ph+tcp))+tcp[18:]\n\
-        r=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_TCP)\n\
-        r.sendto(tcp,(dst,0))\n";
-    lab.exec_ok("api-service", &["python3", "-c", stray])
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // A stray pure ACK crafted with a raw socket in `pod` (a late segment of a
+    // connection conntrack has already forgotten), from `from` to `to`.
+    let stray = |pod: &str, from: (&str, u16), to: (&str, u16), ttl: u8| {
+        let script = format!(
+            "import socket,struct\n\
+             src,dst=socket.gethostbyname('{}'),socket.gethostbyname('{}')\n\
+             def csum(b):\n\
+             \x20 b+=b'\\0'*(len(b)%2)\n\
+             \x20 s=sum(struct.unpack('!%dH'%(len(b)//2),b))\n\
+             \x20 s=(s>>16)+(s&0xffff); s+=s>>16\n\
+             \x20 return ~s&0xffff\n\
+             tcp=struct.pack('!HHIIBBHHH',{},{},1,1,5<<4,0x10,65535,0,0)\n\
+             ph=socket.inet_aton(src)+socket.inet_aton(dst)+struct.pack('!BBH',0,6,len(tcp))\n\
+             tcp=tcp[:16]+struct.pack('!H',csum(ph+tcp))+tcp[18:]\n\
+             r=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_TCP)\n\
+             r.setsockopt(socket.IPPROTO_IP,socket.IP_TTL,{ttl})\n\
+             r.sendto(tcp,(dst,0))\n",
+            from.0, to.0, from.1, to.1
+        );
+        lab.exec_ok(pod, &["python3", "-c", &script]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // From api-service:80 to a frontend port nothing tracks: it leaves an entry the
+    // other way round; a new connection from that port is still a new connection.
+    stray("api-service", ("api-service", 80), ("frontend", 40124), 64);
     assert_eq!(
         post_from_port(40124),
         "403",
         "a stale entry the other way round let a new connection bypass the L7 policy"
+    );
+    // From frontend:40125 to api-service:80 with TTL 1: the frontend's hook tracks
+    // it mid-stream, the host drops it, so no reset ever closes that entry. A SYN
+    // from that port is not the one that opened the entry: a new connection.
+    stray("frontend", ("frontend", 40125), ("api-service", 80), 1);
+    assert_eq!(
+        post_from_port(40125),
+        "403",
+        "an entry opened mid-stream let a new connection bypass the L7 policy"
     );
 
     let get = lab

@@ -171,6 +171,9 @@ pub mod ct_flags {
     /// The connection was opened by the runtime's L7 proxy towards the server;
     /// its replies go back to the proxy.
     pub const FROM_PROXY: u16 = 64;
+    /// The entry was created by a SYN (its sequence number is
+    /// [`CtValue::syn_seq`](super::CtValue::syn_seq)), not by a packet in mid-stream.
+    pub const OPENED_BY_SYN: u16 = 128;
 }
 
 /// Packet marks and policy routing of the L7 proxy redirect. The datapath marks
@@ -301,10 +304,11 @@ pub struct CtValue {
     pub remote_identity: u32,
     /// [`ct_flags`].
     pub flags: u16,
-    /// Proxy port for L7 redirect, 0 if none.
-    pub proxy_port: u16,
     /// Reserved, zero.
-    pub pad: [u8; 4],
+    pub pad: [u8; 2],
+    /// Sequence number of the SYN that opened the entry ([`ct_flags::OPENED_BY_SYN`]):
+    /// a SYN with another one is a new connection on the same tuple.
+    pub syn_seq: u32,
 }
 
 /// Index into the counters array.

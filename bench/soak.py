@@ -429,7 +429,7 @@ class Soak:
             "map_pressure_max_pct": self.pressure,
             "pins_left": pins_left,
             "netns_left": len(netns_left),
-            "gap_examples": gaps[:5],
+            "gaps": gaps,
             "wrong_denial_examples": denials[:5],
         }
         return report

@@ -17,14 +17,14 @@ kind, out, deadline = sys.argv[1], sys.argv[2], float(sys.argv[3])
 TIMEOUT = 2.0
 
 
-PORT = [0]
+PEER = [None]
 
 
 def http_request(method, path):
     conn = http.client.HTTPConnection("api-service", 80, timeout=TIMEOUT)
     try:
         conn.connect()
-        PORT[0] = conn.sock.getsockname()[1]
+        PEER[0] = (conn.sock.getsockname()[1], conn.sock.getpeername()[0])
         conn.request(method, path, body=b"x" if method == "POST" else None)
         resp = conn.getresponse()
         resp.read()
@@ -75,9 +75,9 @@ with open(out, "a", buffering=1) as f:
             except Exception as e:  # a refused or timed-out request is an outcome
                 outcome = "error:" + type(e).__name__
             record = {"kind": name, "t0": t0, "t1": time.time(), "outcome": outcome}
-            if PORT[0]:
-                record["port"] = PORT[0]
-                PORT[0] = 0
+            if PEER[0]:
+                record["port"], record["peer"] = PEER[0]
+                PEER[0] = None
             f.write(json.dumps(record) + "\n")
         n += 1
         time.sleep(0.1)

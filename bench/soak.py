@@ -205,11 +205,13 @@ class Soak:
             proc = subprocess.Popen([self.loupe, "--socket", self.sock, "observe", "--follow",
                                      "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                     text=True)
-            # Producers push concurrently, so a subscriber may see neighbours out of
-            # order: the range is from the lowest to the highest sequence number.
+            # The store offers flows to a subscriber in sequence order, with its
+            # loss markers in place: each flow's number must be the previous one's
+            # plus one plus the losses reported in between. Losses before the
+            # first flow or after the last one of a session are outside its range.
             session = {"received": 0, "lost": 0, "first": None, "last": None, "upstream_lost": 0,
-                       "duplicates": 0}
-            seen = set()
+                       "unaccounted": 0, "reordered": 0}
+            pending = 0
             for line in proc.stdout:
                 if self.stop.is_set():
                     break
@@ -220,18 +222,23 @@ class Soak:
                     continue
                 if "flow" in resp:
                     seq = int(resp["flow"]["uuid"].split("-")[-1], 16)
-                    if seq in seen:
-                        session["duplicates"] += 1
+                    last = session["last"]
+                    if last is not None and seq <= last:
+                        session["reordered"] += 1
                         continue
-                    seen.add(seq)
+                    if last is None:
+                        session["first"] = seq
+                    else:
+                        session["unaccounted"] += abs(seq - last - 1 - pending)
+                        session["lost"] += pending
+                    pending = 0
+                    session["last"] = seq
                     session["received"] += 1
-                    session["first"] = seq if session["first"] is None else min(session["first"], seq)
-                    session["last"] = seq if session["last"] is None else max(session["last"], seq)
                 elif "lost_events" in resp:
                     lost = resp["lost_events"]
                     n = int(lost.get("num_events_lost", 0))
                     if lost.get("source") == "OBSERVER_EVENTS_QUEUE":
-                        session["lost"] += n
+                        pending += n if session["last"] is not None else 0
                     else:
                         session["upstream_lost"] += n
                 if delay and not self.draining.is_set():
@@ -395,16 +402,15 @@ class Soak:
         unaccounted = 0
         follow = {}
         for name, sessions in self.follow.items():
-            received = sum(s["received"] for s in sessions)
-            lost = sum(s["lost"] for s in sessions)
-            expected = sum(s["last"] - s["first"] + 1 for s in sessions)
-            missing = expected - received - lost
-            unaccounted += abs(missing) + sum(s["duplicates"] for s in sessions)
-            follow[name] = {"sessions": len(sessions), "flows_in_range": expected,
-                            "received": received, "lost_reported": lost,
-                            "upstream_lost_reported": sum(s["upstream_lost"] for s in sessions),
-                            "duplicates": sum(s["duplicates"] for s in sessions),
-                            "unaccounted": missing}
+            total = {k: sum(s[k] for s in sessions)
+                     for k in ("received", "lost", "upstream_lost", "unaccounted", "reordered")}
+            unaccounted += total["unaccounted"] + total["reordered"]
+            follow[name] = {"sessions": len(sessions),
+                            "flows_in_range": sum(s["last"] - s["first"] + 1 for s in sessions),
+                            "received": total["received"], "lost_reported": total["lost"],
+                            "upstream_lost_reported": total["upstream_lost"],
+                            "reordered": total["reordered"],
+                            "unaccounted": total["unaccounted"]}
         warm = [s for s in self.samples if s[0] > 30] or self.samples
         pins_left = sum(1 for _ in Path(self.pin).rglob("*")) if Path(self.pin).exists() else 0
         netns_left = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
@@ -449,8 +455,9 @@ def table(r):
         ("agent stop on SIGTERM with followers attached", f"{r['sigterm_stop_s']} s"),
     ]
     for name, f in r["follow"].items():
-        rows.append((f"follower {name}: in range / received / lost reported / unaccounted",
-                     f"{f['flows_in_range']} / {f['received']} / {f['lost_reported']} / {f['unaccounted']}"))
+        rows.append((f"follower {name}: in range / received / lost reported / unaccounted / out of order",
+                     f"{f['flows_in_range']} / {f['received']} / {f['lost_reported']} / {f['unaccounted']}"
+                     f" / {f['reordered']}"))
     rows += [
         ("flows unaccounted (aim 0)", r["flows_unaccounted"]),
         ("agent RSS KiB after warm-up: first / last / max", r["rss_kib_first_last_max"]),

@@ -1,9 +1,11 @@
 //! Per-subscriber bounded queues.
 //!
 //! The producer side never waits: a full queue counts the flow as lost instead.
-//! Losses are kept in order as a single marker at the tail of the queue, so the
-//! subscriber reads the flows it had, then one `LostEvent` saying how many came
-//! after them and were dropped, then newer flows — what Hubble's clients expect.
+//! Losses are kept in order as a marker at the tail of the queue (one per loss
+//! source), so the subscriber reads the flows it had, then one `LostEvent` saying
+//! how many came after them and were dropped, then newer flows — what Hubble's
+//! clients expect. The store offers flows in sequence order, so a subscriber that
+//! has read a flow has also read every earlier flow or the marker counting it.
 
 use std::collections::VecDeque;
 use std::future::Future as _;
@@ -35,10 +37,10 @@ pub enum Event {
 #[derive(Debug)]
 enum Entry {
     Flow(u64, Arc<Flow>),
-    /// Our own overflow marker, merged while it is at the tail.
-    Overflow(LostEvent),
-    /// A loss reported by a producer, passed on as is.
-    Upstream(LostEvent),
+    /// A loss: our own overflow (`OBSERVER_EVENTS_QUEUE`) or one a producer
+    /// reported. While the queue is full, later losses of the same source merge
+    /// into it as long as no flow follows it.
+    Lost(LostEvent),
 }
 
 /// Decides whether a flow goes to a subscriber; runs on the producer's thread,
@@ -92,58 +94,60 @@ impl Slot {
             return true;
         }
         let mut queue = lock(&self.queue);
-        let used = queue.len();
-        if let Some(Entry::Overflow(lost)) = queue.back_mut() {
-            // Still no room since the last loss: merge.
-            if used > self.capacity {
-                lost.num_events_lost += 1;
-                lost.last = flow.time;
-                drop(queue);
-                self.lost.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-        }
-        if used >= self.capacity {
-            queue.push_back(Entry::Overflow(LostEvent {
-                source: LostEventSource::ObserverEventsQueue as i32,
-                num_events_lost: 1,
-                cpu: None,
-                first: flow.time,
-                last: flow.time,
-            }));
-            drop(queue);
-            self.lost.fetch_add(1, Ordering::Relaxed);
-            self.notify.notify_one();
-            return false;
-        }
-        queue.push_back(Entry::Flow(seq, flow.clone()));
+        let queued = if queue.len() >= self.capacity {
+            merge_loss(
+                &mut queue,
+                &LostEvent {
+                    source: LostEventSource::ObserverEventsQueue as i32,
+                    num_events_lost: 1,
+                    cpu: None,
+                    first: flow.time,
+                    last: flow.time,
+                },
+            );
+            false
+        } else {
+            queue.push_back(Entry::Flow(seq, flow.clone()));
+            true
+        };
         drop(queue);
+        if !queued {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
         self.notify.notify_one();
-        true
+        queued
     }
 
-    /// Passes on a producer's loss report (never dropped: it is merged into the
-    /// tail marker when the queue is full, so the count survives).
+    /// Passes on a producer's loss report. Never dropped: when the queue is full
+    /// it is merged into the tail marker of its source, so the count survives.
     pub(super) fn offer_lost(&self, event: &LostEvent) {
         let mut queue = lock(&self.queue);
         if queue.len() >= self.capacity {
-            if let Some(Entry::Overflow(lost)) = queue.back_mut() {
-                lost.num_events_lost += event.num_events_lost;
-            } else {
-                queue.push_back(Entry::Overflow(LostEvent {
-                    source: LostEventSource::ObserverEventsQueue as i32,
-                    num_events_lost: event.num_events_lost,
-                    cpu: None,
-                    first: event.first,
-                    last: event.last,
-                }));
-            }
+            merge_loss(&mut queue, event);
         } else {
-            queue.push_back(Entry::Upstream(*event));
+            queue.push_back(Entry::Lost(*event));
         }
         drop(queue);
         self.notify.notify_one();
     }
+}
+
+/// Adds a loss to a full queue: merged into the marker of the same source among
+/// those after the last flow, else a new marker. Past capacity only markers are
+/// added, at most one per source.
+fn merge_loss(queue: &mut VecDeque<Entry>, event: &LostEvent) {
+    for entry in queue.iter_mut().rev() {
+        match entry {
+            Entry::Lost(lost) if lost.source == event.source => {
+                lost.num_events_lost += event.num_events_lost;
+                lost.last = event.last;
+                return;
+            }
+            Entry::Lost(_) => {}
+            Entry::Flow(..) => break,
+        }
+    }
+    queue.push_back(Entry::Lost(*event));
 }
 
 /// A live feed of the store's new flows, with its own bounded queue.
@@ -209,7 +213,7 @@ impl Subscription {
         let entry = lock(&self.slot.queue).pop_front()?;
         Some(match entry {
             Entry::Flow(seq, flow) => Event::Flow { seq, flow },
-            Entry::Overflow(lost) | Entry::Upstream(lost) => Event::Lost(lost),
+            Entry::Lost(lost) => Event::Lost(lost),
         })
     }
 

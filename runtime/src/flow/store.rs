@@ -122,7 +122,7 @@ impl FlowStore {
             flow.node_name.clone_from(&self.inner.node_name);
         }
         // The evicted flow is freed after the lock is released.
-        let (seq, flow, _evicted) = {
+        let (flow, lost, _evicted) = {
             let mut ring = lock(&self.inner.ring);
             let seq = ring.next_seq;
             ring.next_seq += 1;
@@ -136,22 +136,24 @@ impl FlowStore {
                 None
             };
             ring.flows.push_back((seq, flow.clone()));
-            (seq, flow, evicted)
+            // Offered while the ring is held (lock order: ring, subscribers, a
+            // subscriber's queue): every subscriber gets flows and its loss markers
+            // in sequence order, so a stream cut anywhere leaves no hole behind.
+            let subscribers = read(&self.inner.subscribers);
+            let mut lost = 0;
+            for slot in subscribers.iter() {
+                if slot.is_closed() {
+                    self.inner.has_closed.store(true, Ordering::Relaxed);
+                } else if !slot.offer(seq, &flow) {
+                    lost += 1;
+                }
+            }
+            (flow, lost, evicted)
         };
         self.inner.seen.fetch_add(1, Ordering::Relaxed);
         for hook in read(&self.inner.hooks.0).iter() {
             hook(&flow);
         }
-        let subscribers = read(&self.inner.subscribers);
-        let mut lost = 0;
-        for slot in subscribers.iter() {
-            if slot.is_closed() {
-                self.inner.has_closed.store(true, Ordering::Relaxed);
-            } else if !slot.offer(seq, &flow) {
-                lost += 1;
-            }
-        }
-        drop(subscribers);
         if lost > 0 {
             self.inner
                 .lost_to_subscribers
@@ -415,5 +417,76 @@ mod tests {
                 .lost_by_source()
                 .contains(&(LostEventSource::PerfEventRingBuffer, 7))
         );
+    }
+
+    #[test]
+    fn an_upstream_loss_on_a_full_queue_keeps_its_source() {
+        let store = FlowStore::new(16, "node");
+        let mut sub = store.subscribe(1, None);
+        store.push(flow(0));
+        store.push(flow(1)); // lost to the full queue
+        store.push_lost(LostEvent {
+            source: LostEventSource::PerfEventRingBuffer as i32,
+            num_events_lost: 5,
+            ..Default::default()
+        });
+        store.push(flow(2)); // lost, merged into the queue's own marker
+        let mut got = Vec::new();
+        while let Some(e) = sub.try_recv() {
+            got.push(match e {
+                Event::Flow { flow, .. } => format!("f{}", flow.policy_match_type),
+                Event::Lost(l) => format!(
+                    "{}:{}",
+                    LostEventSource::try_from(l.source).map_or("?", |s| s.as_str_name()),
+                    l.num_events_lost
+                ),
+            });
+        }
+        assert_eq!(
+            got,
+            vec!["f0", "OBSERVER_EVENTS_QUEUE:2", "PERF_EVENT_RING_BUFFER:5"]
+        );
+    }
+
+    /// Producers on several threads, a small queue read while they push: the
+    /// subscriber sees sequence numbers in order, and at every point of its stream
+    /// each earlier number was either delivered or counted by a loss marker.
+    #[test]
+    fn concurrent_producers_reach_a_subscriber_in_sequence_order() {
+        const PER_THREAD: u32 = 20_000;
+        let store = FlowStore::new(1024, "node");
+        let mut sub = store.subscribe(8, None);
+        let producers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for n in 0..PER_THREAD {
+                        store.push(flow(n));
+                    }
+                })
+            })
+            .collect();
+        let (mut accounted, mut received) = (0u64, 0u64);
+        let mut finished = false;
+        loop {
+            match sub.try_recv() {
+                Some(Event::Flow { seq, .. }) => {
+                    assert_eq!(seq, accounted + 1, "a hole or a reordering before {seq}");
+                    accounted = seq;
+                    received += 1;
+                }
+                Some(Event::Lost(l)) => accounted += l.num_events_lost,
+                None if finished => break,
+                None => {
+                    finished = producers.iter().all(std::thread::JoinHandle::is_finished);
+                    std::thread::yield_now();
+                }
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        assert_eq!(accounted, u64::from(PER_THREAD) * 4);
+        assert_eq!(accounted - received, sub.lost());
     }
 }

@@ -15,7 +15,7 @@ pub mod peer;
 pub mod plugin;
 pub mod policy;
 
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -73,6 +73,11 @@ pub enum ServeError {
     /// Another agent answers on the socket.
     #[error("API socket {0}: another agent is running")]
     InUse(PathBuf),
+    /// Something other than a socket is at the path: never removed.
+    #[error(
+        "API socket {0}: exists and is not a socket; refusing to replace it (check socketPath)"
+    )]
+    NotASocket(PathBuf),
     /// The server failed.
     #[error("API server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -88,11 +93,18 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ServeError> 
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(socket_err)?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServeError::InUse(path.to_path_buf()));
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ServeError::NotASocket(path.to_path_buf()));
         }
-        std::fs::remove_file(path).map_err(socket_err)?;
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServeError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(socket_err)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(socket_err(e)),
     }
     // Created 0600 from the start: no window where others could connect.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
@@ -106,6 +118,29 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ServeError> 
 #[cfg(test)]
 mod error_tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_socket_replaces_only_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file (a mistyped socketPath) is never removed.
+        let file = dir.path().join("passwd");
+        std::fs::write(&file, "root:x:0:0\n").unwrap();
+        let err = bind_socket(&file).unwrap_err();
+        assert!(matches!(err, ServeError::NotASocket(_)), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "root:x:0:0\n");
+        // Nor is a symbolic link, whatever it points to.
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(matches!(bind_socket(&link), Err(ServeError::NotASocket(_))));
+        // A live socket is another agent's; a stale one is replaced, mode 0600.
+        let path = dir.path().join("loupe.sock");
+        let live = bind_socket(&path).unwrap();
+        assert!(matches!(bind_socket(&path), Err(ServeError::InUse(_))));
+        drop(live);
+        let _again = bind_socket(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 
     #[test]
     fn long_messages_are_cut_at_a_character_boundary() {

@@ -214,6 +214,7 @@ impl LabFile {
         let mut names = BTreeSet::new();
         let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
         taken.insert(IpAddr::V4(gateway));
+        taken.extend(gateway6.map(IpAddr::V6));
         // Explicit addresses first, so allocation never hands out one a later pod names.
         for (i, pod) in self.pods.iter().enumerate() {
             if let Some(addr) = pod.address {
@@ -299,6 +300,19 @@ impl LabFile {
                 (None, Some(c6)) => {
                     let host = u32::from(ipv4) & !u32::from(cidr.netmask());
                     let addr = offset6(c6, u128::from(host));
+                    let fits = u128::from(host)
+                        .checked_shr(u32::from(128 - c6.prefix_len()))
+                        .unwrap_or(0)
+                        == 0;
+                    if !fits {
+                        return Err(invalid(
+                            format!("pods[{i}].address6"),
+                            format!(
+                                "the IPv4 host part {host} does not fit in cidr6 {c6}; \
+                                 set address6 or widen cidr6"
+                            ),
+                        ));
+                    }
                     if !taken.insert(IpAddr::V6(addr)) {
                         return Err(invalid(
                             format!("pods[{i}].address6"),
@@ -440,6 +454,24 @@ pods:
         assert!(e.contains("gateway"), "{e}");
         let e = err(&GOOD.replace("10.200.0.9", "10.200.0.255"));
         assert!(e.contains("outside the usable range"), "{e}");
+    }
+
+    #[test]
+    fn refuses_ipv6_addresses_a_topology_cannot_have() {
+        // A /16 of pods and a /120 for their IPv6 addresses: host part 0x105 does
+        // not fit (it used to alias into the range).
+        let e = err(&GOOD
+            .replace("10.200.0.0/24", "10.200.0.0/16")
+            .replace("10.200.0.9", "10.200.1.5")
+            .replace("fd00:10:200::/64", "fd00::100/120"));
+        assert!(
+            e.contains(
+                "pods[1].address6: the IPv4 host part 261 does not fit in cidr6 fd00::100/120"
+            ),
+            "{e}"
+        );
+        let lab = load(&GOOD.replace("10.200.0.0/24", "10.200.0.0/16")).unwrap();
+        assert_eq!(lab.pods[1].ipv6, Some("fd00:10:200::9".parse().unwrap()));
     }
 
     #[test]

@@ -119,8 +119,31 @@ fn parse_pods(field: &'static str, values: &[String]) -> Result<Vec<PodPrefix>, 
 
 /// Longest regular expression or wildcard pattern a filter may hold.
 pub(super) const MAX_PATTERN: usize = 1024;
-/// Memory a compiled pattern may take.
+/// Memory a compiled pattern may take (less when a request holds many:
+/// [`pattern_memory`]).
 const PATTERN_MEMORY: usize = 1 << 20;
+/// Memory all compiled patterns of a request may take together.
+const REQUEST_PATTERN_MEMORY: usize = 32 << 20;
+
+/// Memory each of a request's `patterns` patterns may take.
+pub(super) fn pattern_memory(patterns: usize) -> usize {
+    PATTERN_MEMORY.min(REQUEST_PATTERN_MEMORY / patterns.max(1))
+}
+
+/// Regular expressions and wildcard patterns a filter holds.
+pub(super) fn pattern_count(f: &FlowFilter) -> usize {
+    [
+        &f.source_fqdn,
+        &f.destination_fqdn,
+        &f.dns_query,
+        &f.http_path,
+        &f.http_url,
+        &f.node_name,
+    ]
+    .iter()
+    .map(|v| v.len())
+    .sum()
+}
 
 /// A value as quoted in errors: at most 64 characters of it.
 pub(super) fn quote(v: &str) -> String {
@@ -131,7 +154,12 @@ pub(super) fn quote(v: &str) -> String {
 }
 
 /// A bounded regular expression: its text and its compiled size.
-fn bounded_regex(field: &'static str, shown: &str, pattern: &str) -> Result<Regex, FilterError> {
+fn bounded_regex(
+    field: &'static str,
+    shown: &str,
+    pattern: &str,
+    memory: usize,
+) -> Result<Regex, FilterError> {
     if shown.len() > MAX_PATTERN {
         return Err(err(
             field,
@@ -139,8 +167,8 @@ fn bounded_regex(field: &'static str, shown: &str, pattern: &str) -> Result<Rege
         ));
     }
     regex::RegexBuilder::new(pattern)
-        .size_limit(PATTERN_MEMORY)
-        .dfa_size_limit(PATTERN_MEMORY)
+        .size_limit(memory)
+        .dfa_size_limit(memory)
         .build()
         .map_err(|e| match e {
             regex::Error::CompiledTooBig(_) => {
@@ -155,12 +183,23 @@ fn bounded_regex(field: &'static str, shown: &str, pattern: &str) -> Result<Rege
         })
 }
 
-fn parse_regexes(field: &'static str, values: &[String]) -> Result<Vec<Regex>, FilterError> {
-    values.iter().map(|v| bounded_regex(field, v, v)).collect()
+fn parse_regexes(
+    field: &'static str,
+    values: &[String],
+    memory: usize,
+) -> Result<Vec<Regex>, FilterError> {
+    values
+        .iter()
+        .map(|v| bounded_regex(field, v, v, memory))
+        .collect()
 }
 
 /// A `*` wildcard pattern (FQDNs, node names) as an anchored regex.
-fn parse_globs(field: &'static str, values: &[String]) -> Result<Vec<Regex>, FilterError> {
+fn parse_globs(
+    field: &'static str,
+    values: &[String],
+    memory: usize,
+) -> Result<Vec<Regex>, FilterError> {
     values
         .iter()
         .map(|v| {
@@ -172,7 +211,7 @@ fn parse_globs(field: &'static str, values: &[String]) -> Result<Vec<Regex>, Fil
                 .map(regex::escape)
                 .collect::<Vec<_>>()
                 .join("[^/]*");
-            bounded_regex(field, v, &format!("^(?:{pattern})$"))
+            bounded_regex(field, v, &format!("^(?:{pattern})$"), memory)
         })
         .collect()
 }
@@ -249,7 +288,8 @@ fn check_enum(
 }
 
 impl CompiledFilter {
-    pub(super) fn new(f: &FlowFilter) -> Result<Self, FilterError> {
+    /// Compiles a filter, each pattern within `memory` bytes.
+    pub(super) fn new(f: &FlowFilter, memory: usize) -> Result<Self, FilterError> {
         if !f.trace_id.is_empty() {
             return Err(err("trace_id", "Loupe does not record trace IDs"));
         }
@@ -307,8 +347,8 @@ impl CompiledFilter {
             destination_ip: parse_ips("destination_ip", &f.destination_ip)?,
             source_pod: parse_pods("source_pod", &f.source_pod)?,
             destination_pod: parse_pods("destination_pod", &f.destination_pod)?,
-            source_fqdn: parse_globs("source_fqdn", &f.source_fqdn)?,
-            destination_fqdn: parse_globs("destination_fqdn", &f.destination_fqdn)?,
+            source_fqdn: parse_globs("source_fqdn", &f.source_fqdn, memory)?,
+            destination_fqdn: parse_globs("destination_fqdn", &f.destination_fqdn, memory)?,
             source_label: parse_selectors("source_label", &f.source_label)?,
             destination_label: parse_selectors("destination_label", &f.destination_label)?,
             source_service: parse_pods("source_service", &f.source_service)?,
@@ -330,15 +370,15 @@ impl CompiledFilter {
             source_port: parse_ports("source_port", &f.source_port)?,
             destination_port: parse_ports("destination_port", &f.destination_port)?,
             reply: f.reply.clone(),
-            dns_query: parse_regexes("dns_query", &f.dns_query)?,
+            dns_query: parse_regexes("dns_query", &f.dns_query, memory)?,
             source_identity: f.source_identity.clone(),
             destination_identity: f.destination_identity.clone(),
             http_method,
-            http_path: parse_regexes("http_path", &f.http_path)?,
-            http_url: parse_regexes("http_url", &f.http_url)?,
+            http_path: parse_regexes("http_path", &f.http_path, memory)?,
+            http_url: parse_regexes("http_url", &f.http_url, memory)?,
             http_header: f.http_header.clone(),
             tcp_flags: f.tcp_flags.clone(),
-            node_name: parse_globs("node_name", &f.node_name)?,
+            node_name: parse_globs("node_name", &f.node_name, memory)?,
             node_labels: parse_selectors("node_labels", &f.node_labels)?,
             ip_version: check_enum("ip_version", &f.ip_version, |v| {
                 IpVersion::try_from(v).is_ok()

@@ -33,6 +33,8 @@ pub struct FilterError {
 pub const MAX_FILTERS: usize = 1024;
 /// Size of one filter, encoded.
 pub const MAX_FILTER_BYTES: usize = 64 << 10;
+/// Regular expressions and wildcard patterns a request may hold in all its filters.
+pub const MAX_PATTERNS: usize = 256;
 
 /// A whitelist and a blacklist, compiled.
 #[derive(Debug, Clone, Default)]
@@ -62,15 +64,28 @@ impl FlowFilterSet {
                 });
             }
         }
+        let patterns: usize = whitelist
+            .iter()
+            .chain(blacklist)
+            .map(compile::pattern_count)
+            .sum();
+        if patterns > MAX_PATTERNS {
+            return Err(FilterError {
+                field: "filters",
+                message: format!(
+                    "{patterns} regular expressions and wildcard patterns; at most {MAX_PATTERNS} in one request"
+                ),
+            });
+        }
+        let memory = compile::pattern_memory(patterns);
+        let compile = |list: &[FlowFilter]| {
+            list.iter()
+                .map(|f| CompiledFilter::new(f, memory))
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(Self {
-            whitelist: whitelist
-                .iter()
-                .map(CompiledFilter::new)
-                .collect::<Result<_, _>>()?,
-            blacklist: blacklist
-                .iter()
-                .map(CompiledFilter::new)
-                .collect::<Result<_, _>>()?,
+            whitelist: compile(whitelist)?,
+            blacklist: compile(blacklist)?,
         })
     }
 

@@ -572,4 +572,22 @@ fn what_a_request_may_cost_is_bounded_before_compiling() {
     let many = vec![FlowFilter::default(); MAX_FILTERS + 1];
     let e = FlowFilterSet::new(&[], &many).unwrap_err();
     assert_eq!(e.field, "blacklist");
+    // Many filters each within bounds, too many patterns in all: refused before
+    // any is compiled (each one alone compiles near the per-pattern limit).
+    let heavy = FlowFilter {
+        http_url: vec!["\\w{20}".into(); 4],
+        ..FlowFilter::default()
+    };
+    let e = FlowFilterSet::new(&vec![heavy.clone(); 40], &vec![heavy.clone(); 30]).unwrap_err();
+    assert_eq!(e.field, "filters");
+    assert!(
+        e.message
+            .contains("280 regular expressions and wildcard patterns; at most 256"),
+        "{e}"
+    );
+    // Within the count, the request's 32 MiB are shared: four such patterns
+    // compile (1 MiB each at most), 160 of them exceed their share (204 KiB).
+    assert!(FlowFilterSet::new(std::slice::from_ref(&heavy), &[]).is_ok());
+    let e = FlowFilterSet::new(&vec![heavy; 40], &[]).unwrap_err();
+    assert!(e.message.contains("compiles too large"), "{e}");
 }

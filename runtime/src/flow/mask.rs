@@ -14,9 +14,19 @@ pub struct FieldMask {
     descriptor: MessageDescriptor,
 }
 
+/// Paths a field mask may list (flow.Flow has far fewer distinct ones).
+pub const MAX_MASK_PATHS: usize = 1024;
+
 impl FieldMask {
     /// Checks every path against the Flow message; the error names the bad path.
+    /// A path listed twice counts once.
     pub fn new(paths: &[String]) -> Result<Self, String> {
+        if paths.len() > MAX_MASK_PATHS {
+            return Err(format!(
+                "{} paths; a field mask may list at most {MAX_MASK_PATHS}",
+                paths.len()
+            ));
+        }
         let descriptor = descriptor_pool()
             .get_message_by_name("flow.Flow")
             .ok_or("flow.Flow descriptor missing")?;
@@ -40,6 +50,8 @@ impl FieldMask {
             }
             out.push(parts);
         }
+        out.sort();
+        out.dedup();
         Ok(Self {
             paths: out,
             descriptor,
@@ -119,5 +131,13 @@ mod tests {
         );
         assert!(FieldMask::new(&["nope".into()]).is_err());
         assert!(FieldMask::new(&["verdict.x".into()]).is_err());
+        // Repeats cost nothing per flow; too many paths are refused up front.
+        let repeated = FieldMask::new(&vec!["verdict".to_string(); MAX_MASK_PATHS]).unwrap();
+        assert_eq!(repeated.paths.len(), 1);
+        let e = FieldMask::new(&vec!["verdict".to_string(); MAX_MASK_PATHS + 1]).unwrap_err();
+        assert!(
+            e.contains("1025 paths; a field mask may list at most 1024"),
+            "{e}"
+        );
     }
 }

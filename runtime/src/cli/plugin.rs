@@ -55,7 +55,7 @@ pub enum PluginCommand {
 fn read_plugin_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
         .open(path)
@@ -75,9 +75,24 @@ fn read_plugin_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     if !meta.is_file() {
         anyhow::bail!("{} is not a regular file", path.display());
     }
+    let limit = crate::plugin::host::MAX_PLUGIN_BYTES;
+    let too_big = |len: u64| {
+        anyhow::anyhow!(
+            "{} is {len} bytes; a plugin may be at most {limit} bytes",
+            path.display()
+        )
+    };
+    if meta.len() > limit as u64 {
+        return Err(too_big(meta.len()));
+    }
+    // Read at most one byte past the limit: a file growing meanwhile is caught too.
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() > limit {
+        return Err(too_big(bytes.len() as u64));
+    }
     Ok(bytes)
 }
 
@@ -227,6 +242,21 @@ mod tests {
         let e = read_plugin_file(dir.path()).unwrap_err().to_string();
         assert!(
             e.contains("is not a regular file") || e.contains("reading"),
+            "{e}"
+        );
+        // A file past the agent's limit is refused before it is read (sparse here).
+        let huge = dir.path().join("huge.wasm");
+        let limit = crate::plugin::host::MAX_PLUGIN_BYTES as u64;
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(limit + 1)
+            .unwrap();
+        let e = read_plugin_file(&huge).unwrap_err().to_string();
+        assert!(
+            e.ends_with(&format!(
+                "is {} bytes; a plugin may be at most {limit} bytes",
+                limit + 1
+            )),
             "{e}"
         );
     }

@@ -1,6 +1,7 @@
 //! The Observer API on TCP with TLS (`hubble.listenAddress` + `hubble.tls`),
 //! with a certificate made by `openssl` for the test, and mutual TLS refusing a
-//! client without a certificate.
+//! client without a certificate, a client whose certificate another CA signed,
+//! and a plaintext client.
 
 // Test helpers panic on failure by design (the lint allows it only inside #[test]).
 #![allow(clippy::unwrap_used)]
@@ -186,5 +187,45 @@ async fn observer_over_mutual_tls() {
             .is_err(),
     };
     assert!(refused, "a client without a certificate was served");
+
+    // A certificate from another CA (same names, same extensions) is refused.
+    let rogue = dir.path().join("rogue");
+    std::fs::create_dir(&rogue).unwrap();
+    make_pki(&rogue);
+    let rogue_identity = Identity::from_pem(
+        std::fs::read(rogue.join("client.pem")).unwrap(),
+        std::fs::read(rogue.join("client.key")).unwrap(),
+    );
+    let refused = match connect(port, tls.clone().identity(rogue_identity)).await {
+        Err(_) => true,
+        Ok(ch) => ObserverClient::new(ch)
+            .server_status(ServerStatusRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client certificate from another CA was served");
+
+    // Plaintext HTTP/2 on the TLS port gets nothing.
+    let plain = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(ch) => ObserverClient::new(ch)
+            .server_status(ServerStatusRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a plaintext client was served on the TLS port");
+    // The agent kept serving the good client throughout.
+    let status = client
+        .server_status(ServerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.seen_flows, 1);
     let _ = stop.send(());
 }

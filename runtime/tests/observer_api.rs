@@ -13,7 +13,7 @@ use loupe_proto::flow::{
     Layer7, LostEventSource, Tcp, TrafficDirection, Verdict, layer4, layer7,
 };
 use loupe_proto::observer::{
-    GetFlowsRequest, GetNamespacesRequest, GetNodesRequest, ServerStatusRequest,
+    GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNodesRequest, ServerStatusRequest,
     get_flows_response::ResponseTypes, observer_client::ObserverClient,
 };
 use loupe_proto::peer::{NotifyRequest, peer_client::PeerClient};
@@ -784,4 +784,70 @@ async fn slow_consumer_gets_lost_events_and_stalls_nobody() {
     assert!(slow_lost > 50_000, "slow client lost only {slow_lost}");
     assert!(slow_flows < 50_000);
     assert!(store.stats().lost_to_subscribers >= slow_lost);
+}
+
+/// Hostile requests get an error naming what is wrong, and the agent keeps serving:
+/// an oversize frame, too many patterns across filters, a field mask of 2,000 paths.
+#[tokio::test]
+async fn hostile_requests_are_refused_and_the_agent_keeps_serving() {
+    let agent = start_agent(AgentConfig::default()).await;
+    agent.state.flows.push(drop_flow(100));
+    let mut client = ObserverClient::new(client::connect(&agent.socket).await.unwrap());
+    let refused = |e: Result<
+        tonic::Response<tonic::Streaming<GetFlowsResponse>>,
+        tonic::Status,
+    >| { e.expect_err("a hostile request was served") };
+    // 5 MiB in one frame: over the server's 4 MiB decoding limit.
+    let frame = refused(
+        client
+            .get_flows(GetFlowsRequest {
+                blacklist: vec![FlowFilter {
+                    source_pod: vec!["x".repeat(5 << 20)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(frame.code(), tonic::Code::OutOfRange, "{frame}");
+    assert!(
+        frame.message().contains("message length too large"),
+        "{frame}"
+    );
+    // 300 patterns, each filter within bounds.
+    let patterns = refused(
+        client
+            .get_flows(GetFlowsRequest {
+                whitelist: vec![
+                    FlowFilter {
+                        http_path: vec!["^/a$".into(); 3],
+                        ..Default::default()
+                    };
+                    100
+                ],
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(patterns.code(), tonic::Code::InvalidArgument);
+    assert!(
+        patterns.message().contains("300 regular expressions"),
+        "{patterns}"
+    );
+    // 2,000 field-mask paths.
+    let mask = refused(
+        client
+            .get_flows(GetFlowsRequest {
+                field_mask: Some(prost_types::FieldMask {
+                    paths: vec!["time".into(); 2000],
+                }),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(mask.code(), tonic::Code::InvalidArgument);
+    assert!(mask.message().contains("at most 1024"), "{mask}");
+    // Still serving, on the same connection.
+    let flows = collect(&mut client, GetFlowsRequest::default()).await;
+    assert_eq!(flows.len(), 1);
 }

@@ -73,7 +73,11 @@ pub fn parse_policies(source_name: &str, text: &str) -> Result<Vec<Policy>, Poli
         }
         let document = serde_norway::to_string(&value).unwrap_or_default();
         let doc: PolicyDocument = serde_path_to_error::deserialize(value).map_err(|e| {
-            let field = e.path().to_string();
+            // The document itself (a bad top-level key, even an empty one) has no path.
+            let field = match e.path().to_string() {
+                f if f.is_empty() || f == "." => "(document)".to_string(),
+                f => f,
+            };
             err(field, e.into_inner().to_string(), String::new())
         })?;
         let mut policy = validate_document(doc, source_name)

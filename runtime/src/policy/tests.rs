@@ -296,6 +296,12 @@ fn bad_input_is_refused_with_document_path_and_reason() {
             good.replace("fromEndpoints:", "fromEndpoint:"),
             "unknown field `fromEndpoint`",
         ),
+        // A bad top-level key, even an empty one, is the document's (found by the
+        // `policy` fuzz target: the error named no field).
+        (
+            "{\"\": 1, \"kind\": \"CiliumNetworkPolicy\"}".to_string(),
+            "document 0: (document): unknown field ``",
+        ),
         (
             good.replace(
                 "matchLabels:\n            app: api-service",

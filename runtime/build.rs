@@ -4,8 +4,31 @@
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
+    // A cargo-fuzz build (`--cfg fuzzing`) exercises the runtime's parsers only: it
+    // embeds empty stand-ins instead of building the guests and the eBPF object
+    // under the sanitizer's flags. Such a binary can load no datapath or plugin.
+    println!("cargo:rerun-if-env-changed=CARGO_CFG_FUZZING");
+    if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
+        return embed_nothing();
+    }
     build_plugins()?;
     build_datapath()
+}
+
+/// Empty files where the plugins and the datapath object would be.
+fn embed_nothing() -> anyhow::Result<()> {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
+    std::fs::write(out.join("loupe-datapath"), b"")?;
+    let plugins = out.join("no-plugins");
+    std::fs::create_dir_all(&plugins)?;
+    for p in ["memcached", "redis", "http", "kafka"] {
+        std::fs::write(plugins.join(format!("loupe_plugin_{p}.wasm")), b"")?;
+    }
+    println!(
+        "cargo:rustc-env=LOUPE_BUNDLED_PLUGINS={}",
+        plugins.display()
+    );
+    Ok(())
 }
 
 /// The parser plugins Loupe ships (`plugins/`), built as wasm32-wasip2 components

@@ -123,3 +123,70 @@ pub fn fuzz<P: Parser>(data: &[u8]) {
         }
     }
 }
+
+/// The input as text: the runtime's parsers take `&str` (files are read as
+/// UTF-8 first); other bytes are cut at the first invalid sequence.
+fn text(data: &[u8]) -> &str {
+    match std::str::from_utf8(data) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&data[..e.valid_up_to()]).unwrap(),
+    }
+}
+
+/// A policy text through `parse_policies`. Checked: no panic or hang; an error
+/// names the field (or `(file)` / `(document)`) it is about; every accepted
+/// policy parses again from the document it keeps (what the agent persists and
+/// serves back) into the same policy.
+pub fn policy(data: &[u8]) {
+    use loupe_runtime::policy::parse::parse_policies;
+    match parse_policies("fuzz.yaml", text(data)) {
+        Ok(policies) => {
+            for policy in policies {
+                let again = parse_policies("fuzz.yaml", &policy.document)
+                    .unwrap_or_else(|e| panic!("a kept document does not parse again: {e}"));
+                assert_eq!(again, vec![policy], "a kept document parses differently");
+            }
+        }
+        Err(e) => assert!(!e.field.is_empty(), "an error names no field: {e}"),
+    }
+}
+
+/// An agent config through `AgentConfig::parse` (parsing and validation).
+/// Checked: no panic or hang.
+pub fn agent_config(data: &[u8]) {
+    let _ = loupe_runtime::config::AgentConfig::parse(std::path::Path::new("fuzz.yaml"), text(data));
+}
+
+/// A lab file through `LabFile::parse` and `validate` (every program exists).
+/// Checked: no panic or hang; an accepted lab's topology is possible: distinct
+/// pod names and addresses, each inside the lab's range and none the gateway,
+/// the range's network or its broadcast address.
+pub fn lab_file(data: &[u8]) {
+    use loupe_runtime::lab::config::LabFile;
+    let path = std::path::Path::new("fuzz.yaml");
+    let Ok(file) = LabFile::parse(path, text(data)) else {
+        return;
+    };
+    let Ok(lab) = file.validate(path, ".".into(), &|_| true) else {
+        return;
+    };
+    let mut names = std::collections::HashSet::new();
+    let mut addresses = std::collections::HashSet::new();
+    for pod in &lab.pods {
+        assert!(names.insert(&pod.name), "two pods named {}", pod.name);
+        assert!(addresses.insert(pod.ipv4), "two pods at {}", pod.ipv4);
+        assert!(lab.cidr.contains(&pod.ipv4), "{} outside {}", pod.ipv4, lab.cidr);
+        assert!(
+            pod.ipv4 != lab.gateway
+                && pod.ipv4 != lab.cidr.network()
+                && pod.ipv4 != lab.cidr.broadcast(),
+            "{} is not a host address of {}",
+            pod.ipv4,
+            lab.cidr
+        );
+        if let (Some(v6), Some(cidr6)) = (pod.ipv6, lab.cidr6) {
+            assert!(cidr6.contains(&v6), "{v6} outside {cidr6}");
+            assert!(Some(v6) != lab.gateway6, "{v6} is the gateway");
+        }
+    }
+}

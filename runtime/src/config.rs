@@ -633,6 +633,12 @@ mod tests {
     }
 
     #[test]
+    fn the_config_fuzz_seed_is_a_valid_config() {
+        // The fuzz target starts from it: it must reach past the parser.
+        parse(include_str!("../../fuzz/seeds/config/agent.yaml")).unwrap();
+    }
+
+    #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(parse("").unwrap(), AgentConfig::default());
     }

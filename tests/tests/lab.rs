@@ -257,3 +257,51 @@ fn bad_lab_files_are_refused_and_create_nothing() {
         );
     }
 }
+
+/// Lab `e2e-cl` with pod `x-frontend` and lab `e2e-cl-x` with pod `frontend` would
+/// share a namespace name: the second is refused, and tearing down `e2e-cl` from
+/// its file never touches `e2e-cl-x`'s namespaces (they carry its prefix too).
+#[test]
+fn labs_whose_names_join_alike_never_touch_each_other() {
+    let _guard = serial();
+    let other = TestLab::up("e2e-cl-x", 216).unwrap();
+    let theirs = || {
+        sh("ip", &["netns", "list"])
+            .lines()
+            .filter(|n| n.starts_with("loupe-e2e-cl-x-"))
+            .count()
+    };
+    assert_eq!(theirs(), 4);
+    let mine = TestLab::file("e2e-cl", 215).unwrap();
+    let text = std::fs::read_to_string(&mine.file)
+        .unwrap()
+        .replace("- name: frontend", "- name: x-frontend");
+    std::fs::write(&mine.file, text).unwrap();
+    let out = loupe(&["lab", "up", "--file", mine.path()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a clashing lab was built");
+    assert!(
+        stderr.contains(
+            "pod x-frontend: its network namespace loupe-e2e-cl-x-frontend is lab e2e-cl-x's"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        theirs(),
+        4,
+        "refusing the lab removed the other's namespaces"
+    );
+    let out = loupe(&["lab", "down", "--file", mine.path()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(theirs(), 4, "lab down removed another lab's namespaces");
+    let left: Vec<String> = leftovers("e2e-cl", 215, &[])
+        .into_iter()
+        .filter(|l| !l.contains("loupe-e2e-cl-x-"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
+    drop(other);
+}

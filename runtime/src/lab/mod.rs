@@ -66,6 +66,19 @@ pub enum LabError {
     /// No lab or no such pod.
     #[error("{0}")]
     NotFound(String),
+    /// A pod's namespace name is already another lab's.
+    #[error(
+        "pod {pod}: its network namespace {netns} is lab {other}'s (lab and pod names join \
+         with '-'); rename the lab or the pod"
+    )]
+    Clash {
+        /// Pod (deployment) name.
+        pod: String,
+        /// The namespace name both would use.
+        netns: String,
+        /// The lab that has it.
+        other: String,
+    },
 }
 
 /// Names of everything a lab creates, derived from the lab and pod names alone so a
@@ -152,6 +165,7 @@ pub fn up(lab: &Lab, file: &Path) -> Result<UpOutcome, LabError> {
     {
         return Ok(UpOutcome::AlreadyUp(existing));
     }
+    refuse_clashes(lab)?;
     down_names(lab)?;
     let mut state = LabState {
         name: lab.name.clone(),
@@ -579,6 +593,50 @@ fn remove_pod_net(netns: &str, host_if: &str) {
     let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(netns));
 }
 
+/// Every other lab (with a state file) and how to tell its namespaces: recorded,
+/// or carrying its prefix when its name is longer (more specific) than `name`.
+fn others_netns(name: &str) -> Vec<(String, OtherLab)> {
+    LabState::all()
+        .into_iter()
+        .filter(|o| o.name != name)
+        .map(|o| {
+            let other = OtherLab {
+                prefix: (o.name.len() > name.len()).then(|| names::netns_prefix(&o.name)),
+                netns: o.pods.iter().map(|p| p.netns.clone()).collect(),
+            };
+            (o.name, other)
+        })
+        .collect()
+}
+
+struct OtherLab {
+    prefix: Option<String>,
+    netns: Vec<String>,
+}
+
+impl OtherLab {
+    fn is_match(&self, ns: &str) -> bool {
+        self.netns.iter().any(|n| n == ns)
+            || self.prefix.as_ref().is_some_and(|p| ns.starts_with(p))
+    }
+}
+
+/// Refuses a lab whose pods' namespace names another lab already uses.
+fn refuse_clashes(lab: &Lab) -> Result<(), LabError> {
+    let others = others_netns(&lab.name);
+    for pod in &lab.pods {
+        let netns = names::netns(&lab.name, &pod.name);
+        if let Some((other, _)) = others.iter().find(|(_, o)| o.netns.contains(&netns)) {
+            return Err(LabError::Clash {
+                pod: pod.name.clone(),
+                netns,
+                other: other.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Tears down whatever exists of a lab: its recorded state, then every name the
 /// lab file implies and every namespace carrying the lab's prefix (a run killed
 /// before it recorded them).
@@ -587,6 +645,9 @@ pub fn down_names(lab: &Lab) -> Result<(), LabError> {
         teardown(&state)?;
     }
     let prefix = names::netns_prefix(&lab.name);
+    // Lab `a`'s prefix `loupe-a-` also starts lab `a-b`'s namespaces: those of
+    // other labs are never this lab's leftovers.
+    let others = others_netns(&lab.name);
     let mut netns: Vec<(String, String)> = lab
         .pods
         .iter()
@@ -596,9 +657,14 @@ pub fn down_names(lab: &Lab) -> Result<(), LabError> {
                 names::host_veth(&lab.name, &p.name),
             )
         })
+        // A name this lab's file implies but another lab has recorded is theirs.
+        .filter(|(ns, _)| !others.iter().any(|(_, o)| o.netns.contains(ns)))
         .collect();
     for ns in host::netns_list()? {
-        if ns.starts_with(&prefix) && !netns.iter().any(|(n, _)| *n == ns) {
+        if ns.starts_with(&prefix)
+            && !netns.iter().any(|(n, _)| *n == ns)
+            && !others.iter().any(|(_, o)| o.is_match(&ns))
+        {
             let pod = &ns[prefix.len()..];
             netns.push((ns.clone(), names::host_veth(&lab.name, pod)));
         }

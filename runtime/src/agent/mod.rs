@@ -4,6 +4,7 @@
 //! reads from here.
 
 mod observability;
+pub mod privileges;
 mod proxy;
 
 pub use observability::ObservabilityError;

@@ -78,6 +78,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     ..AgentConfig::default()
                 },
             };
+            // Before the first thread: every thread inherits the reduced sets.
+            agent::privileges::drop_unused(&config)?;
             runtime()?.block_on(agent::run(config, shutdown_signal()))?;
             Ok(0)
         }

@@ -225,12 +225,14 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         if opening
             && (ct.flags & (ct_flags::FIN_FWD | ct_flags::FIN_REV | ct_flags::RST) != 0
                 || ct.flags & ct_flags::OPENED_BY_SYN == 0
-                || ct.syn_seq != pkt.seq)
+                || ct.syn_seq != pkt.seq
+                || ct.policy_rev != policy_rev)
         {
             // A SYN that is not a retransmission of the one that opened this entry:
             // the client reused the port of a closed, forgotten or never-finished
-            // connection (or a stray mid-stream packet created the entry). A new
-            // connection, decided afresh below (policy, proxy redirect, L7 copy).
+            // connection (or a stray mid-stream packet created the entry). Or a
+            // retransmission after a policy change, whose redirect may differ now.
+            // A new connection, decided afresh below (policy, redirect, L7 copy).
             let _ = CONNTRACK.remove(&scratch.key);
         } else {
             if ct.policy_rev != policy_rev {
@@ -316,6 +318,25 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     } else {
         0
     };
+    if l7 != ct_flags::FROM_PROXY
+        && dir == direction::INGRESS
+        && pkt.proto == IPPROTO_TCP
+        && policy_flags & policy_flags::L7_ENFORCE != 0
+        && config.proxy_port != 0
+    {
+        // A connection to a port with enforcing L7 rules that did not pass the
+        // proxy: its client's hook could not redirect it (the host, the world,
+        // another node; `bpf_sk_assign` works only at a local client's hook). Its
+        // requests cannot be checked here, so it fails closed.
+        return drop(
+            ctx,
+            &ep,
+            dir,
+            pkt,
+            remote_identity,
+            drop_reason::PROXY_REDIRECTION_NOT_SUPPORTED,
+        );
+    }
     let entry = CtValue {
         created_ns: now,
         last_seen_ns: now,

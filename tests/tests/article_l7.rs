@@ -201,6 +201,23 @@ fn article_api_allow_frontend_allows_get_and_denies_post() {
             .any(|l| l.contains("http-response FORWARDED") && l.contains(" 200 ")),
         "{forwarded}"
     );
+    // All of the above ran with only the capabilities the agent keeps: CAP_NET_ADMIN,
+    // CAP_IPC_LOCK, CAP_PERFMON and CAP_BPF (bits 12, 14, 38, 39) in its bounding,
+    // permitted and effective sets; none to inherit; no new privileges for children.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid().unwrap())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:\t")))
+            .unwrap_or_else(|| panic!("no {name} in\n{status}"))
+            .to_string()
+    };
+    for set in ["CapBnd", "CapPrm", "CapEff"] {
+        assert_eq!(field(set), "000000c000005000", "{set}\n{status}");
+    }
+    assert_eq!(field("CapInh"), "0000000000000000");
+    assert_eq!(field("CapAmb"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs"), "1");
     drop(agent);
     drop(lab);
 }
@@ -253,5 +270,64 @@ fn kafka_produce_rule_allows_orders_and_denies_payments() {
         agent
             .loupe_ok(&["observe", "--type", "l7", "--last", "30"])
             .unwrap_or_default()
+    );
+}
+
+const FROM_HOST: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: api-from-host, namespace: demo-app}
+spec:
+  endpointSelector: {matchLabels: {app: api-service}}
+  ingress:
+  - fromEntities: [host]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: {http: [{method: GET, path: /get}]}
+"#;
+
+/// HTTP rules for a client that is not an endpoint of this node (here the host):
+/// its connections cannot pass the proxy (the redirect is taken at a local
+/// client's hook), so they fail closed and say why — never a POST let through.
+#[test]
+fn l7_rules_for_a_client_outside_the_nodes_endpoints_fail_closed() {
+    let _guard = serial();
+    let lab = TestLab::up("e2e-art7h", 217).unwrap();
+    let agent = TestAgent::start("art7h", "e2e-art7h", "", 4).unwrap();
+    let curl = |method: &str, path: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-m",
+                "3",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                method,
+            ])
+            .arg(format!("http://10.217.0.20{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // No policy: the host reaches api-service.
+    assert_eq!(curl("POST", "/post"), "200");
+    let dir = loupe_tests::scratch_dir("art7h");
+    let policy = loupe_tests::write_file(&dir, "from-host.yaml", FROM_HOST);
+    agent.loupe_ok(&["policy", "apply", "-f", &policy]).unwrap();
+    assert_eq!(
+        curl("POST", "/post"),
+        "000",
+        "a POST from the host passed unchecked"
+    );
+    assert_eq!(curl("GET", "/get"), "000");
+    let drops = agent
+        .loupe_ok(&["observe", "--type", "drop", "--last", "20", "-o", "json"])
+        .unwrap();
+    assert!(
+        drops.contains("PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL"),
+        "{drops}"
     );
 }

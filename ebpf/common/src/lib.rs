@@ -95,6 +95,10 @@ pub mod drop_reason {
     pub const SOCKET_LOOKUP_FAILED: u8 = 178;
     /// Assigning the packet to the L7 proxy's socket failed.
     pub const SOCKET_ASSIGN_FAILED: u8 = 179;
+    /// A connection to a port with enforcing L7 rules reached the server without
+    /// passing the proxy (its client is not an endpoint of this node, whose own
+    /// hook redirects): it fails closed (`PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL`).
+    pub const PROXY_REDIRECTION_NOT_SUPPORTED: u8 = 180;
     /// An explicit deny rule matched (`POLICY_DENY`, "Policy denied by denylist").
     pub const POLICY_DENY: u8 = 181;
 }

@@ -292,7 +292,7 @@ spec:
 #[test]
 fn l7_rules_for_a_client_outside_the_nodes_endpoints_fail_closed() {
     let _guard = serial();
-    let lab = TestLab::up("e2e-art7h", 217).unwrap();
+    let _lab = TestLab::up("e2e-art7h", 217).unwrap();
     let agent = TestAgent::start("art7h", "e2e-art7h", "", 4).unwrap();
     let curl = |method: &str, path: &str| {
         let out = std::process::Command::new("curl")

@@ -5,7 +5,11 @@ request to OUT: {"kind", "t0", "t1", "outcome"} (times in seconds since the epoc
 Usage: soak_client.py KIND OUT DEADLINE
   http     GET /get and POST /post to api-service:80   outcome: status code or error
   redis    SET other:<n> and SET cache:<n> on db-service:6379   outcome: ok, noperm or error
+  kafka    Produce to topics orders and secret on kafka:9092, a new producer each
+           outcome: ok, denied (TOPIC_AUTHORIZATION_FAILED) or error
   tcp      a TCP connection to db-service:6379           outcome: connected or error
+  ct-fill  keeps conntrack full-ish: 400 UDP sockets each send a datagram to
+           db-service:9999 every 5 s (400-800 entries held); records nothing
 """
 import http.client
 import json
@@ -50,6 +54,22 @@ def redis_set(key):
         return "error:" + reply[:40].decode(errors="replace").strip()
 
 
+def kafka_produce(topic):
+    from kafka import KafkaProducer
+    from kafka.errors import TopicAuthorizationFailedError
+    producer = KafkaProducer(bootstrap_servers="kafka:9092", api_version=(2, 4, 0),
+                             enable_idempotence=False, retries=0, linger_ms=0,
+                             request_timeout_ms=int(TIMEOUT * 1000),
+                             max_block_ms=int(TIMEOUT * 1000))
+    try:
+        producer.send(topic, b"x").get(timeout=TIMEOUT)
+        return "ok"
+    except TopicAuthorizationFailedError:
+        return "denied"
+    finally:
+        producer.close(timeout=1)
+
+
 def tcp_connect():
     with socket.create_connection(("db-service", 6379), timeout=1.0):
         return "connected"
@@ -62,8 +82,37 @@ def requests(n):
     if kind == "redis":
         return [("redis-set-other", lambda: redis_set(f"other:{n}")),
                 ("redis-set-cache", lambda: redis_set(f"cache:{n}"))]
+    if kind == "kafka":
+        return [("kafka-produce-orders", lambda: kafka_produce("orders")),
+                ("kafka-produce-secret", lambda: kafka_produce("secret"))]
     return [("tcp-connect", tcp_connect)]
 
+
+if kind == "kafka":
+    # The broker creates topics on first use: create them before anything is judged.
+    for topic in ("orders", "secret"):
+        for _ in range(20):
+            try:
+                kafka_produce(topic)
+                break
+            except Exception:  # not ready yet
+                time.sleep(0.5)
+
+if kind == "ct-fill":
+    sockets = []
+    for _ in range(400):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("", 0))
+        sockets.append(u)
+    target = (socket.gethostbyname("db-service"), 9999)
+    while time.time() < deadline:
+        for u in sockets:
+            try:
+                u.sendto(b"x", target)
+            except OSError:  # an ICMP error from an earlier datagram
+                pass
+            time.sleep(5 / len(sockets))
+    sys.exit(0)
 
 n = 0
 with open(out, "a", buffering=1) as f:

@@ -38,5 +38,10 @@ cleanup() {
   pkill -KILL -f "loupe agent --config $work/agent.yaml" 2>/dev/null || true
 }
 trap cleanup EXIT
+rc=0
 python3 bench/soak.py --loupe "$LOUPE_BIN" --work "$work" --duration "$duration" \
-  ${json:+--json "$json"} "${args[@]}"
+  ${json:+--json "$json"} "${args[@]}" || rc=$?
+# A passing run's work directory (every flow exported, the agent's log) goes; a
+# failing one's stays, to explain the finding with.
+if ((rc == 0)); then rm -rf "$work"; else echo "soak: failed; its flows and logs are in $work" >&2; fi
+exit "$rc"

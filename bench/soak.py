@@ -491,7 +491,8 @@ def table(r):
         ("pinned objects / lab netns left after cleanup (aim 0)", f"{r['pins_left']} / {r['netns_left']}"),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"| {k:<{width}} | {v} |" for k, v in rows)
+    return "\n".join(["| measure | value |", "|---|---|"]
+                     + [f"| {k:<{width}} | {v} |" for k, v in rows])
 
 
 def main():

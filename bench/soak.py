@@ -255,7 +255,7 @@ class Soak:
                 elif "lost_events" in resp:
                     lost = resp["lost_events"]
                     n = int(lost.get("num_events_lost", 0))
-                    if lost.get("source") == "OBSERVER_EVENTS_QUEUE":
+                    if lost.get("source") == "HUBBLE_RING_BUFFER":
                         pending += n if session["last"] is not None else 0
                     else:
                         session["upstream_lost"] += n

@@ -775,7 +775,7 @@ async fn slow_consumer_gets_lost_events_and_stalls_nobody() {
         match m.response_types {
             Some(ResponseTypes::Flow(_)) => slow_flows += 1,
             Some(ResponseTypes::LostEvents(l)) => {
-                assert_eq!(l.source, LostEventSource::ObserverEventsQueue as i32);
+                assert_eq!(l.source, LostEventSource::HubbleRingBuffer as i32);
                 slow_lost += l.num_events_lost;
             }
             _ => {}

@@ -29,7 +29,8 @@ pub enum Event {
         /// The flow, shared with the ring and other subscribers.
         flow: Arc<Flow>,
     },
-    /// Events were lost: by this subscriber's queue (`OBSERVER_EVENTS_QUEUE`) or
+    /// Events were lost: by this subscriber falling behind (`HUBBLE_RING_BUFFER`,
+    /// as Hubble reports a reader the ring overran) or
     /// upstream (reported with [`super::FlowStore::push_lost`]).
     Lost(LostEvent),
 }
@@ -37,7 +38,7 @@ pub enum Event {
 #[derive(Debug)]
 enum Entry {
     Flow(u64, Arc<Flow>),
-    /// A loss: our own overflow (`OBSERVER_EVENTS_QUEUE`) or one a producer
+    /// A loss: our own overflow (`HUBBLE_RING_BUFFER`) or one a producer
     /// reported. While the queue is full, later losses of the same source merge
     /// into it as long as no flow follows it.
     Lost(LostEvent),
@@ -98,7 +99,7 @@ impl Slot {
             merge_loss(
                 &mut queue,
                 &LostEvent {
-                    source: LostEventSource::ObserverEventsQueue as i32,
+                    source: LostEventSource::HubbleRingBuffer as i32,
                     num_events_lost: 1,
                     cpu: None,
                     first: flow.time,

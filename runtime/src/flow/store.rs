@@ -20,7 +20,7 @@ pub struct StoreStats {
     pub capacity: u64,
     /// Flows pushed since start.
     pub seen: u64,
-    /// Flows lost by subscribers whose queue was full (`OBSERVER_EVENTS_QUEUE`).
+    /// Flows lost by subscribers whose queue was full (`HUBBLE_RING_BUFFER`).
     pub lost_to_subscribers: u64,
     /// Events producers reported lost before they became flows
     /// (`PERF_EVENT_RING_BUFFER` and the like).
@@ -221,7 +221,7 @@ impl FlowStore {
     }
 
     /// Events lost, by source: upstream reports plus subscriber overflow
-    /// (`OBSERVER_EVENTS_QUEUE`).
+    /// (`HUBBLE_RING_BUFFER`, as Hubble reports a reader the ring overran).
     pub fn lost_by_source(&self) -> Vec<(LostEventSource, u64)> {
         let mut out: Vec<(LostEventSource, u64)> = [
             LostEventSource::UnknownLostEventSource,
@@ -235,7 +235,7 @@ impl FlowStore {
         .collect();
         if let Some(entry) = out
             .iter_mut()
-            .find(|(s, _)| *s == LostEventSource::ObserverEventsQueue)
+            .find(|(s, _)| *s == LostEventSource::HubbleRingBuffer)
         {
             entry.1 += self.inner.lost_to_subscribers.load(Ordering::Relaxed);
         }
@@ -444,7 +444,7 @@ mod tests {
         }
         assert_eq!(
             got,
-            vec!["f0", "OBSERVER_EVENTS_QUEUE:2", "PERF_EVENT_RING_BUFFER:5"]
+            vec!["f0", "HUBBLE_RING_BUFFER:2", "PERF_EVENT_RING_BUFFER:5"]
         );
     }
 

@@ -84,62 +84,93 @@ struct CapData {
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Drops every capability but the kept ones, for this thread and every thread
-/// it starts later. Call while the process has one thread. Without
-/// `CAP_SETPCAP` (not root), there is nothing to drop: the call is a no-op.
+/// it starts later. Call while the process has one thread. Kept capabilities the
+/// process does not have stay missing (a warning names them); without
+/// `CAP_SETPCAP` the bounding set stays as it is, everything else is still done.
 pub fn drop_unused(config: &AgentConfig) -> Result<(), PrivilegeError> {
-    let fail = |what: String| PrivilegeError {
-        what,
-        source: std::io::Error::last_os_error(),
+    let fail = |what: &str| {
+        // Read before anything else can overwrite errno.
+        let source = std::io::Error::last_os_error();
+        PrivilegeError {
+            what: what.to_string(),
+            source,
+        }
     };
     let keep = kept(config);
-    let (mut data, mut header) = ([CapData::default(); 2], v3_header());
+    let (mut now, mut header) = ([CapData::default(); 2], v3_header());
     // SAFETY: capget with a v3 header and room for two data words.
-    if unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) } != 0 {
-        return Err(fail("capget".into()));
+    if unsafe { libc::syscall(libc::SYS_capget, &raw mut header, now.as_mut_ptr()) } != 0 {
+        return Err(fail("capget"));
     }
-    if data[0].effective & (1 << cap::SETPCAP) == 0 {
-        return Ok(());
+    let has = |c: u32| now[(c / 32) as usize].permitted & (1 << (c % 32)) != 0;
+    let missing: Vec<u32> = keep.iter().copied().filter(|c| !has(*c)).collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            capabilities = ?missing,
+            "the agent lacks capabilities it uses; enforcement may fail"
+        );
     }
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(40);
-    for c in (0..=last).filter(|c| !keep.contains(c)) {
-        // SAFETY: plain prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(c), 0, 0, 0) } != 0 {
-            return Err(fail(format!("bounding set, capability {c}")));
+    if now[0].effective & (1 << cap::SETPCAP) != 0 {
+        let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(cap::BPF);
+        for c in (0..=last).filter(|c| !keep.contains(c)) {
+            // SAFETY: plain prctl with integer arguments.
+            let dropped = unsafe {
+                libc::prctl(
+                    libc::PR_CAPBSET_DROP,
+                    libc::c_ulong::from(c),
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            };
+            if dropped != 0 {
+                return Err(fail(&format!("bounding set, capability {c}")));
+            }
         }
     }
     // SAFETY: plain prctl with integer arguments.
-    if unsafe {
+    let cleared = unsafe {
         libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
         )
-    } != 0
-    {
-        return Err(fail("ambient set".into()));
+    };
+    if cleared != 0 {
+        return Err(fail("ambient set"));
     }
     let mut bits = [0u32; 2];
     for c in &keep {
         bits[(c / 32) as usize] |= 1 << (c % 32);
     }
+    // Never more than the process has: capset refuses to grow the permitted set.
     let data = [0, 1].map(|i| CapData {
-        effective: bits[i],
-        permitted: bits[i],
+        effective: bits[i] & now[i].permitted,
+        permitted: bits[i] & now[i].permitted,
         inheritable: 0,
     });
     let mut header = v3_header();
     // SAFETY: capset with a v3 header and two data words.
     if unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) } != 0 {
-        return Err(fail("capset".into()));
+        return Err(fail("capset"));
     }
     // SAFETY: plain prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(fail("no_new_privs".into()));
+    let no_new = unsafe {
+        libc::prctl(
+            libc::PR_SET_NO_NEW_PRIVS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if no_new != 0 {
+        return Err(fail("no_new_privs"));
     }
     Ok(())
 }

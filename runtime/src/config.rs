@@ -181,6 +181,12 @@ pub struct EndpointsConfig {
     pub lab_names: Vec<String>,
     /// How often the lab's state is re-read, in milliseconds.
     pub lab_poll_ms: u64,
+    /// Register this node's pods from the Kubernetes API (`spec.nodeName` = the
+    /// node name: `nodeName`, else `$K8S_NODE_NAME`, else the hostname).
+    pub kubernetes: bool,
+    /// kubeconfig file for the API server; empty: in-cluster service account,
+    /// else `$KUBECONFIG` / `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// `plugins.*`: the sandboxed WebAssembly L7 parsers.
@@ -350,6 +356,8 @@ impl Default for EndpointsConfig {
             lab: true,
             lab_names: Vec::new(),
             lab_poll_ms: 500,
+            kubernetes: false,
+            kubeconfig: None,
         }
     }
 }
@@ -613,14 +621,22 @@ impl AgentConfig {
         text.parse().ok()
     }
 
-    /// The node name: configured, or the hostname.
+    /// The node name: configured, else `$K8S_NODE_NAME` (what Cilium's DaemonSet
+    /// sets from `spec.nodeName`), else the hostname.
     pub fn node_name(&self) -> String {
-        self.node_name.clone().unwrap_or_else(|| {
-            nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "localhost".into())
-        })
+        self.node_name
+            .clone()
+            .or_else(|| {
+                std::env::var("K8S_NODE_NAME")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
+            .unwrap_or_else(|| {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| "localhost".into())
+            })
     }
 }
 

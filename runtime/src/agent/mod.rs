@@ -199,6 +199,38 @@ async fn serve(
         );
     }
 
+    if config.endpoints.kubernetes {
+        match kubernetes_client(config.endpoints.kubeconfig.as_deref()).await {
+            Ok(client) => {
+                let (tx, rx) = mpsc::channel(4);
+                let sync = endpoint::kubernetes::SharedState::default();
+                tasks.0.push(tokio::spawn(endpoint::kubernetes::watch(
+                    client,
+                    state.node.name.clone(),
+                    Arc::new(endpoint::kubernetes::route_interface),
+                    sync.clone(),
+                    tx,
+                )));
+                tasks.0.push(tokio::spawn(apply_source(
+                    state.control.clone(),
+                    state.health.clone(),
+                    SourceKind::Kubernetes,
+                    rx,
+                )));
+                tasks
+                    .0
+                    .push(tokio::spawn(report_kubernetes(sync, state.health.clone())));
+            }
+            Err(e) => health.set("endpoints/kubernetes", ComponentState::Error, e),
+        }
+    } else {
+        health.set(
+            "endpoints/kubernetes",
+            ComponentState::Disabled,
+            "endpoints.kubernetes: false",
+        );
+    }
+
     tasks
         .0
         .push(tokio::spawn(collect_conntrack(state.control.clone())));
@@ -384,6 +416,48 @@ async fn collect_conntrack(control: Arc<ControlPlane>) {
 }
 
 /// Applies a source's successive full listings to the control plane.
+/// A client for the API server: from `kubeconfig` when given, else inferred
+/// (in-cluster service account, then `$KUBECONFIG` / `~/.kube/config`).
+async fn kubernetes_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("endpoints.kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("endpoints.kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no Kubernetes API configuration: {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+}
+
+/// Mirrors the Kubernetes source's sync state into `loupe status` / `/healthz`.
+async fn report_kubernetes(sync: endpoint::kubernetes::SharedState, health: Arc<Health>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let s = sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let (state, detail) = match (&s.error, s.synced) {
+            (Some(e), _) => (ComponentState::Error, format!("API: {e}")),
+            (None, false) => (ComponentState::Error, "listing pods and namespaces".into()),
+            (None, true) => (
+                ComponentState::Ok,
+                format!(
+                    "{} endpoints ({} pods of this node skipped)",
+                    s.endpoints, s.skipped
+                ),
+            ),
+        };
+        health.set("endpoints/kubernetes", state, detail);
+    }
+}
+
 async fn apply_source(
     control: Arc<ControlPlane>,
     health: Arc<Health>,

@@ -4,6 +4,7 @@
 //! [`EndpointSpec`]s and hand them to the one [`EndpointRegistry`] through the same
 //! calls; nothing downstream knows where an endpoint came from.
 
+pub mod kubernetes;
 pub mod lab_source;
 pub mod registry;
 

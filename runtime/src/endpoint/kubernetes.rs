@@ -1,0 +1,254 @@
+//! Kubernetes as an endpoint source: the pods scheduled on this node (a watch with
+//! `spec.nodeName=<node>`) and every namespace (their labels select pods in
+//! policies), kept in kube-rs reflectors. After each change the full listing goes
+//! to the registry, as the lab source sends its own: relists after `410 Gone`,
+//! reconnects and backoff are kube-rs's watcher's; a pod missing from a relist
+//! leaves the listing.
+//!
+//! Loupe is not the CNI here (chaining mode): a pod's host-side interface is the
+//! one the node routes its address through (`ip route get`), which covers routed
+//! CNIs (Calico, Cilium's own routing, kindnet's ptp, the lab); pods on a bridge
+//! (flannel's `cni0`, the default `bridge` plugin) resolve to the bridge and are
+//! skipped until bridge ports are resolved. Host-network pods are never endpoints.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+
+use super::{EndpointSpec, SourceKind, Workload};
+
+/// Cilium's prefix for a pod's namespace labels in its identity.
+pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+/// Cilium's label for a pod's service account.
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+
+/// Finds the host-side interface (name, index) a pod address is reached through.
+pub type Resolver = Arc<dyn Fn(IpAddr) -> Option<(String, u32)> + Send + Sync>;
+
+/// The source's state, for `loupe status` and `/healthz`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// Pods and namespaces have been listed once.
+    pub synced: bool,
+    /// Endpoints in the last listing.
+    pub endpoints: usize,
+    /// Pods of this node left out (host network, no address or interface yet).
+    pub skipped: usize,
+    /// The last API error, cleared by the next successful event.
+    pub error: Option<String>,
+}
+
+/// Shared view of [`SyncState`].
+pub type SharedState = Arc<Mutex<SyncState>>;
+
+/// Watches this node's pods and every namespace; sends the full listing after
+/// each change (once both are listed) until the receiver goes away.
+pub async fn watch(
+    client: Client,
+    node: String,
+    resolve: Resolver,
+    state: SharedState,
+    tx: mpsc::Sender<Vec<EndpointSpec>>,
+) {
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (namespaces, ns_writer) = reflector::store::<Namespace>();
+    let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), on_node)
+        .default_backoff()
+        .reflect(pod_writer)
+        .map(|e| e.map(|e| (Kind::Pod, matches!(e, watcher::Event::InitDone))));
+    let ns_events = watcher(Api::<Namespace>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(ns_writer)
+        .map(|e| e.map(|e| (Kind::Namespace, matches!(e, watcher::Event::InitDone))));
+    let mut events = std::pin::pin!(futures::stream::select(pod_events, ns_events));
+    let (mut pods_listed, mut namespaces_listed) = (false, false);
+    let mut last: Option<Vec<EndpointSpec>> = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok((kind, init_done)) => {
+                if init_done {
+                    match kind {
+                        Kind::Pod => pods_listed = true,
+                        Kind::Namespace => namespaces_listed = true,
+                    }
+                }
+                lock(&state).error = None;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "kubernetes watch");
+                lock(&state).error = Some(err.to_string());
+                continue;
+            }
+        }
+        if !(pods_listed && namespaces_listed) {
+            continue;
+        }
+        let (now, skipped) = listing(&pods, &namespaces, resolve.as_ref());
+        {
+            let mut s = lock(&state);
+            s.synced = true;
+            s.endpoints = now.len();
+            s.skipped = skipped;
+        }
+        if last.as_ref() != Some(&now) {
+            if tx.send(now.clone()).await.is_err() {
+                return;
+            }
+            last = Some(now);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Pod,
+    Namespace,
+}
+
+fn lock(state: &SharedState) -> std::sync::MutexGuard<'_, SyncState> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The endpoints of the pods in `pods` (sorted by namespace and name), and how
+/// many pods were left out.
+pub fn listing(
+    pods: &Store<Pod>,
+    namespaces: &Store<Namespace>,
+    resolve: &(dyn Fn(IpAddr) -> Option<(String, u32)> + Send + Sync),
+) -> (Vec<EndpointSpec>, usize) {
+    let ns_labels: BTreeMap<String, BTreeMap<String, String>> = namespaces
+        .state()
+        .iter()
+        .filter_map(|ns| {
+            let name = ns.metadata.name.clone()?;
+            Some((name, ns.metadata.labels.clone().unwrap_or_default()))
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for pod in pods.state() {
+        match endpoint(&pod, &ns_labels, resolve) {
+            Some(spec) => out.push(spec),
+            None => skipped += 1,
+        }
+    }
+    out.sort_by_key(EndpointSpec::key);
+    (out, skipped)
+}
+
+/// A pod as an endpoint: `None` for host-network pods, pods that are done, and
+/// pods without an address or a host interface yet.
+pub fn endpoint(
+    pod: &Pod,
+    ns_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    resolve: &(dyn Fn(IpAddr) -> Option<(String, u32)> + Send + Sync),
+) -> Option<EndpointSpec> {
+    let spec = pod.spec.as_ref()?;
+    let status = pod.status.as_ref()?;
+    if spec.host_network == Some(true)
+        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    {
+        return None;
+    }
+    let addresses: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.as_str())
+        .chain(status.pod_ip.as_deref())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let ipv4: Option<Ipv4Addr> = addresses.iter().find_map(|a| match a {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    });
+    let ipv6: Option<Ipv6Addr> = addresses.iter().find_map(|a| match a {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    });
+    let (interface, ifindex) = resolve(*addresses.first()?)?;
+    let namespace = pod.metadata.namespace.clone()?;
+    let mut labels = pod.metadata.labels.clone().unwrap_or_default();
+    for (key, value) in ns_labels.get(&namespace).into_iter().flatten() {
+        labels.insert(format!("{NAMESPACE_LABELS_PREFIX}{key}"), value.clone());
+    }
+    labels.insert(
+        SERVICE_ACCOUNT_LABEL.to_string(),
+        spec.service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+    );
+    Some(EndpointSpec {
+        source: SourceKind::Kubernetes,
+        namespace,
+        pod_name: pod.metadata.name.clone()?,
+        labels,
+        ipv4,
+        ipv6,
+        interface,
+        ifindex,
+        workload: workload(pod),
+    })
+}
+
+/// The workload that owns a pod, as Hubble names it: a ReplicaSet's Deployment
+/// (the ReplicaSet's name less the pod's `pod-template-hash`), a Job's CronJob
+/// (the Job's name less its `-<scheduled minute>` suffix), else the controller.
+pub fn workload(pod: &Pod) -> Option<Workload> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let labels = pod.metadata.labels.as_ref();
+    let (kind, name) = match owner.kind.as_str() {
+        "ReplicaSet" => {
+            let hash = labels.and_then(|l| l.get("pod-template-hash"));
+            match hash.and_then(|h| owner.name.strip_suffix(&format!("-{h}"))) {
+                Some(deployment) => ("Deployment", deployment.to_string()),
+                None => ("ReplicaSet", owner.name.clone()),
+            }
+        }
+        "Job" => match owner.name.rsplit_once('-') {
+            Some((cronjob, minute))
+                if minute.len() >= 8 && minute.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                ("CronJob", cronjob.to_string())
+            }
+            _ => ("Job", owner.name.clone()),
+        },
+        other => (other, owner.name.clone()),
+    };
+    Some(Workload {
+        name,
+        kind: kind.to_string(),
+    })
+}
+
+/// The interface the node routes `ip` through, from `ip -j route get` (the
+/// kernel's own answer, whatever the CNI programmed).
+pub fn route_interface(ip: IpAddr) -> Option<(String, u32)> {
+    let out = crate::host::ip(&["-j", "route", "get", &ip.to_string()]).ok()?;
+    let routes: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let dev = routes.get(0)?.get("dev")?.as_str()?.to_string();
+    // A local address (the host's own) is not a pod's.
+    if dev == "lo" {
+        return None;
+    }
+    let index = crate::host::ifindex(&dev).ok()?;
+    Some((dev, index))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,304 @@
+//! The Kubernetes source against kube-rs's own mock transport (`tower-test`
+//! behind `kube::Client`), answering with API server responses as recorded:
+//! LISTs, WATCH streams, and the `410 Gone` that makes the watcher relist.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use hyper::{Request, Response};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::*;
+
+type Chunk = Result<Frame<Bytes>, std::io::Error>;
+type MockBody = StreamBody<ReceiverStream<Chunk>>;
+
+fn pod(name: &str, ip: &str, extra: Value) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": "demo-app", "resourceVersion": "1",
+            "labels": {"app": name.split('-').next().unwrap_or(name), "pod-template-hash": "7d9f8b6c5"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": format!("{}-7d9f8b6c5", name.split('-').next().unwrap_or(name)),
+                "uid": "u1", "controller": true}]
+        },
+        "spec": {"nodeName": "node-a", "serviceAccountName": "api",
+                 "containers": [{"name": "c", "image": "i"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    });
+    merge(&mut pod, extra);
+    pod
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn namespace(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": name, "resourceVersion": "1", "labels": labels}})
+}
+
+fn list(kind: &str, rv: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": rv}, "items": items})
+}
+
+/// Every pod address is routed through `lxc<last octet>`.
+fn resolver() -> Resolver {
+    Arc::new(|ip: IpAddr| match ip {
+        IpAddr::V4(v4) => Some((format!("lxc{}", v4.octets()[3]), u32::from(v4.octets()[3]))),
+        IpAddr::V6(_) => None,
+    })
+}
+
+#[test]
+fn a_pod_becomes_an_endpoint_with_its_namespace_labels_and_workload() {
+    let p: Pod =
+        serde_json::from_value(pod("api-service-7d9f8b6c5-x2k4q", "10.0.0.20", json!({}))).unwrap();
+    let ns = BTreeMap::from([(
+        "demo-app".to_string(),
+        BTreeMap::from([("team".to_string(), "core".to_string())]),
+    )]);
+    let e = endpoint(&p, &ns, resolver().as_ref()).unwrap();
+    assert_eq!(e.key(), "demo-app/api-service-7d9f8b6c5-x2k4q");
+    assert_eq!((e.interface.as_str(), e.ifindex), ("lxc20", 20));
+    assert_eq!(e.ipv4, Some("10.0.0.20".parse().unwrap()));
+    assert_eq!(e.labels["app"], "api");
+    assert_eq!(e.labels["io.cilium.k8s.namespace.labels.team"], "core");
+    assert_eq!(e.labels[SERVICE_ACCOUNT_LABEL], "api");
+    assert_eq!(
+        e.workload,
+        Some(Workload {
+            name: "api".into(),
+            kind: "Deployment".into()
+        })
+    );
+    // Host network, finished, not yet addressed or not routed: no endpoint.
+    for extra in [
+        json!({"spec": {"hostNetwork": true}}),
+        json!({"status": {"phase": "Succeeded"}}),
+        json!({"status": {"podIP": null, "podIPs": []}}),
+        json!({"status": {"podIP": "fd00::1", "podIPs": [{"ip": "fd00::1"}]}}),
+    ] {
+        let p: Pod = serde_json::from_value(pod("x-1", "10.0.0.9", extra.clone())).unwrap();
+        assert!(endpoint(&p, &ns, resolver().as_ref()).is_none(), "{extra}");
+    }
+}
+
+#[test]
+fn workloads_are_named_as_hubble_names_them() {
+    let owned = |kind: &str, name: &str, hash: Option<&str>| {
+        let mut p: Pod = serde_json::from_value(pod("w-1", "10.0.0.9", json!({}))).unwrap();
+        let refs = p.metadata.owner_references.as_mut().unwrap();
+        refs[0].kind = kind.into();
+        refs[0].name = name.into();
+        let labels = p.metadata.labels.as_mut().unwrap();
+        labels.remove("pod-template-hash");
+        if let Some(h) = hash {
+            labels.insert("pod-template-hash".into(), h.into());
+        }
+        workload(&p).map(|w| (w.kind, w.name))
+    };
+    let w = |k: &str, n: &str| Some((k.to_string(), n.to_string()));
+    assert_eq!(
+        owned("ReplicaSet", "web-5c9d", Some("5c9d")),
+        w("Deployment", "web")
+    );
+    assert_eq!(
+        owned("ReplicaSet", "web-5c9d", None),
+        w("ReplicaSet", "web-5c9d")
+    );
+    assert_eq!(
+        owned("Job", "backup-29012345", None),
+        w("CronJob", "backup")
+    );
+    assert_eq!(owned("Job", "migrate-v2", None), w("Job", "migrate-v2"));
+    assert_eq!(owned("StatefulSet", "db", None), w("StatefulSet", "db"));
+    assert_eq!(owned("DaemonSet", "agent", None), w("DaemonSet", "agent"));
+}
+
+/// A recorded API server: answers LISTs from `lists` (by path, in order) and holds
+/// WATCH streams open, feeding them the events given for each path in order.
+struct ApiServer {
+    requests: mpsc::UnboundedReceiver<String>,
+}
+
+fn respond(body: &Value) -> (Response<MockBody>, mpsc::Sender<Chunk>) {
+    let (tx, rx) = mpsc::channel(16);
+    let line = format!("{body}\n");
+    tx.try_send(Ok(Frame::data(Bytes::from(line)))).unwrap();
+    (Response::new(StreamBody::new(ReceiverStream::new(rx))), tx)
+}
+
+fn api_server(
+    mut lists: BTreeMap<&'static str, Vec<Value>>,
+    mut watches: BTreeMap<&'static str, Vec<Vec<Value>>>,
+) -> (Client, ApiServer) {
+    let (service, mut handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
+    let (seen, requests) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // Open watch bodies stay alive here until the test ends.
+        let mut open = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            let uri = req.uri().to_string();
+            let _ = seen.send(uri.clone());
+            let path = req.uri().path().to_string();
+            let key = ["/api/v1/pods", "/api/v1/namespaces"]
+                .into_iter()
+                .find(|p| *p == path)
+                .unwrap_or("?");
+            if uri.contains("watch=true") {
+                let events = watches
+                    .get_mut(key)
+                    .filter(|w| !w.is_empty())
+                    .map(|w| w.remove(0));
+                let (tx, rx) = mpsc::channel(16);
+                for e in events.unwrap_or_default() {
+                    tx.try_send(Ok(Frame::data(Bytes::from(format!("{e}\n")))))
+                        .unwrap();
+                }
+                open.push(tx);
+                send.send_response(Response::new(StreamBody::new(ReceiverStream::new(rx))));
+            } else {
+                let body = lists
+                    .get_mut(key)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| l.remove(0))
+                    .unwrap_or_else(|| json!({"kind": "Status", "code": 500}));
+                let (response, tx) = respond(&body);
+                drop(tx);
+                send.send_response(response);
+            }
+        }
+    });
+    (Client::new(service, "default"), ApiServer { requests })
+}
+
+/// Reads listings until one is `expected` (events of the two watches interleave,
+/// so intermediate listings may differ); panics after a minute of test time.
+async fn wait_for(rx: &mut mpsc::Receiver<Vec<EndpointSpec>>, expected: &[&str]) {
+    let mut seen = Vec::new();
+    loop {
+        let listing = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("never {expected:?}; saw {seen:?}"))
+            .expect("source ended");
+        let keys: Vec<String> = listing.iter().map(EndpointSpec::key).collect();
+        if keys == expected {
+            return;
+        }
+        seen.push(keys);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn watches_this_nodes_pods_and_relists_after_410_gone() {
+    let pods_v1 = list(
+        "PodList",
+        "100",
+        vec![
+            pod("api-service-7d9f8b6c5-a", "10.0.0.20", json!({})),
+            pod(
+                "node-exporter-b",
+                "192.168.1.5",
+                json!({"spec": {"hostNetwork": true}}),
+            ),
+        ],
+    );
+    // After `410 Gone` the relist no longer has api-service-…-a: it must leave.
+    let pods_v2 = list(
+        "PodList",
+        "200",
+        vec![pod("db-service-7d9f8b6c5-c", "10.0.0.30", json!({}))],
+    );
+    let namespaces = list(
+        "NamespaceList",
+        "50",
+        vec![namespace("demo-app", json!({"team": "core"}))],
+    );
+    let added = pod(
+        "frontend-7d9f8b6c5-f",
+        "10.0.0.10",
+        json!({"metadata": {"resourceVersion": "101"}}),
+    );
+    let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+        "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
+        "message": "too old resource version: 100 (150)"}});
+    let (client, mut server) = api_server(
+        BTreeMap::from([
+            ("/api/v1/pods", vec![pods_v1, pods_v2]),
+            ("/api/v1/namespaces", vec![namespaces]),
+        ]),
+        BTreeMap::from([(
+            "/api/v1/pods",
+            vec![vec![json!({"type": "ADDED", "object": added}), gone]],
+        )]),
+    );
+    let state = SharedState::default();
+    let (tx, mut rx) = mpsc::channel(8);
+    tokio::spawn(watch(
+        client,
+        "node-a".into(),
+        resolver(),
+        state.clone(),
+        tx,
+    ));
+
+    // The list (the host-network pod is skipped), then the watch adds frontend…
+    wait_for(
+        &mut rx,
+        &[
+            "demo-app/api-service-7d9f8b6c5-a",
+            "demo-app/frontend-7d9f8b6c5-f",
+        ],
+    )
+    .await;
+    // …then expires: the relist replaces the store whole.
+    wait_for(&mut rx, &["demo-app/db-service-7d9f8b6c5-c"]).await;
+    let s = lock(&state).clone();
+    assert!(s.synced);
+    assert_eq!((s.endpoints, s.skipped), (1, 0));
+
+    // Requests as kube-rs sends them: this node's pods only, bookmarks on.
+    let mut uris = Vec::new();
+    while let Ok(uri) = server.requests.try_recv() {
+        uris.push(uri);
+    }
+    let pod_requests: Vec<&String> = uris.iter().filter(|u| u.contains("/api/v1/pods")).collect();
+    assert!(
+        pod_requests
+            .iter()
+            .all(|u| u.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+        "{uris:#?}"
+    );
+    assert!(
+        pod_requests
+            .iter()
+            .any(|u| u.contains("watch=true") && u.contains("resourceVersion=100")),
+        "{uris:#?}"
+    );
+    assert_eq!(
+        pod_requests
+            .iter()
+            .filter(|u| !u.contains("watch=true"))
+            .count(),
+        2,
+        "one list, one relist after 410: {uris:#?}"
+    );
+}

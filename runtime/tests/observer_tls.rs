@@ -108,6 +108,17 @@ async fn connect(port: u16, tls: ClientTlsConfig) -> Result<Channel, tonic::tran
         .await
 }
 
+/// Whether a client was refused: at connection, or at its first call.
+async fn is_refused(channel: Result<Channel, tonic::transport::Error>) -> bool {
+    match channel {
+        Err(_) => true,
+        Ok(ch) => ObserverClient::new(ch)
+            .server_status(ServerStatusRequest {})
+            .await
+            .is_err(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observer_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -179,13 +190,7 @@ async fn observer_over_mutual_tls() {
     );
 
     // Without a client certificate the server refuses (mTLS is on).
-    let refused = match connect(port, tls.clone()).await {
-        Err(_) => true,
-        Ok(ch) => ObserverClient::new(ch)
-            .server_status(ServerStatusRequest {})
-            .await
-            .is_err(),
-    };
+    let refused = is_refused(connect(port, tls.clone()).await).await;
     assert!(refused, "a client without a certificate was served");
 
     // A certificate from another CA (same names, same extensions) is refused.
@@ -196,13 +201,7 @@ async fn observer_over_mutual_tls() {
         std::fs::read(rogue.join("client.pem")).unwrap(),
         std::fs::read(rogue.join("client.key")).unwrap(),
     );
-    let refused = match connect(port, tls.clone().identity(rogue_identity)).await {
-        Err(_) => true,
-        Ok(ch) => ObserverClient::new(ch)
-            .server_status(ServerStatusRequest {})
-            .await
-            .is_err(),
-    };
+    let refused = is_refused(connect(port, tls.clone().identity(rogue_identity)).await).await;
     assert!(refused, "a client certificate from another CA was served");
 
     // Plaintext HTTP/2 on the TLS port gets nothing.
@@ -212,13 +211,7 @@ async fn observer_over_mutual_tls() {
         .timeout(Duration::from_secs(5))
         .connect()
         .await;
-    let refused = match plain {
-        Err(_) => true,
-        Ok(ch) => ObserverClient::new(ch)
-            .server_status(ServerStatusRequest {})
-            .await
-            .is_err(),
-    };
+    let refused = is_refused(plain).await;
     assert!(refused, "a plaintext client was served on the TLS port");
     // The agent kept serving the good client throughout.
     let status = client

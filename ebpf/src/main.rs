@@ -290,7 +290,7 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     // The first packet of a connection.
     let remote = lookup_ipcache(remote_addr(pkt, dir));
     let remote_identity = remote.identity;
-    let (policy_flags, policy) = match verdict(
+    let (policy_flags, policy, enforce_l7) = match verdict(
         &ep,
         (generation, policy_rev),
         dir,
@@ -298,7 +298,7 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
         pkt,
         enforced,
     ) {
-        Ok(allowed) => (allowed.flags, allowed.policy),
+        Ok(allowed) => (allowed.flags, allowed.policy, allowed.enforce_l7),
         Err(denied) => return drop_by(ctx, &ep, dir, pkt, remote_identity, denied),
     };
     let mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
@@ -321,7 +321,7 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     if l7 != ct_flags::FROM_PROXY
         && dir == direction::INGRESS
         && pkt.proto == IPPROTO_TCP
-        && policy_flags & policy_flags::L7_ENFORCE != 0
+        && enforce_l7
         && config.proxy_port != 0
     {
         // A connection to a port with enforcing L7 rules that did not pass the
@@ -544,6 +544,10 @@ fn lookup_ipcache(addr: &[u8; 16]) -> IpcacheValue {
 struct Allowed {
     flags: u8,
     policy: u16,
+    /// The most specific allowing entry asks for L7 enforcement (the remote
+    /// identity's own entry when there is one: the host's implicit allow is not
+    /// overridden by a wildcard-peer L7 rule).
+    enforce_l7: bool,
 }
 
 /// A connection policy drops: why, and the tag of the deny entry (0 for default deny).
@@ -565,6 +569,7 @@ fn verdict(
     let mut flags = 0u8;
     let mut allowed = false;
     let mut policy = 0u16;
+    let mut specific: Option<u8> = None;
     // Straight-line on purpose: an array of `Option`s leaves uninitialised bytes the
     // verifier refuses to copy.
     for identity in [remote, identity::ANY] {
@@ -589,6 +594,7 @@ fn verdict(
             if entry.action == action::ALLOW {
                 if !allowed {
                     policy = attribution::tag(rev, entry.rule);
+                    specific = Some(entry.flags);
                 }
                 allowed = true;
                 flags |= entry.flags;
@@ -596,7 +602,12 @@ fn verdict(
         }
     }
     if allowed || !enforced {
-        Ok(Allowed { flags, policy })
+        let enforce_l7 = specific.unwrap_or(flags) & policy_flags::L7_ENFORCE != 0;
+        Ok(Allowed {
+            flags,
+            policy,
+            enforce_l7,
+        })
     } else {
         Err(Denied {
             reason: drop_reason::POLICY_DENIED,

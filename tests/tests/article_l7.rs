@@ -330,4 +330,19 @@ fn l7_rules_for_a_client_outside_the_nodes_endpoints_fail_closed() {
         drops.contains("PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL"),
         "{drops}"
     );
+    // HTTP rules for any peer: the host's implicit allow (allow-localhost) stays
+    // the host's own entry, so probes from the node keep working.
+    agent
+        .loupe_ok(&["policy", "delete", "demo-app/api-from-host"])
+        .unwrap();
+    let any_peer = FROM_HOST
+        .replace("api-from-host", "api-any-peer")
+        .replace("  - fromEntities: [host]\n    toPorts:", "  - toPorts:");
+    let policy = loupe_tests::write_file(&dir, "any-peer.yaml", &any_peer);
+    agent.loupe_ok(&["policy", "apply", "-f", &policy]).unwrap();
+    assert_eq!(
+        curl("GET", "/get"),
+        "200",
+        "a probe from the node was dropped"
+    );
 }

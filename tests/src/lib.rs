@@ -244,6 +244,21 @@ impl TestAgent {
     /// Writes a config (`extra` is appended as YAML) and starts the agent; waits
     /// until it serves its API and has registered `endpoints` endpoints.
     pub fn start(name: &str, lab: &str, extra: &str, endpoints: usize) -> anyhow::Result<Self> {
+        Self::start_with(
+            name,
+            &format!("endpoints:\n  labNames: [{lab}]\n"),
+            extra,
+            endpoints,
+        )
+    }
+
+    /// As [`start`](Self::start), with the config's whole `endpoints:` section given.
+    pub fn start_with(
+        name: &str,
+        endpoints_section: &str,
+        extra: &str,
+        endpoints: usize,
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("loupe-agent-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -255,7 +270,7 @@ impl TestAgent {
         std::fs::write(
             &config,
             format!(
-                "socketPath: {}\nstateDir: {}\nbpf:\n  pinPath: {}\nendpoints:\n  labNames: [{lab}]\n{extra}",
+                "socketPath: {}\nstateDir: {}\nbpf:\n  pinPath: {}\n{endpoints_section}{extra}",
                 socket.display(),
                 state_dir.display(),
                 pin_path.display()

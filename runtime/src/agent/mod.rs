@@ -448,10 +448,7 @@ async fn report_kubernetes(sync: endpoint::kubernetes::SharedState, health: Arc<
             (None, false) => (ComponentState::Error, "listing pods and namespaces".into()),
             (None, true) => (
                 ComponentState::Ok,
-                format!(
-                    "{} endpoints ({} pods of this node skipped)",
-                    s.endpoints, s.skipped
-                ),
+                format!("{} endpoints (pods skipped: {})", s.endpoints, s.skipped),
             ),
         };
         health.set("endpoints/kubernetes", state, detail);

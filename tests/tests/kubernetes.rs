@@ -1,0 +1,194 @@
+//! The real agent with its Kubernetes endpoint source, against an API server that
+//! replays a recorded conversation (`tests/clients/kube_api.py`) describing the
+//! lab's pods as a cluster would: this node's pods with their addresses, labels,
+//! owners and namespace. The agent finds each pod's interface from the node's
+//! route to it, enforces a policy in the kernel, and follows the watch when a pod
+//! is deleted.
+// Integration tests: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use loupe_tests::{
+    TestAgent, TestLab, client, root, scratch_dir, serial, tcp_ok, wait_for, write_file,
+};
+use serde_json::{Value, json};
+
+const NODE: &str = "lab-node-1";
+
+/// A pod of this node as the API server lists it.
+fn pod(name: &str, app: &str, ip: &str, rv: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": format!("{app}-6c9f7d8b5-{name}"), "namespace": "demo-app",
+            "uid": format!("uid-{name}"), "resourceVersion": rv,
+            "labels": {"app": app, "pod-template-hash": "6c9f7d8b5"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": format!("{app}-6c9f7d8b5"), "uid": format!("rs-{app}"),
+                "controller": true, "blockOwnerDeletion": true}]
+        },
+        "spec": {"nodeName": NODE, "serviceAccountName": app,
+                 "containers": [{"name": app, "image": format!("{app}:1")}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    })
+}
+
+struct ApiServer(Child);
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pods_from_the_api_server_are_enforced_and_followed() {
+    let _guard = serial();
+    let lab = TestLab::up("e2e-k8s", 218).unwrap();
+    let dir = scratch_dir("k8s-api");
+    let frontend = pod("x7k2p", "frontend", "10.218.0.10", "101");
+    let pods = vec![
+        frontend.clone(),
+        pod("q4m9t", "api-service", "10.218.0.20", "102"),
+        pod("z8w3r", "db-service", "10.218.0.30", "103"),
+        pod("c5n6v", "kafka", "10.218.0.40", "104"),
+        // Host network and another node's pod (the field selector is the server's
+        // job; a host-network pod is the agent's to skip).
+        {
+            let mut p = pod("h1h1h", "node-exporter", "192.0.2.1", "105");
+            p["spec"]["hostNetwork"] = json!(true);
+            p
+        },
+    ];
+    write_file(
+        &dir,
+        "pods.list.json",
+        &json!({"apiVersion": "v1", "kind": "PodList",
+                "metadata": {"resourceVersion": "110"}, "items": pods})
+        .to_string(),
+    );
+    write_file(
+        &dir,
+        "namespaces.list.json",
+        &json!({"apiVersion": "v1", "kind": "NamespaceList",
+                "metadata": {"resourceVersion": "110"},
+                "items": [{"apiVersion": "v1", "kind": "Namespace",
+                           "metadata": {"name": "demo-app", "resourceVersion": "5",
+                                        "labels": {"team": "shop"}}}]})
+        .to_string(),
+    );
+    // Eight seconds into the watch, frontend's pod is deleted.
+    let mut deleted = frontend.clone();
+    deleted["metadata"]["resourceVersion"] = json!("120");
+    write_file(
+        &dir,
+        "pods.watch.jsonl",
+        &json!({"after": 8.0, "event": {"type": "DELETED", "object": deleted}}).to_string(),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _api = ApiServer(
+        Command::new("python3")
+            .arg(client("kube_api.py"))
+            .arg(&dir)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let kubeconfig = write_file(
+        &dir,
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: lab\n\
+             clusters: [{{name: lab, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
+             users: [{{name: agent, user: {{token: recorded}}}}]\n\
+             contexts: [{{name: lab, context: {{cluster: lab, user: agent}}}}]\n"
+        ),
+    );
+    let agent = TestAgent::start_with(
+        "k8s",
+        &format!("endpoints:\n  lab: false\n  kubernetes: true\n  kubeconfig: {kubeconfig}\n"),
+        &format!("nodeName: {NODE}\n"),
+        4,
+    )
+    .unwrap();
+
+    // The API's pod names and labels; the lab's interfaces.
+    let endpoints = agent.endpoints().unwrap();
+    let names: Vec<&str> = endpoints
+        .iter()
+        .map(|e| e["podName"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names.len(),
+        4,
+        "host-network pod skipped, four endpoints: {endpoints:#?}"
+    );
+    let api = endpoints
+        .iter()
+        .find(|e| e["podName"] == "api-service-6c9f7d8b5-q4m9t")
+        .unwrap_or_else(|| panic!("{endpoints:#?}"));
+    assert_eq!(api["source"], "kubernetes", "{api}");
+    assert!(
+        api["interface"].as_str().unwrap().starts_with("lxc"),
+        "{api}"
+    );
+    let labels = api["labels"].to_string();
+    assert!(
+        labels.contains("io.cilium.k8s.namespace.labels.team=shop"),
+        "{api}"
+    );
+    assert!(
+        labels.contains("io.cilium.k8s.policy.serviceaccount=api-service"),
+        "{api}"
+    );
+
+    // The article's database policy, enforced on the interfaces the routes named.
+    let policy = root()
+        .join("examples/policies/db-allow-api-service.yaml")
+        .display()
+        .to_string();
+    agent.loupe_ok(&["policy", "apply", "-f", &policy]).unwrap();
+    assert!(
+        tcp_ok(&lab, "api-service", "db-service", 6379, 2),
+        "api-service must reach db-service"
+    );
+    assert!(
+        !tcp_ok(&lab, "frontend", "db-service", 6379, 2),
+        "frontend must be denied by the policy"
+    );
+
+    // The recorded DELETED event: frontend leaves the registry.
+    let gone = wait_for(Duration::from_secs(30), || {
+        agent.endpoints().is_ok_and(|e| {
+            e.len() == 3 && !e.iter().any(|x| x["podName"] == "frontend-6c9f7d8b5-x7k2p")
+        })
+    });
+    assert!(gone, "{:#?}", agent.endpoints());
+    let status = agent.loupe_ok(&["status"]).unwrap();
+    assert!(status.contains("3 endpoints"), "{status}");
+
+    // What the agent asked: this node's pods only, then a watch from the list's version.
+    let requests = std::fs::read_to_string(dir.join("requests.log")).unwrap();
+    assert!(
+        requests
+            .lines()
+            .filter(|l| l.starts_with("/api/v1/pods"))
+            .all(|l| l.contains(&format!("fieldSelector=spec.nodeName%3D{NODE}"))),
+        "{requests}"
+    );
+    assert!(
+        requests.lines().any(|l| l.starts_with("/api/v1/pods")
+            && l.contains("watch=true")
+            && l.contains("resourceVersion=110")),
+        "{requests}"
+    );
+}

@@ -173,8 +173,17 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         })
     });
     assert!(gone, "{:#?}", agent.endpoints());
-    let status = agent.loupe_ok(&["status"]).unwrap();
-    assert!(status.contains("3 endpoints"), "{status}");
+    // The source's state reaches `loupe status` within its one-second report.
+    let reported = wait_for(Duration::from_secs(5), || {
+        agent.loupe_ok(&["status"]).is_ok_and(|s| {
+            s.contains("endpoints/kubernetes   ok        3 endpoints (pods skipped: 1)")
+        })
+    });
+    assert!(
+        reported,
+        "{}",
+        agent.loupe_ok(&["status"]).unwrap_or_default()
+    );
 
     // What the agent asked: this node's pods only, then a watch from the list's version.
     let requests = std::fs::read_to_string(dir.join("requests.log")).unwrap();

@@ -178,17 +178,11 @@ async fn serve(
     }
 
     if config.endpoints.lab {
-        let (tx, rx) = mpsc::channel(4);
+        let tx = tasks.source(&state, SourceKind::Lab);
         tasks.0.push(tokio::spawn(endpoint::lab_source::watch(
             Duration::from_millis(config.endpoints.lab_poll_ms),
             config.endpoints.lab_names.clone(),
             tx,
-        )));
-        tasks.0.push(tokio::spawn(apply_source(
-            state.control.clone(),
-            state.health.clone(),
-            SourceKind::Lab,
-            rx,
         )));
         health.set("endpoints/lab", ComponentState::Ok, "watching lab state");
     } else {
@@ -202,7 +196,7 @@ async fn serve(
     if config.endpoints.kubernetes {
         match kubernetes_client(config.endpoints.kubeconfig.as_deref()).await {
             Ok(client) => {
-                let (tx, rx) = mpsc::channel(4);
+                let tx = tasks.source(&state, SourceKind::Kubernetes);
                 let sync = endpoint::kubernetes::SharedState::default();
                 tasks.0.push(tokio::spawn(endpoint::kubernetes::watch(
                     client,
@@ -210,12 +204,6 @@ async fn serve(
                     Arc::new(endpoint::kubernetes::route_interface),
                     sync.clone(),
                     tx,
-                )));
-                tasks.0.push(tokio::spawn(apply_source(
-                    state.control.clone(),
-                    state.health.clone(),
-                    SourceKind::Kubernetes,
-                    rx,
                 )));
                 tasks
                     .0
@@ -334,6 +322,25 @@ impl Stopping {
 /// fails half way (an embedder's runtime keeps running).
 #[derive(Default)]
 struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Tasks {
+    /// Where an endpoint source sends its listings: each one is applied to that
+    /// source's endpoints by a task of its own.
+    fn source(
+        &mut self,
+        state: &AgentState,
+        kind: SourceKind,
+    ) -> mpsc::Sender<Vec<endpoint::EndpointSpec>> {
+        let (tx, rx) = mpsc::channel(4);
+        self.0.push(tokio::spawn(apply_source(
+            state.control.clone(),
+            state.health.clone(),
+            kind,
+            rx,
+        )));
+        tx
+    }
+}
 
 impl Drop for Tasks {
     fn drop(&mut self) {

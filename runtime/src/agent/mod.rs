@@ -197,23 +197,23 @@ async fn serve(
         match kubernetes_client(config.endpoints.kubeconfig.as_deref()).await {
             Ok(client) => {
                 let tx = tasks.source(&state, SourceKind::Kubernetes);
-                let sync = endpoint::kubernetes::SharedState::default();
                 tasks.0.push(tokio::spawn(endpoint::kubernetes::watch(
                     client,
                     state.node.name.clone(),
                     Arc::new(endpoint::kubernetes::route_interface),
-                    sync.clone(),
+                    state.health.clone(),
                     tx,
                 )));
-                tasks
-                    .0
-                    .push(tokio::spawn(report_kubernetes(sync, state.health.clone())));
             }
-            Err(e) => health.set("endpoints/kubernetes", ComponentState::Error, e),
+            Err(e) => health.set(
+                endpoint::kubernetes::HEALTH_COMPONENT,
+                ComponentState::Error,
+                e,
+            ),
         }
     } else {
         health.set(
-            "endpoints/kubernetes",
+            endpoint::kubernetes::HEALTH_COMPONENT,
             ComponentState::Disabled,
             "endpoints.kubernetes: false",
         );
@@ -422,7 +422,6 @@ async fn collect_conntrack(control: Arc<ControlPlane>) {
     }
 }
 
-/// Applies a source's successive full listings to the control plane.
 /// A client for the API server: from `kubeconfig` when given, else inferred
 /// (in-cluster service account, then `$KUBECONFIG` / `~/.kube/config`).
 async fn kubernetes_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
@@ -441,27 +440,7 @@ async fn kubernetes_client(kubeconfig: Option<&std::path::Path>) -> Result<kube:
     kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
 }
 
-/// Mirrors the Kubernetes source's sync state into `loupe status` / `/healthz`.
-async fn report_kubernetes(sync: endpoint::kubernetes::SharedState, health: Arc<Health>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let s = sync
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let (state, detail) = match (&s.error, s.synced) {
-            (Some(e), _) => (ComponentState::Error, format!("API: {e}")),
-            (None, false) => (ComponentState::Error, "listing pods and namespaces".into()),
-            (None, true) => (
-                ComponentState::Ok,
-                format!("{} endpoints (pods skipped: {})", s.endpoints, s.skipped),
-            ),
-        };
-        health.set("endpoints/kubernetes", state, detail);
-    }
-}
-
+/// Applies a source's successive full listings to the control plane.
 async fn apply_source(
     control: Arc<ControlPlane>,
     health: Arc<Health>,

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -23,6 +23,7 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 
 use super::{EndpointSpec, SourceKind, Workload};
+use crate::health::{ComponentState, Health};
 
 /// Cilium's prefix for a pod's namespace labels in its identity.
 pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
@@ -32,31 +33,25 @@ pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
 /// Finds the host-side interface (name, index) a pod address is reached through.
 pub type Resolver = Arc<dyn Fn(IpAddr) -> Option<(String, u32)> + Send + Sync>;
 
-/// The source's state, for `loupe status` and `/healthz`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SyncState {
-    /// Pods and namespaces have been listed once.
-    pub synced: bool,
-    /// Endpoints in the last listing.
-    pub endpoints: usize,
-    /// Pods of this node left out (host network, no address or interface yet).
-    pub skipped: usize,
-    /// The last API error, cleared by the next successful event.
-    pub error: Option<String>,
-}
-
-/// Shared view of [`SyncState`].
-pub type SharedState = Arc<Mutex<SyncState>>;
+/// The component name the source reports under in `loupe status` and `/healthz`.
+pub const HEALTH_COMPONENT: &str = "endpoints/kubernetes";
 
 /// Watches this node's pods and every namespace; sends the full listing after
-/// each change (once both are listed) until the receiver goes away.
+/// each change (once both are listed) until the receiver goes away. Its sync
+/// state (listing, endpoints found, the last API error) goes to `health` as it
+/// changes.
 pub async fn watch(
     client: Client,
     node: String,
     resolve: Resolver,
-    state: SharedState,
+    health: Arc<Health>,
     tx: mpsc::Sender<Vec<EndpointSpec>>,
 ) {
+    health.set(
+        HEALTH_COMPONENT,
+        ComponentState::Error,
+        "listing pods and namespaces",
+    );
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (namespaces, ns_writer) = reflector::store::<Namespace>();
     let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
@@ -80,24 +75,31 @@ pub async fn watch(
                         Kind::Namespace => namespaces_listed = true,
                     }
                 }
-                lock(&state).error = None;
             }
             Err(err) => {
                 tracing::warn!(error = %err, "kubernetes watch");
-                lock(&state).error = Some(err.to_string());
+                health.set(
+                    HEALTH_COMPONENT,
+                    ComponentState::Error,
+                    format!("API: {err}"),
+                );
                 continue;
             }
         }
         if !(pods_listed && namespaces_listed) {
+            health.set(
+                HEALTH_COMPONENT,
+                ComponentState::Error,
+                "listing pods and namespaces",
+            );
             continue;
         }
         let (now, skipped) = listing(&pods, &namespaces, resolve.as_ref());
-        {
-            let mut s = lock(&state);
-            s.synced = true;
-            s.endpoints = now.len();
-            s.skipped = skipped;
-        }
+        health.set(
+            HEALTH_COMPONENT,
+            ComponentState::Ok,
+            format!("{} endpoints (pods skipped: {skipped})", now.len()),
+        );
         if last.as_ref() != Some(&now) {
             if tx.send(now.clone()).await.is_err() {
                 return;
@@ -111,12 +113,6 @@ pub async fn watch(
 enum Kind {
     Pod,
     Namespace,
-}
-
-fn lock(state: &SharedState) -> std::sync::MutexGuard<'_, SyncState> {
-    state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The endpoints of the pods in `pods` (sorted by namespace and name), and how

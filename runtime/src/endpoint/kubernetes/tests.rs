@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::*;
+use crate::health::ComponentStatus;
 
 type Chunk = Result<Frame<Bytes>, std::io::Error>;
 type MockBody = StreamBody<ReceiverStream<Chunk>>;
@@ -250,13 +251,13 @@ async fn watches_this_nodes_pods_and_relists_after_410_gone() {
             vec![vec![json!({"type": "ADDED", "object": added}), gone]],
         )]),
     );
-    let state = SharedState::default();
+    let health = Arc::new(Health::default());
     let (tx, mut rx) = mpsc::channel(8);
     tokio::spawn(watch(
         client,
         "node-a".into(),
         resolver(),
-        state.clone(),
+        health.clone(),
         tx,
     ));
 
@@ -271,9 +272,18 @@ async fn watches_this_nodes_pods_and_relists_after_410_gone() {
     .await;
     // …then expires: the relist replaces the store whole.
     wait_for(&mut rx, &["demo-app/db-service-7d9f8b6c5-c"]).await;
-    let s = lock(&state).clone();
-    assert!(s.synced);
-    assert_eq!((s.endpoints, s.skipped), (1, 0));
+    let status = health
+        .components()
+        .into_iter()
+        .find(|(name, _)| name == HEALTH_COMPONENT)
+        .map(|(_, status)| status);
+    assert_eq!(
+        status,
+        Some(ComponentStatus {
+            state: ComponentState::Ok,
+            detail: "1 endpoints (pods skipped: 0)".into()
+        })
+    );
 
     // Requests as kube-rs sends them: this node's pods only, bookmarks on.
     let mut uris = Vec::new();

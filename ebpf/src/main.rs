@@ -265,8 +265,7 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
             if ct.flags & ct_flags::PROXY != 0 {
                 // A retransmitted SYN needs the listener again; everything else finds
                 // the proxy's socket by local routing.
-                let syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-                if let Err(reason) = steer(ctx, pkt, config.proxy_port, syn) {
+                if let Err(reason) = steer(ctx, pkt, config.proxy_port, opening) {
                     let remote_identity = ct.remote_identity;
                     return drop(ctx, &ep, dir, pkt, remote_identity, reason);
                 }

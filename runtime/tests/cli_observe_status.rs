@@ -12,6 +12,21 @@ use std::time::{Duration, Instant};
 
 struct Agent(Child);
 
+impl Agent {
+    /// `loupe agent --config <config>`, killed when dropped.
+    fn start(config: &std::path::Path) -> Self {
+        Self(
+            Command::new(env!("CARGO_BIN_EXE_loupe"))
+                .args(["agent", "--config"])
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -45,15 +60,7 @@ fn agent_status_observe_and_metrics() {
         ),
     )
     .unwrap();
-    let _agent = Agent(
-        Command::new(env!("CARGO_BIN_EXE_loupe"))
-            .args(["agent", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _agent = Agent::start(&config);
 
     // `status --wait` returns once the agent answers and is healthy.
     let out = loupe(&socket, &["status", "--wait", "--wait-duration", "30"]);
@@ -131,15 +138,7 @@ fn sigterm_stops_the_agent_with_followers_attached() {
         ),
     )
     .unwrap();
-    let mut agent = Agent(
-        Command::new(env!("CARGO_BIN_EXE_loupe"))
-            .args(["agent", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut agent = Agent::start(&config);
     let started = Instant::now();
     while !loupe(&socket, &["status"]).status.success() {
         assert!(

@@ -247,4 +247,6 @@ pub fn route_interface(ip: IpAddr) -> Option<(String, u32)> {
 }
 
 #[cfg(test)]
+pub(crate) mod mock;
+#[cfg(test)]
 mod tests;

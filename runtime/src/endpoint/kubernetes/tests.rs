@@ -6,20 +6,13 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::StreamBody;
-use hyper::body::Frame;
-use hyper::{Request, Response};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
+use super::mock::{self, api_server};
 use super::*;
 use crate::health::ComponentStatus;
-
-type Chunk = Result<Frame<Bytes>, std::io::Error>;
-type MockBody = StreamBody<ReceiverStream<Chunk>>;
 
 fn pod(name: &str, ip: &str, extra: Value) -> Value {
     let mut pod = json!({
@@ -56,7 +49,7 @@ fn namespace(name: &str, labels: Value) -> Value {
 }
 
 fn list(kind: &str, rv: &str, items: Vec<Value>) -> Value {
-    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": rv}, "items": items})
+    mock::list("v1", kind, rv, items)
 }
 
 /// Every pod address is routed through `lxc<last octet>`.
@@ -131,64 +124,6 @@ fn workloads_are_named_as_hubble_names_them() {
     assert_eq!(owned("Job", "migrate-v2", None), w("Job", "migrate-v2"));
     assert_eq!(owned("StatefulSet", "db", None), w("StatefulSet", "db"));
     assert_eq!(owned("DaemonSet", "agent", None), w("DaemonSet", "agent"));
-}
-
-/// A recorded API server: answers LISTs from `lists` (by path, in order) and holds
-/// WATCH streams open, feeding them the events given for each path in order.
-struct ApiServer {
-    requests: mpsc::UnboundedReceiver<String>,
-}
-
-fn respond(body: &Value) -> (Response<MockBody>, mpsc::Sender<Chunk>) {
-    let (tx, rx) = mpsc::channel(16);
-    let line = format!("{body}\n");
-    tx.try_send(Ok(Frame::data(Bytes::from(line)))).unwrap();
-    (Response::new(StreamBody::new(ReceiverStream::new(rx))), tx)
-}
-
-fn api_server(
-    mut lists: BTreeMap<&'static str, Vec<Value>>,
-    mut watches: BTreeMap<&'static str, Vec<Vec<Value>>>,
-) -> (Client, ApiServer) {
-    let (service, mut handle) =
-        tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
-    let (seen, requests) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        // Open watch bodies stay alive here until the test ends.
-        let mut open = Vec::new();
-        while let Some((req, send)) = handle.next_request().await {
-            let uri = req.uri().to_string();
-            let _ = seen.send(uri.clone());
-            let path = req.uri().path().to_string();
-            let key = ["/api/v1/pods", "/api/v1/namespaces"]
-                .into_iter()
-                .find(|p| *p == path)
-                .unwrap_or("?");
-            if uri.contains("watch=true") {
-                let events = watches
-                    .get_mut(key)
-                    .filter(|w| !w.is_empty())
-                    .map(|w| w.remove(0));
-                let (tx, rx) = mpsc::channel(16);
-                for e in events.unwrap_or_default() {
-                    tx.try_send(Ok(Frame::data(Bytes::from(format!("{e}\n")))))
-                        .unwrap();
-                }
-                open.push(tx);
-                send.send_response(Response::new(StreamBody::new(ReceiverStream::new(rx))));
-            } else {
-                let body = lists
-                    .get_mut(key)
-                    .filter(|l| !l.is_empty())
-                    .map(|l| l.remove(0))
-                    .unwrap_or_else(|| json!({"kind": "Status", "code": 500}));
-                let (response, tx) = respond(&body);
-                drop(tx);
-                send.send_response(response);
-            }
-        }
-    });
-    (Client::new(service, "default"), ApiServer { requests })
 }
 
 /// Reads listings until one is `expected` (events of the two watches interleave,
@@ -286,10 +221,7 @@ async fn watches_this_nodes_pods_and_relists_after_410_gone() {
     );
 
     // Requests as kube-rs sends them: this node's pods only, bookmarks on.
-    let mut uris = Vec::new();
-    while let Ok(uri) = server.requests.try_recv() {
-        uris.push(uri);
-    }
+    let uris = server.seen();
     let pod_requests: Vec<&String> = uris.iter().filter(|u| u.contains("/api/v1/pods")).collect();
     assert!(
         pod_requests

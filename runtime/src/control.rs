@@ -204,6 +204,18 @@ impl ControlPlane {
         Ok(inner.outcome(report))
     }
 
+    /// Replaces the policies read from `source` with its full listing; on any
+    /// error the policies in force stay.
+    pub async fn sync_policies(
+        &self,
+        source: &str,
+        policies: Vec<Policy>,
+    ) -> Result<PolicyOutcome, ControllerError> {
+        let mut inner = self.inner.lock().await;
+        let report = inner.controller.sync_source(source, policies)?;
+        Ok(inner.outcome(report))
+    }
+
     /// Deletes policies by key (`namespace/name`).
     pub async fn delete(&self, keys: &[String]) -> Result<PolicyOutcome, ControllerError> {
         let mut inner = self.inner.lock().await;

@@ -343,6 +343,26 @@ impl Controller {
         Ok(self.report(keys))
     }
 
+    /// Replaces every policy read from `source` with `policies` (the source's
+    /// full listing). On any error nothing changes. Reports the keys of the new
+    /// listing; a listing equal to what is in force changes nothing.
+    pub fn sync_source(
+        &mut self,
+        source: &str,
+        policies: Vec<Policy>,
+    ) -> Result<ApplyReport, ControllerError> {
+        let keys: Vec<String> = policies.iter().map(Policy::key).collect();
+        let candidate = self.policies.with_source(source, &policies);
+        // Both in key order.
+        if candidate == self.policies.to_vec() {
+            return Ok(self.report(keys));
+        }
+        self.reconcile(&candidate, self.policies.revision() + 1)?;
+        self.policies.commit(candidate)?;
+        self.publish();
+        Ok(self.report(keys))
+    }
+
     /// Deletes policies by `namespace/name`.
     pub fn delete(&mut self, keys: &[String]) -> Result<ApplyReport, ControllerError> {
         let (candidate, missing) = self.policies.with_deleted(keys);

@@ -159,6 +159,22 @@ impl PolicyRepository {
         next.into_values().collect()
     }
 
+    /// The policies as they would be with every policy read from `source`
+    /// replaced by `new` (a source's full listing, as a watch relists it); `new`
+    /// also replaces policies of other sources with the same key.
+    pub fn with_source(&self, source: &str, new: &[Policy]) -> Vec<Policy> {
+        let mut next: BTreeMap<String, Policy> = self
+            .policies
+            .iter()
+            .filter(|(_, p)| p.source != source)
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        for p in new {
+            next.insert(p.key(), p.clone());
+        }
+        next.into_values().collect()
+    }
+
     /// The policies as they would be without `keys`; also which keys do not exist.
     pub fn with_deleted(&self, keys: &[String]) -> (Vec<Policy>, Vec<String>) {
         let missing = keys

@@ -20,6 +20,10 @@ pub enum ComponentState {
     Ok,
     /// Turned off by configuration.
     Disabled,
+    /// Working, with something an operator should look at (`detail` says
+    /// what), such as an invalid object whose previous version stays in force.
+    /// Not a failure of the agent: readiness holds.
+    Warning,
     /// Failing; `detail` says why.
     Error,
 }
@@ -30,6 +34,7 @@ impl ComponentState {
         match self {
             Self::Ok => "ok",
             Self::Disabled => "disabled",
+            Self::Warning => "warning",
             Self::Error => "error",
         }
     }

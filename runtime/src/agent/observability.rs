@@ -166,15 +166,15 @@ pub(super) async fn start(state: &AgentState) -> Result<Observability, Observabi
         state.metrics.register_fn("components", move || {
             let mut f = metrics::MetricFamily::new(
                 "loupe_component_up",
-                "1 when a component works, 0 when it fails (disabled ones are absent).",
+                "1 when a component works (with or without a warning), 0 when it fails (disabled ones are absent).",
                 metrics::MetricKind::Gauge,
             );
             for (name, c) in health.components() {
                 if c.state != ComponentState::Disabled {
-                    let up = if c.state == ComponentState::Ok {
-                        1.0
-                    } else {
+                    let up = if c.state == ComponentState::Error {
                         0.0
+                    } else {
+                        1.0
                     };
                     f = f.value(&[("component", &name)], up);
                 }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod capture;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod datapath;

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::api::{
     self, NodeInfo, authority::AuthorityFix, daemon::DaemonService, policy::PolicyService,
 };
+use crate::cluster;
 use crate::config::AgentConfig;
 use crate::control::ControlPlane;
 use crate::datapath::{self, Datapath, controller::Controller, metrics::DatapathCollector};
@@ -198,25 +199,51 @@ async fn serve(
             Ok(client) => {
                 let tx = tasks.source(&state, SourceKind::Kubernetes);
                 tasks.0.push(tokio::spawn(endpoint::kubernetes::watch(
-                    client,
+                    client.clone(),
                     state.node.name.clone(),
                     Arc::new(endpoint::kubernetes::route_interface),
                     state.health.clone(),
                     tx,
                 )));
+                let stats = Arc::new(cluster::policies::PolicyWatchStats::default());
+                let families = stats.clone();
+                state
+                    .metrics
+                    .register_fn("kubernetes-policies", move || families.families());
+                tasks.0.push(tokio::spawn(cluster::policies::watch(
+                    client,
+                    cluster::policies::PolicyWatch {
+                        control: state.control.clone(),
+                        schemas: state.plugins.clone(),
+                        health: state.health.clone(),
+                        stats,
+                    },
+                )));
             }
-            Err(e) => health.set(
-                endpoint::kubernetes::HEALTH_COMPONENT,
-                ComponentState::Error,
-                e,
-            ),
+            Err(e) => {
+                health.set(
+                    endpoint::kubernetes::HEALTH_COMPONENT,
+                    ComponentState::Error,
+                    e.clone(),
+                );
+                health.set(
+                    cluster::policies::HEALTH_COMPONENT,
+                    ComponentState::Error,
+                    e,
+                );
+            }
         }
     } else {
-        health.set(
+        for component in [
             endpoint::kubernetes::HEALTH_COMPONENT,
-            ComponentState::Disabled,
-            "endpoints.kubernetes: false",
-        );
+            cluster::policies::HEALTH_COMPONENT,
+        ] {
+            health.set(
+                component,
+                ComponentState::Disabled,
+                "endpoints.kubernetes: false",
+            );
+        }
     }
 
     tasks

@@ -1,0 +1,6 @@
+//! What the agent reads from the cluster's API server besides its own node's pods
+//! (those are an endpoint source, `endpoint::kubernetes`): the policies of the
+//! cluster, as `CiliumNetworkPolicy` / `CiliumClusterwideNetworkPolicy` objects and
+//! Loupe's own kinds with the same schema plus plugin rules.
+
+pub mod policies;

@@ -3,13 +3,16 @@ real agent's Kubernetes source without a cluster.
 
 Usage: kube_api.py DIR PORT
 
-For GET /api/v1/<resource> (pods, namespaces) it answers, like the API server:
+For GET /api/v1/<resource> and /apis/<group>/<version>/<resource> (pods,
+namespaces, ciliumnetworkpolicies, …) whose DIR/<resource>.list.json exists it
+answers, like the API server:
   - a LIST (no watch=true): DIR/<resource>.list.json;
   - a WATCH (watch=true): the events of DIR/<resource>.watch.jsonl, one JSON
     object per line, each {"after": seconds since the watch began, "event": {...}},
     as newline-delimited JSON in a chunked response held open afterwards (the
     first watch gets the file's events; later ones only stay open).
-Every request line is appended to DIR/requests.log. Anything else: 404 Status.
+Every request line is appended to DIR/requests.log. Anything else (a resource
+without a list file is one whose CRD is not installed): 404 NotFound Status.
 """
 import http.server
 import json
@@ -36,9 +39,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = parse_qs(url.query)
         resource = url.path.rsplit("/", 1)[-1]
-        if not url.path.startswith("/api/v1/") or resource not in ("pods", "namespaces"):
-            body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "reason": "NotFound", "code": 404}).encode()
+        known = url.path.startswith(("/api/v1/", "/apis/"))
+        if not known or not (root / f"{resource}.list.json").exists():
+            body = json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                               "status": "Failure", "reason": "NotFound", "code": 404,
+                               "message": "the server could not find the requested resource"}).encode()
             self.send_response(404)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

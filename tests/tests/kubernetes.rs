@@ -2,8 +2,11 @@
 //! replays a recorded conversation (`tests/clients/kube_api.py`) describing the
 //! lab's pods as a cluster would: this node's pods with their addresses, labels,
 //! owners and namespace. The agent finds each pod's interface from the node's
-//! route to it, enforces a policy in the kernel, and follows the watch when a pod
-//! is deleted.
+//! route to it, follows the watch when a pod is deleted, and enforces the
+//! article's policies arriving as API objects: a CiliumNetworkPolicy listed at
+//! start (in the kernel), the same policy moved into a LoupeNetworkPolicy with
+//! Redis rules added (it takes over the name; the proxy enforces its rules), and
+//! an invalid new version of it that leaves the previous one in force.
 // Integration tests: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,6 +36,31 @@ fn pod(name: &str, app: &str, ip: &str, rv: &str) -> Value {
                  "containers": [{"name": app, "image": format!("{app}:1")}]},
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
     })
+}
+
+/// A policy object as the API server returns it (the article's database policy
+/// shape: `app: db-service` ingress from `app: api-service` on 6379).
+fn policy(api_version: &str, kind: &str, name: &str, rv: &str, rules: Value) -> Value {
+    let mut port = json!({"ports": [{"port": "6379", "protocol": "TCP"}]});
+    if !rules.is_null() {
+        port["rules"] = rules;
+    }
+    json!({
+        "apiVersion": api_version, "kind": kind,
+        "metadata": {"name": name, "namespace": "demo-app", "resourceVersion": rv,
+                     "uid": format!("uid-{name}"), "generation": 1},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": "db-service"}},
+            "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "api-service"}}],
+                         "toPorts": [port]}]
+        }
+    })
+}
+
+fn list(api_version: &str, kind: &str, items: Vec<Value>) -> String {
+    json!({"apiVersion": api_version, "kind": kind,
+           "metadata": {"resourceVersion": "110"}, "items": items})
+    .to_string()
 }
 
 struct ApiServer(Child);
@@ -80,6 +108,48 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
                                         "labels": {"team": "shop"}}}]})
         .to_string(),
     );
+    // The policies: the article's CNP listed; 3 s into the watch it arrives as a
+    // LoupeNetworkPolicy with Redis rules added; at 6 s that gets an invalid version.
+    let cnp = policy(
+        "cilium.io/v2",
+        "CiliumNetworkPolicy",
+        "db-allow-api-service",
+        "106",
+        Value::Null,
+    );
+    write_file(
+        &dir,
+        "ciliumnetworkpolicies.list.json",
+        &list("cilium.io/v2", "CiliumNetworkPolicyList", vec![cnp]),
+    );
+    write_file(
+        &dir,
+        "loupenetworkpolicies.list.json",
+        &list("loupe.dev/v1", "LoupeNetworkPolicyList", vec![]),
+    );
+    let redis_rules = json!({"l7proto": "redis",
+                             "l7": [{"command": "GET"}, {"command": "SET", "key": "cache:.*"}]});
+    let lnp = policy(
+        "loupe.dev/v1",
+        "LoupeNetworkPolicy",
+        "db-allow-api-service",
+        "125",
+        redis_rules,
+    );
+    let mut invalid = lnp.clone();
+    invalid["metadata"]["resourceVersion"] = json!("130");
+    invalid["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["port"] = json!("redis");
+    write_file(
+        &dir,
+        "loupenetworkpolicies.watch.jsonl",
+        &[
+            json!({"after": 3.0, "event": {"type": "ADDED", "object": lnp}}).to_string(),
+            json!({"after": 6.0, "event": {"type": "MODIFIED", "object": invalid}}).to_string(),
+        ]
+        .join("\n"),
+    );
+    // No clusterwide kinds: their CRDs are not installed (404).
+
     // Eight seconds into the watch, frontend's pod is deleted.
     let mut deleted = frontend.clone();
     deleted["metadata"]["resourceVersion"] = json!("120");
@@ -151,12 +221,24 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         "{api}"
     );
 
-    // The article's database policy, enforced on the interfaces the routes named.
-    let policy = root()
-        .join("examples/policies/db-allow-api-service.yaml")
-        .display()
-        .to_string();
-    agent.loupe_ok(&["policy", "apply", "-f", &policy]).unwrap();
+    // The article's database policy from the API server, enforced on the
+    // interfaces the routes named.
+    let in_force = |key: &str, l7: bool| {
+        agent.loupe_ok(&["policy", "list", "-v"]).is_ok_and(|l| {
+            l.lines()
+                .any(|line| line.starts_with(key) && line.contains(" kubernetes "))
+                && l.contains("l7proto: redis") == l7
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || in_force(
+            "demo-app/db-allow-api-service",
+            false
+        )),
+        "{}\n{}",
+        agent.loupe_ok(&["policy", "list"]).unwrap_or_default(),
+        agent.log()
+    );
     assert!(
         tcp_ok(&lab, "api-service", "db-service", 6379, 2),
         "api-service must reach db-service"
@@ -164,6 +246,51 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
     assert!(
         !tcp_ok(&lab, "frontend", "db-service", 6379, 2),
         "frontend must be denied by the policy"
+    );
+
+    // Moved into a LoupeNetworkPolicy with Redis rules, the policy takes over its
+    // name and the proxy enforces the rules.
+    assert!(
+        wait_for(Duration::from_secs(20), || in_force(
+            "demo-app/db-allow-api-service",
+            true
+        )),
+        "{}",
+        agent
+            .loupe_ok(&["policy", "list", "-v"])
+            .unwrap_or_default()
+    );
+    let redis = |args: &[&str]| {
+        let mut argv = vec!["redis-cli", "-h", "db-service"];
+        argv.extend_from_slice(args);
+        lab.exec_ok("api-service", &argv).unwrap()
+    };
+    assert_eq!(redis(&["SET", "cache:k8s", "v"]).trim(), "OK");
+    let flush = redis(&["FLUSHALL"]);
+    assert!(flush.contains("NOPERM"), "{flush}");
+
+    // Its invalid version is reported; the valid one stays in force.
+    let warned = wait_for(Duration::from_secs(20), || {
+        agent
+            .loupe_ok(&["status"])
+            .is_ok_and(|s| s.contains("policy/kubernetes      warning"))
+    });
+    let status = agent.loupe_ok(&["status"]).unwrap();
+    assert!(warned, "{status}");
+    assert!(
+        status.contains(
+            "in force: 1 from 2 objects; not installed: CiliumClusterwideNetworkPolicy, \
+             LoupeClusterwideNetworkPolicy; 1 invalid, previous versions kept: \
+             LoupeNetworkPolicy demo-app/db-allow-api-service: spec.ingress[0].toPorts[0].ports[0].port"
+        ),
+        "{status}"
+    );
+    let flush = redis(&["FLUSHALL"]);
+    assert!(flush.contains("NOPERM"), "{flush}");
+    assert_eq!(redis(&["GET", "cache:k8s"]).trim(), "v");
+    assert!(
+        !tcp_ok(&lab, "frontend", "db-service", 6379, 2),
+        "the previous version still denies frontend"
     );
 
     // The recorded DELETED event: frontend leaves the registry.
@@ -189,10 +316,22 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
             .all(|l| l.contains(&format!("fieldSelector=spec.nodeName%3D{NODE}"))),
         "{requests}"
     );
+    for path in [
+        "/api/v1/pods",
+        "/apis/cilium.io/v2/ciliumnetworkpolicies",
+        "/apis/loupe.dev/v1/loupenetworkpolicies",
+    ] {
+        assert!(
+            requests.lines().any(|l| l.starts_with(path)
+                && l.contains("watch=true")
+                && l.contains("resourceVersion=110")),
+            "{path}: {requests}"
+        );
+    }
     assert!(
-        requests.lines().any(|l| l.starts_with("/api/v1/pods")
-            && l.contains("watch=true")
-            && l.contains("resourceVersion=110")),
+        requests
+            .lines()
+            .any(|l| l.starts_with("/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies")),
         "{requests}"
     );
 }

@@ -554,7 +554,7 @@ impl Watch {
             .map(|(kind, _)| kind.name())
             .collect();
         let mut detail = format!(
-            "{} policies from {objects} objects",
+            "in force: {} from {objects} objects",
             self.applied.as_ref().map_or(0, Vec::len)
         );
         if !absent.is_empty() {

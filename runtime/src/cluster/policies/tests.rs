@@ -304,7 +304,7 @@ async fn the_watch_keeps_valid_objects_in_force_and_the_previous_version_of_inva
     assert_eq!(state, ComponentState::Warning, "{detail}");
     assert!(
         detail.starts_with(
-            "2 policies from 2 objects; not installed: CiliumClusterwideNetworkPolicy; 1 invalid, \
+            "in force: 2 from 2 objects; not installed: CiliumClusterwideNetworkPolicy; 1 invalid, \
              previous versions kept: CiliumNetworkPolicy demo-app/other: spec.ingress[0].toPorts[0].ports[0].port"
         ),
         "{detail}"

@@ -13,9 +13,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use loupe_tests::{
-    TestAgent, TestLab, client, root, scratch_dir, serial, tcp_ok, wait_for, write_file,
-};
+use loupe_tests::{TestAgent, TestLab, client, scratch_dir, serial, tcp_ok, wait_for, write_file};
 use serde_json::{Value, json};
 
 const NODE: &str = "lab-node-1";

@@ -19,14 +19,14 @@ type Chunk = Result<Frame<Bytes>, std::io::Error>;
 type MockBody = StreamBody<ReceiverStream<Chunk>>;
 
 /// What the mock server was asked, as request URIs in arrival order.
-pub struct ApiServer {
+pub(crate) struct ApiServer {
     /// Every request's URI (path and query).
-    pub requests: mpsc::UnboundedReceiver<String>,
+    pub(crate) requests: mpsc::UnboundedReceiver<String>,
 }
 
 impl ApiServer {
     /// The requests made so far.
-    pub fn seen(&mut self) -> Vec<String> {
+    pub(crate) fn seen(&mut self) -> Vec<String> {
         let mut uris = Vec::new();
         while let Ok(uri) = self.requests.try_recv() {
             uris.push(uri);
@@ -36,12 +36,12 @@ impl ApiServer {
 }
 
 /// A list response (`kind` is e.g. `PodList`).
-pub fn list(api_version: &str, kind: &str, rv: &str, items: Vec<Value>) -> Value {
+pub(crate) fn list(api_version: &str, kind: &str, rv: &str, items: Vec<Value>) -> Value {
     json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": rv}, "items": items})
 }
 
 /// The API server's `Status` for an error.
-pub fn status(code: u16, reason: &str, message: &str) -> Value {
+pub(crate) fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "reason": reason, "code": code, "message": message})
 }
@@ -50,7 +50,7 @@ pub fn status(code: u16, reason: &str, message: &str) -> Value {
 /// `watches` (per path, one event list per WATCH; later watches stay open and
 /// quiet). Paths not given answer 404 `NotFound`, as for a resource whose CRD is
 /// not installed.
-pub fn api_server(
+pub(crate) fn api_server(
     lists: BTreeMap<&'static str, Vec<Value>>,
     mut watches: BTreeMap<&'static str, Vec<Vec<Value>>>,
 ) -> (Client, ApiServer) {

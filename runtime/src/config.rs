@@ -35,6 +35,9 @@ pub struct AgentConfig {
     pub l7: L7Config,
     /// L7 parser plugins.
     pub plugins: PluginsConfig,
+    /// Port of the health endpoint on 127.0.0.1 (`/livez`, `/readyz`,
+    /// `/healthz`; Cilium's agent uses 9879); 0: not served.
+    pub health_port: u16,
 }
 
 /// `hubble.*`: flows, the Observer API and flow-derived metrics.
@@ -254,6 +257,7 @@ impl Default for AgentConfig {
             prometheus: PrometheusConfig::default(),
             l7: L7Config::default(),
             plugins: PluginsConfig::default(),
+            health_port: 0,
         }
     }
 }

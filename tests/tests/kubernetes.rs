@@ -61,6 +61,33 @@ fn list(api_version: &str, kind: &str, items: Vec<Value>) -> String {
     .to_string()
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on the agent's health port: the status line and the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    let status = reply.lines().next().unwrap_or_default().to_string();
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    format!("{status} {body}")
+}
+
 struct ApiServer(Child);
 
 impl Drop for ApiServer {
@@ -156,11 +183,7 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         "pods.watch.jsonl",
         &json!({"after": 8.0, "event": {"type": "DELETED", "object": deleted}}).to_string(),
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let _api = ApiServer(
         Command::new("python3")
             .arg(client("kube_api.py"))
@@ -181,10 +204,11 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
              contexts: [{{name: lab, context: {{cluster: lab, user: agent}}}}]\n"
         ),
     );
+    let health_port = free_port();
     let agent = TestAgent::start_with(
         "k8s",
         &format!("endpoints:\n  lab: false\n  kubernetes: true\n  kubeconfig: {kubeconfig}\n"),
-        &format!("nodeName: {NODE}\n"),
+        &format!("nodeName: {NODE}\nhealthPort: {health_port}\n"),
         4,
     )
     .unwrap();
@@ -286,6 +310,12 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
     let flush = redis(&["FLUSHALL"]);
     assert!(flush.contains("NOPERM"), "{flush}");
     assert_eq!(redis(&["GET", "cache:k8s"]).trim(), "v");
+    // An invalid object is not the node's failure: the readiness probe holds.
+    assert_eq!(
+        http_get(health_port, "/readyz"),
+        "HTTP/1.1 200 OK ok\n",
+        "{status}"
+    );
     assert!(
         !tcp_ok(&lab, "frontend", "db-service", 6379, 2),
         "the previous version still denies frontend"

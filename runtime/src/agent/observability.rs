@@ -207,6 +207,16 @@ pub(super) async fn start(state: &AgentState) -> Result<Observability, Observabi
         );
     }
 
+    if cfg.health_port != 0 {
+        let addr = SocketAddr::new([127, 0, 0, 1].into(), cfg.health_port);
+        let listener = metrics::server::bind(addr, "healthPort").await?;
+        tracing::info!(%addr, "serving /livez, /readyz and /healthz");
+        tasks.push(tokio::spawn(metrics::server::serve_health(
+            listener,
+            state.health.clone(),
+        )));
+    }
+
     if want_hubble_metrics {
         tasks.push(flow_metrics.spawn(&state.flows, queue.max(65_536)));
         let store = state.flows.clone();

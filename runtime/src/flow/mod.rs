@@ -11,6 +11,7 @@ pub mod filter;
 pub mod json;
 pub mod mask;
 pub mod selector;
+pub mod services;
 pub mod store;
 pub mod summary;
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use super::fanout::{FlowPredicate, Slot, Subscription};
+use super::services::Services;
 use loupe_proto::flow::{Flow, LostEvent, LostEventSource};
 
 /// Hubble's default ring size (`hubble.eventBufferCapacity`).
@@ -63,6 +64,8 @@ struct Inner {
     /// Synchronous consumers (flow-derived metrics), called for every flow on
     /// the producer's thread: they never lose a flow.
     hooks: Hooks,
+    /// Services by frontend, naming `source_service` / `destination_service`.
+    services: Services,
 }
 
 #[derive(Default)]
@@ -106,15 +109,18 @@ impl FlowStore {
                 started: Instant::now(),
                 uuid_seed: h.finish(),
                 hooks: Hooks::default(),
+                services: Services::default(),
             }),
         }
     }
 
     /// Stores a flow and offers it to every subscriber. Never blocks on readers.
     ///
-    /// Fills what the producer left empty: `time` (now), `uuid`, `node_name`.
-    /// The oldest flow leaves the ring when it is full.
+    /// Fills what the producer left empty: `time` (now), `uuid`, `node_name`,
+    /// and the Services its addresses are frontends of. The oldest flow leaves
+    /// the ring when it is full.
     pub fn push(&self, mut flow: Flow) {
+        self.inner.services.annotate(&mut flow);
         if flow.time.is_none() {
             flow.time = Some(loupe_proto::time::now_timestamp());
         }
@@ -162,6 +168,11 @@ impl FlowStore {
         if self.inner.has_closed.swap(false, Ordering::Relaxed) {
             write(&self.inner.subscribers).retain(|s| !s.is_closed());
         }
+    }
+
+    /// The Service table flows are annotated from (the Kubernetes source writes it).
+    pub fn services(&self) -> Services {
+        self.inner.services.clone()
     }
 
     /// Calls `hook` for every flow pushed from now on, on the producer's thread,

@@ -71,6 +71,15 @@ pub struct ObserveArgs {
     /// Destination pod.
     #[arg(long)]
     pub to_pod: Vec<String>,
+    /// Service (`[namespace/]name-prefix`) a flow addresses or comes from.
+    #[arg(long)]
+    pub service: Vec<String>,
+    /// Service a flow comes from (its source address is the Service's frontend).
+    #[arg(long)]
+    pub from_service: Vec<String>,
+    /// Service a flow addresses (its destination is the Service's frontend).
+    #[arg(long)]
+    pub to_service: Vec<String>,
     /// Label selector, either side.
     #[arg(short, long)]
     pub label: Vec<String>,
@@ -150,6 +159,9 @@ const FILTER_FLAGS: &[&str] = &[
     "pod",
     "from_pod",
     "to_pod",
+    "service",
+    "from_service",
+    "to_service",
     "label",
     "from_label",
     "to_label",
@@ -242,6 +254,9 @@ fn split_negated(args: &ObserveArgs, argv: &[OsString]) -> Result<Split, String>
         pod,
         from_pod,
         to_pod,
+        service,
+        from_service,
+        to_service,
         label,
         from_label,
         to_label,
@@ -388,6 +403,8 @@ fn filters(a: &ObserveArgs) -> Result<Vec<FlowFilter>, String> {
     let mut base = FlowFilter {
         source_pod: pods(&a.from_namespace, &a.from_pod),
         destination_pod: pods(&a.to_namespace, &a.to_pod),
+        source_service: a.from_service.clone(),
+        destination_service: a.to_service.clone(),
         source_label: a.from_label.clone(),
         destination_label: a.to_label.clone(),
         source_ip: a.from_ip.clone(),
@@ -419,6 +436,7 @@ fn filters(a: &ObserveArgs) -> Result<Vec<FlowFilter>, String> {
     };
     let either_pods = pods(&a.namespace, &a.pod);
     let either = !either_pods.is_empty()
+        || !a.service.is_empty()
         || !a.label.is_empty()
         || !a.ip.is_empty()
         || !a.port.is_empty()
@@ -431,11 +449,13 @@ fn filters(a: &ObserveArgs) -> Result<Vec<FlowFilter>, String> {
     }
     let mut src = base.clone();
     src.source_pod.extend(either_pods.iter().cloned());
+    src.source_service.extend(a.service.iter().cloned());
     src.source_label.extend(a.label.iter().cloned());
     src.source_ip.extend(a.ip.iter().cloned());
     src.source_port.extend(a.port.iter().cloned());
     src.source_identity.extend(a.identity.iter().copied());
     base.destination_pod.extend(either_pods);
+    base.destination_service.extend(a.service.iter().cloned());
     base.destination_label.extend(a.label.iter().cloned());
     base.destination_ip.extend(a.ip.iter().cloned());
     base.destination_port.extend(a.port.iter().cloned());

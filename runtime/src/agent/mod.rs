@@ -205,6 +205,13 @@ async fn serve(
                     state.health.clone(),
                     tx,
                 )));
+                tasks
+                    .0
+                    .push(tokio::spawn(endpoint::kubernetes::services::watch(
+                        client.clone(),
+                        state.flows.services(),
+                        state.health.clone(),
+                    )));
                 let stats = Arc::new(cluster::policies::PolicyWatchStats::default());
                 let families = stats.clone();
                 state
@@ -236,6 +243,7 @@ async fn serve(
     } else {
         for component in [
             endpoint::kubernetes::HEALTH_COMPONENT,
+            endpoint::kubernetes::services::HEALTH_COMPONENT,
             cluster::policies::HEALTH_COMPONENT,
         ] {
             health.set(

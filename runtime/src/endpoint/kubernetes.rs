@@ -248,5 +248,7 @@ pub fn route_interface(ip: IpAddr) -> Option<(String, u32)> {
 
 #[cfg(test)]
 pub(crate) mod mock;
+pub mod services;
+
 #[cfg(test)]
 mod tests;

@@ -244,3 +244,119 @@ async fn watches_this_nodes_pods_and_relists_after_410_gone() {
         "one list, one relist after 410: {uris:#?}"
     );
 }
+
+fn service(name: &str, rv: &str, spec: Value, status: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": name, "namespace": "demo-app", "resourceVersion": rv},
+           "spec": spec, "status": status})
+}
+
+#[tokio::test(start_paused = true)]
+async fn services_frontends_name_flows_and_follow_the_watch() {
+    use crate::flow::services::Services;
+    use loupe_proto::flow::{Flow, Ip, Layer4, Service as FlowService, Tcp, Udp, layer4};
+
+    let db = service(
+        "db-service",
+        "1",
+        json!({"clusterIP": "10.96.0.30", "clusterIPs": ["10.96.0.30", "fd00:96::30"],
+               "ports": [{"port": 6379, "protocol": "TCP", "targetPort": 6379}]}),
+        json!({}),
+    );
+    let headless = service(
+        "kafka-headless",
+        "2",
+        json!({"clusterIP": "None", "clusterIPs": ["None"], "ports": [{"port": 9092}]}),
+        json!({}),
+    );
+    let dns = service(
+        "edge",
+        "3",
+        json!({"clusterIP": "10.96.0.53", "type": "LoadBalancer",
+               "ports": [{"port": 53, "protocol": "UDP"}]}),
+        json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}),
+    );
+    let (client, _server) = api_server(
+        BTreeMap::from([(
+            "/api/v1/services",
+            vec![mock::list(
+                "v1",
+                "ServiceList",
+                "10",
+                vec![db.clone(), headless.clone(), dns.clone()],
+            )],
+        )]),
+        BTreeMap::from([(
+            "/api/v1/services",
+            vec![vec![json!({"type": "DELETED", "object": db})]],
+        )]),
+    );
+    let services = Services::default();
+    let health = Arc::new(Health::default());
+    // Hold the watch back until the listing has been seen.
+    let table_after_list = {
+        let (client, services, health) = (client.clone(), services.clone(), health.clone());
+        tokio::spawn(services::watch(client, services, health))
+    };
+    let tcp = |src: &str, sport: u32, dst: &str, dport: u32| Flow {
+        ip: Some(Ip {
+            source: src.into(),
+            destination: dst.into(),
+            ..Ip::default()
+        }),
+        l4: Some(Layer4 {
+            protocol: Some(layer4::Protocol::Tcp(Tcp {
+                source_port: sport,
+                destination_port: dport,
+                flags: None,
+            })),
+        }),
+        ..Flow::default()
+    };
+    let name = |n: &str| {
+        Some(FlowService {
+            name: n.into(),
+            namespace: "demo-app".into(),
+        })
+    };
+    // The listing (2 ClusterIPs × 1 port, ClusterIP + LB IP × 1 UDP port, none for
+    // the headless one), then the watch's DELETED of db-service.
+    let mut table = crate::flow::services::ServiceTable::default();
+    let mut writer = reflector::store::Writer::<k8s_openapi::api::core::v1::Service>::default();
+    for svc in [&db, &headless, &dns] {
+        writer.apply_watcher_event(&watcher::Event::Apply(
+            serde_json::from_value((*svc).clone()).unwrap(),
+        ));
+    }
+    assert_eq!(services::table(&writer.as_reader()).len(), 4);
+    for _ in 0..600 {
+        table = (*services.load()).clone();
+        if table.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(table.len(), 2);
+    let mut udp = tcp("10.0.0.10", 5353, "203.0.113.7", 53);
+    udp.l4 = Some(Layer4 {
+        protocol: Some(layer4::Protocol::Udp(Udp {
+            source_port: 5353,
+            destination_port: 53,
+        })),
+    });
+    services.annotate(&mut udp);
+    assert_eq!(udp.destination_service, name("edge"));
+    let mut to_db = tcp("10.0.0.20", 40000, "10.96.0.30", 6379);
+    services.annotate(&mut to_db);
+    assert_eq!(to_db.destination_service, None, "db-service was deleted");
+    let (_, status) = health
+        .components()
+        .into_iter()
+        .find(|(n, _)| n == services::HEALTH_COMPONENT)
+        .unwrap();
+    assert_eq!(
+        (status.state, status.detail.as_str()),
+        (ComponentState::Ok, "2 services, 2 frontends")
+    );
+    table_after_list.abort();
+}

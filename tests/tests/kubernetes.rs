@@ -17,6 +17,43 @@ use loupe_tests::{TestAgent, TestLab, client, scratch_dir, serial, tcp_ok, wait_
 use serde_json::{Value, json};
 
 const NODE: &str = "lab-node-1";
+/// api-service's ClusterIP in the recorded conversation.
+const CLUSTER_IP: &str = "10.96.218.20";
+
+/// The host's DNAT of a ClusterIP to a pod, as kube-proxy's nftables mode installs
+/// it; removed on drop.
+struct KubeProxy;
+
+impl KubeProxy {
+    const TABLE: &str = "loupe-e2e-kube-proxy";
+
+    fn dnat(cluster_ip: &str, port: u16, pod_ip: &str) -> Self {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", Self::TABLE])
+            .output();
+        let rules = format!(
+            "table ip {t} {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat;\n  \
+             ip daddr {cluster_ip} tcp dport {port} dnat to {pod_ip}:{port}\n }}\n}}\n",
+            t = Self::TABLE
+        );
+        let mut nft = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft (scripts/bootstrap installs nftables)");
+        std::io::Write::write_all(nft.stdin.as_mut().unwrap(), rules.as_bytes()).unwrap();
+        assert!(nft.wait().unwrap().success(), "nft -f: {rules}");
+        Self
+    }
+}
+
+impl Drop for KubeProxy {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", Self::TABLE])
+            .output();
+    }
+}
 
 /// A pod of this node as the API server lists it.
 fn pod(name: &str, app: &str, ip: &str, rv: &str) -> Value {
@@ -174,6 +211,20 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         .join("\n"),
     );
     // No clusterwide kinds: their CRDs are not installed (404).
+    // api-service's Service, whose ClusterIP the host DNATs as kube-proxy would.
+    write_file(
+        &dir,
+        "services.list.json",
+        &list(
+            "v1",
+            "ServiceList",
+            vec![json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "api-service", "namespace": "demo-app", "resourceVersion": "107"},
+                "spec": {"clusterIP": CLUSTER_IP, "clusterIPs": [CLUSTER_IP],
+                         "ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}]}})],
+        ),
+    );
+    let _kube_proxy = KubeProxy::dnat(CLUSTER_IP, 80, "10.218.0.20");
 
     // Eight seconds into the watch, frontend's pod is deleted.
     let mut deleted = frontend.clone();
@@ -268,6 +319,81 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
     assert!(
         !tcp_ok(&lab, "frontend", "db-service", 6379, 2),
         "frontend must be denied by the policy"
+    );
+
+    // frontend → api-service's ClusterIP: the flows at frontend's interface name the
+    // Service, both ways, as Hubble's do. (Lab pods route only the lab's CIDR; a
+    // cluster's pods reach the service range through their default route.)
+    lab.exec_ok(
+        "frontend",
+        &[
+            "ip",
+            "route",
+            "replace",
+            "10.96.0.0/12",
+            "via",
+            "169.254.1.1",
+        ],
+    )
+    .unwrap();
+    let code = lab
+        .exec_ok(
+            "frontend",
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                &format!("http://{CLUSTER_IP}/get"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(code, "200");
+    let service_flows = |flag: &str| -> Vec<Value> {
+        agent
+            .loupe_ok(&[
+                "observe",
+                flag,
+                "demo-app/api-service",
+                "--last",
+                "50",
+                "-o",
+                "json",
+            ])
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    };
+    let to = service_flows("--to-service");
+    assert!(
+        !to.is_empty()
+            && to.iter().all(
+                |f| f["flow"]["destination_service"]["name"] == "api-service"
+                    && f["flow"]["destination"]["pod_name"].is_null()
+                    && f["flow"]["IP"]["destination"] == CLUSTER_IP
+            ),
+        "{to:#?}"
+    );
+    let from = service_flows("--from-service");
+    assert!(
+        !from.is_empty()
+            && from
+                .iter()
+                .all(|f| f["flow"]["source_service"]["namespace"] == "demo-app"),
+        "{from:#?}"
+    );
+    assert!(
+        agent
+            .loupe_ok(&["status"])
+            .unwrap()
+            .contains("services/kubernetes    ok        1 services, 1 frontends"),
+        "{}",
+        agent.loupe_ok(&["status"]).unwrap()
     );
 
     // Moved into a LoupeNetworkPolicy with Redis rules, the policy takes over its

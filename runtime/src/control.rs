@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use crate::datapath::controller::{ApplyReport, Controller, ControllerError, SnapshotHandle};
 use crate::datapath::metrics::DatapathGauges;
 use crate::endpoint::{Endpoint, EndpointRegistry, EndpointSpec, RegistryError, SourceKind};
+use crate::identity::LabelSet;
 use crate::policy::Policy;
 use crate::policy::l7::L7PolicyHandle;
 
@@ -154,7 +155,14 @@ impl ControlPlane {
 
     /// Applies one source's full listing (a watch's re-list): the registry takes
     /// what it can, then policy is regenerated for the new endpoint set.
-    pub async fn sync_endpoints(&self, source: SourceKind, specs: Vec<EndpointSpec>) -> SyncReport {
+    /// `assigned` are the identities the cluster gave the listing's label sets
+    /// (empty for a node-local source: identities are allocated here).
+    pub async fn sync_endpoints(
+        &self,
+        source: SourceKind,
+        specs: Vec<EndpointSpec>,
+        assigned: Vec<(LabelSet, u32)>,
+    ) -> SyncReport {
         let mut inner = self.inner.lock().await;
         let Inner {
             registry,
@@ -171,7 +179,7 @@ impl ControlPlane {
         });
         SyncReport {
             refused,
-            regenerated: controller.set_endpoints(endpoints),
+            regenerated: controller.set_endpoints(endpoints, &assigned),
         }
     }
 

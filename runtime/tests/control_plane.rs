@@ -108,7 +108,7 @@ async fn policies_and_endpoint_churn_never_wait_on_each_other() {
         tokio::spawn(async move {
             for round in 0..ROUNDS {
                 let report = control
-                    .sync_endpoints(SourceKind::Lab, listing(round))
+                    .sync_endpoints(SourceKind::Lab, listing(round), Vec::new())
                     .await;
                 assert!(report.refused.is_empty(), "{:?}", report.refused);
                 report.regenerated.unwrap();

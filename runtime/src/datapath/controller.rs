@@ -299,8 +299,16 @@ impl Controller {
         self.identities.len()
     }
 
-    /// Replaces the endpoint set and re-applies policy.
-    pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) -> Result<(), ControllerError> {
+    /// Replaces the endpoint set and re-applies policy. `assigned` are identities
+    /// the cluster assigned to label sets (empty for a node-local source).
+    pub fn set_endpoints(
+        &mut self,
+        endpoints: Vec<Endpoint>,
+        assigned: &[(LabelSet, u32)],
+    ) -> Result<(), ControllerError> {
+        for (labels, id) in assigned {
+            self.identities.assign(labels, *id);
+        }
         let mut with_ids = Vec::with_capacity(endpoints.len());
         for ep in endpoints {
             let labels = LabelSet::from_k8s(&ep.spec.identity_labels());
@@ -756,7 +764,7 @@ mod tests {
         let mut config = AgentConfig::default();
         config.bpf.policy_map_entries = 256;
         let mut c = Controller::in_memory(&config);
-        c.set_endpoints(vec![endpoint(1, "api"), endpoint(2, "db")])
+        c.set_endpoints(vec![endpoint(1, "api"), endpoint(2, "db")], &[])
             .unwrap();
         let small = c.apply(policy("small", 1..11)).unwrap();
         // 10 ports + the host allow.
@@ -793,7 +801,7 @@ mod tests {
         config.bpf.policy_map_entries = 4;
         let mut c = Controller::in_memory(&config);
         let handle = c.l7_policy();
-        c.set_endpoints(vec![endpoint(1, "frontend"), endpoint(2, "api")])
+        c.set_endpoints(vec![endpoint(1, "frontend"), endpoint(2, "api")], &[])
             .unwrap();
         assert!(handle.load().is_empty());
         c.apply(parse_policies("p.yaml", &policy("p", &[("frontend", 80, GET_GET)])).unwrap())

@@ -40,6 +40,15 @@ impl LabelSet {
     fn key(&self) -> String {
         self.0.join(";")
     }
+
+    /// The `probe`-th number this label set tries in the cluster range: the same
+    /// on every node, so nodes allocating the same labels at once race for one
+    /// number (and the API server lets one of them create it).
+    pub fn cluster_slot(&self, probe: u32) -> u32 {
+        let span = u64::from(reserved::LAST_CLUSTER - reserved::FIRST_CLUSTER) + 1;
+        let start = fnv1a(self.key().as_bytes()) % span;
+        reserved::FIRST_CLUSTER + u32::try_from((start + u64::from(probe)) % span).unwrap_or(0)
+    }
 }
 
 /// Why an identity could not be allocated or persisted.
@@ -124,6 +133,29 @@ impl IdentityAllocator {
             reserved::LAST_CLUSTER,
             "cluster range",
         )
+    }
+
+    /// Records an identity the cluster assigned to a label set (through the API
+    /// server, so every node agrees). It replaces whatever this node had for the
+    /// labels, and evicts a node-local allocation that held the number for other
+    /// labels (it gets a new number when next asked). Kept like a commit: the
+    /// cluster's assignment is not taken back by a rollback.
+    pub fn assign(&mut self, labels: &LabelSet, id: u32) {
+        let key = labels.key();
+        if self.by_labels.get(&key) == Some(&id) {
+            return;
+        }
+        if let Some(old) = self.by_labels.remove(&key) {
+            self.by_id.remove(&old);
+            self.pending.retain(|p| *p != old);
+        }
+        if let Some(other) = self.by_id.remove(&id) {
+            self.by_labels.remove(&other.key());
+            self.pending.retain(|p| *p != id);
+        }
+        self.by_id.insert(id, labels.clone());
+        self.by_labels.insert(key, id);
+        self.dirty = true;
     }
 
     /// The node-local identity of a CIDR prefix.
@@ -268,6 +300,27 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn the_clusters_assignment_wins_over_a_local_number() {
+        let mut alloc = IdentityAllocator::in_memory();
+        let web = labels(&[("app", "web")]);
+        let db = labels(&[("app", "db")]);
+        let local = alloc.endpoint_identity(&web).unwrap();
+        alloc.commit().unwrap();
+        // The cluster gives web another number, and db the number web had here.
+        alloc.assign(&web, 40_000);
+        alloc.assign(&db, local);
+        assert_eq!(alloc.endpoint_identity(&web).unwrap(), 40_000);
+        assert_eq!(alloc.endpoint_identity(&db).unwrap(), local);
+        assert_eq!(alloc.labels(local), Some(db.clone()));
+        assert_eq!(alloc.len(), 2);
+        // Not taken back by a rollback; assigning again changes nothing.
+        alloc.rollback();
+        alloc.assign(&db, local);
+        assert_eq!(alloc.endpoint_identity(&db).unwrap(), local);
+        assert_eq!(alloc.len(), 2);
     }
 
     #[test]

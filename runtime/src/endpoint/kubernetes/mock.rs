@@ -1,8 +1,10 @@
 //! A recorded API server behind kube-rs's own mock transport (`tower-test` behind
 //! `kube::Client`), for the watches' tests: it answers LISTs with the responses
 //! given for each path, in order, and holds WATCH streams open, feeding each the
-//! events given for its path. A response that is a `Status` object carries its
-//! `code` as the HTTP status, as the API server sends it.
+//! events given for its path, and answers other calls (`POST`, a `GET` of one
+//! object, `PATCH`, `DELETE`) from the responses given for the method and path,
+//! in order. A response that is a `Status` object carries its `code` as the
+//! HTTP status, as the API server sends it.
 
 use std::collections::BTreeMap;
 
@@ -20,9 +22,13 @@ type MockBody = StreamBody<ReceiverStream<Chunk>>;
 
 /// What the mock server was asked, as request URIs in arrival order.
 pub(crate) struct ApiServer {
-    /// Every request's URI (path and query).
+    /// Every request's URI (path and query); calls other than LIST and WATCH as
+    /// `METHOD uri body`.
     pub(crate) requests: mpsc::UnboundedReceiver<String>,
 }
+
+/// Responses to calls other than LIST and WATCH, by `(method, path)`.
+pub(crate) type Calls = BTreeMap<(&'static str, String), Vec<Value>>;
 
 impl ApiServer {
     /// The requests made so far.
@@ -52,7 +58,16 @@ pub(crate) fn status(code: u16, reason: &str, message: &str) -> Value {
 /// not installed.
 pub(crate) fn api_server(
     lists: BTreeMap<&'static str, Vec<Value>>,
+    watches: BTreeMap<&'static str, Vec<Vec<Value>>>,
+) -> (Client, ApiServer) {
+    api_server_with(lists, watches, Calls::new())
+}
+
+/// [`api_server`], also answering `calls`.
+pub(crate) fn api_server_with(
+    lists: BTreeMap<&'static str, Vec<Value>>,
     mut watches: BTreeMap<&'static str, Vec<Vec<Value>>>,
+    mut calls: Calls,
 ) -> (Client, ApiServer) {
     let (service, mut handle) =
         tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
@@ -64,7 +79,6 @@ pub(crate) fn api_server(
         let mut open = Vec::new();
         while let Some((req, send)) = handle.next_request().await {
             let uri = req.uri().to_string();
-            let _ = seen.send(uri.clone());
             let path = req.uri().path().to_string();
             let not_found = || {
                 status(
@@ -73,7 +87,31 @@ pub(crate) fn api_server(
                     "the server could not find the requested resource",
                 )
             };
-            if !lists.contains_key(&path) {
+            let method = req.method().as_str().to_string();
+            if let Some(responses) = calls
+                .iter_mut()
+                .find(|((m, p), _)| *m == method && *p == path)
+                .map(|(_, r)| r)
+            {
+                let body = http_body_util::BodyExt::collect(req.into_body())
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                    .unwrap_or_default();
+                let _ = seen.send(format!("{method} {uri} {body}"));
+                let response = if responses.len() > 1 {
+                    responses.remove(0)
+                } else {
+                    responses.first().cloned().unwrap_or_else(not_found)
+                };
+                send.send_response(respond(&response));
+                continue;
+            }
+            if method == "GET" {
+                let _ = seen.send(uri.clone());
+            } else {
+                let _ = seen.send(format!("{method} {uri}"));
+            }
+            if method != "GET" || !lists.contains_key(&path) {
                 send.send_response(respond(&not_found()));
                 continue;
             }

@@ -28,6 +28,7 @@ use crate::datapath::{self, Datapath, controller::Controller, metrics::DatapathC
 use crate::endpoint::{self, SourceKind};
 use crate::flow::FlowStore;
 use crate::health::{ComponentState, Health};
+use crate::identity::LabelSet;
 use crate::l7::live::{self, LiveCollector, LiveConfig};
 use crate::metrics::MetricsRegistry;
 use crate::plugin::{InstallError, PluginManager, bundled};
@@ -179,7 +180,7 @@ async fn serve(
     }
 
     if config.endpoints.lab {
-        let tx = tasks.source(&state, SourceKind::Lab);
+        let tx = tasks.source(&state, SourceKind::Lab, None);
         tasks.0.push(tokio::spawn(endpoint::lab_source::watch(
             Duration::from_millis(config.endpoints.lab_poll_ms),
             config.endpoints.lab_names.clone(),
@@ -197,7 +198,11 @@ async fn serve(
     if config.endpoints.kubernetes {
         match kubernetes_client(config.endpoints.kubeconfig.as_deref()).await {
             Ok(client) => {
-                let tx = tasks.source(&state, SourceKind::Kubernetes);
+                let identities = cluster::identities::ClusterIdentities::new(client.clone());
+                tasks
+                    .0
+                    .push(tokio::spawn(identities.clone().run(state.health.clone())));
+                let tx = tasks.source(&state, SourceKind::Kubernetes, Some(identities));
                 tasks.0.push(tokio::spawn(endpoint::kubernetes::watch(
                     client.clone(),
                     state.node.name.clone(),
@@ -244,6 +249,7 @@ async fn serve(
         for component in [
             endpoint::kubernetes::HEALTH_COMPONENT,
             endpoint::kubernetes::services::HEALTH_COMPONENT,
+            cluster::identities::HEALTH_COMPONENT,
             cluster::policies::HEALTH_COMPONENT,
         ] {
             health.set(
@@ -361,16 +367,20 @@ struct Tasks(Vec<tokio::task::JoinHandle<()>>);
 impl Tasks {
     /// Where an endpoint source sends its listings: each one is applied to that
     /// source's endpoints by a task of its own.
+    /// `identities`: the cluster's allocator, for a source whose endpoints take
+    /// cluster-wide identities.
     fn source(
         &mut self,
         state: &AgentState,
         kind: SourceKind,
+        identities: Option<cluster::identities::ClusterIdentities>,
     ) -> mpsc::Sender<Vec<endpoint::EndpointSpec>> {
         let (tx, rx) = mpsc::channel(4);
         self.0.push(tokio::spawn(apply_source(
             state.control.clone(),
             state.health.clone(),
             kind,
+            identities,
             rx,
         )));
         tx
@@ -480,11 +490,52 @@ async fn apply_source(
     control: Arc<ControlPlane>,
     health: Arc<Health>,
     source: SourceKind,
+    identities: Option<cluster::identities::ClusterIdentities>,
     mut rx: mpsc::Receiver<Vec<endpoint::EndpointSpec>>,
 ) {
-    while let Some(specs) = rx.recv().await {
+    let mut retry: Option<Vec<endpoint::EndpointSpec>> = None;
+    loop {
+        let specs = match retry.take() {
+            Some(specs) => specs,
+            None => match rx.recv().await {
+                Some(specs) => specs,
+                None => return,
+            },
+        };
+        // A cluster's source: the identities come from the API server, so every
+        // node gives the same labels the same number.
+        let assigned = match &identities {
+            None => Vec::new(),
+            Some(ids) => {
+                let mut sets: Vec<LabelSet> = specs
+                    .iter()
+                    .map(|s| LabelSet::from_k8s(&s.identity_labels()))
+                    .collect();
+                sets.sort();
+                sets.dedup();
+                match ids.ensure(&sets).await {
+                    Ok(assigned) => assigned,
+                    Err(e) => {
+                        tracing::warn!(?source, error = %e, "endpoints wait for their identities");
+                        health.set(
+                            cluster::identities::HEALTH_COMPONENT,
+                            ComponentState::Error,
+                            format!("allocating: {e}"),
+                        );
+                        // A newer listing replaces this one; else try again soon.
+                        retry = match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+                        {
+                            Ok(Some(newer)) => Some(newer),
+                            Ok(None) => return,
+                            Err(_) => Some(specs),
+                        };
+                        continue;
+                    }
+                }
+            }
+        };
         let count = specs.len();
-        let report = control.sync_endpoints(source, specs).await;
+        let report = control.sync_endpoints(source, specs, assigned).await;
         for err in &report.refused {
             tracing::warn!(?source, error = %err, "endpoint refused");
         }

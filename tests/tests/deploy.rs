@@ -100,6 +100,7 @@ fn deploy_kubernetes_is_the_chart_rendered_and_valid() {
         listed["objects"],
         serde_json::json!([
             "CustomResourceDefinition/loupeclusterwidenetworkpolicies.loupe.dev",
+            "CustomResourceDefinition/loupeidentities.loupe.dev",
             "CustomResourceDefinition/loupenetworkpolicies.loupe.dev",
             "ServiceAccount/loupe",
             "ClusterRole/loupe",

@@ -210,6 +210,12 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         ]
         .join("\n"),
     );
+    // No identities yet: the agent creates one per label set.
+    write_file(
+        &dir,
+        "loupeidentities.list.json",
+        &list("loupe.dev/v1", "LoupeIdentityList", vec![]),
+    );
     // No clusterwide kinds: their CRDs are not installed (404).
     // api-service's Service, whose ClusterIP the host DNATs as kube-proxy would.
     write_file(
@@ -245,6 +251,10 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
             .spawn()
             .unwrap(),
     );
+    // Listening before the agent starts, so no watch begins in backoff.
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
     let kubeconfig = write_file(
         &dir,
         "kubeconfig",
@@ -294,6 +304,31 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         "{api}"
     );
 
+    // Every endpoint's identity is the number of a LoupeIdentity the agent created
+    // in the API with the endpoint's labels (what every other node then reuses).
+    let created: Vec<Value> = std::fs::read_to_string(dir.join("loupeidentities.created.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(created.len(), 4, "one per label set: {created:#?}");
+    for ep in &endpoints {
+        let id = ep["identity"].as_u64().unwrap().to_string();
+        let object = created
+            .iter()
+            .find(|o| o["metadata"]["name"] == id)
+            .unwrap_or_else(|| panic!("no LoupeIdentity {id} for {ep}: {created:#?}"));
+        let app = format!(
+            "k8s:app={}",
+            ep["labels"]["app"].as_str().unwrap_or_default()
+        );
+        let labels = object["securityLabels"].to_string();
+        assert!(
+            labels.contains(&app) && labels.contains("k8s:io.kubernetes.pod.namespace=demo-app"),
+            "{labels} for {ep}"
+        );
+    }
+
     // The article's database policy from the API server, enforced on the
     // interfaces the routes named.
     let in_force = |key: &str, l7: bool| {
@@ -321,6 +356,13 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         "frontend must be denied by the policy"
     );
 
+    assert!(
+        wait_for(Duration::from_secs(20), || agent
+            .loupe_ok(&["status"])
+            .is_ok_and(|s| s.contains("services/kubernetes    ok"))),
+        "{}",
+        agent.loupe_ok(&["status"]).unwrap_or_default()
+    );
     // frontend → api-service's ClusterIP: the flows at frontend's interface name the
     // Service, both ways, as Hubble's do. (Lab pods route only the lab's CIDR; a
     // cluster's pods reach the service range through their default route.)

@@ -9,7 +9,8 @@
 //! An invalid object (or a new version of one) is reported — a log line, the
 //! `loupe_kubernetes_policy_errors_total` counter and the `policy/kubernetes`
 //! status line — and its previous valid version stays in force. A kind whose CRD
-//! is not installed (`404`) holds no objects; any other API error (no RBAC, no
+//! is not installed (`404`) holds no objects; Loupe's own objects also get a
+//! `Valid` condition in their `status` saying so; any other API error (no RBAC, no
 //! server) leaves the policies in force untouched until the watch recovers.
 //! When the same `namespace/name` exists as a Cilium and a Loupe kind, Loupe's
 //! wins (the Loupe kind is where a CNP moves to keep its plugin rules).
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::{Value, json};
@@ -331,6 +332,7 @@ pub async fn watch(client: kube::Client, w: PolicyWatch) {
     });
     let mut events = futures::stream::select_all(streams);
     let mut state = Watch::new(w);
+    let mut statuses = StatusWriter::new(client);
     let mut retry = tokio::time::interval(RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     state.report();
@@ -343,7 +345,113 @@ pub async fn watch(client: kube::Client, w: PolicyWatch) {
             _ = retry.tick() => state.retry(),
         }
         state.sync().await;
+        statuses.write(&state).await;
     }
+}
+
+/// The `Valid` condition the agent writes in the `status` of Loupe's own policy
+/// objects (Loupe owns those CRDs; Cilium's objects get a log line and a metric
+/// only): `True` when the object's newest version is in force, `False` with the
+/// reason it was refused. Every node judges an object the same way, so they all
+/// write the same condition; a node writes only what the object does not say yet.
+struct StatusWriter {
+    client: kube::Client,
+    /// What this node last wrote, by kind and key, until the watch shows it.
+    written: BTreeMap<(PolicyKind, String), Value>,
+}
+
+impl StatusWriter {
+    fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            written: BTreeMap::new(),
+        }
+    }
+
+    async fn write(&mut self, state: &Watch) {
+        let mut due = Vec::new();
+        for (kind, ks) in state.kinds.iter().filter(|(k, _)| k.is_loupe()) {
+            for (key, entry) in &ks.objects {
+                let wanted = condition(entry);
+                let shown = entry
+                    .object
+                    .data
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Valid"));
+                let same = |c: &Value| {
+                    ["status", "reason", "message", "observedGeneration"]
+                        .iter()
+                        .all(|f| c[f] == wanted[f])
+                };
+                let memo = (*kind, key.clone());
+                if shown.is_some_and(same) || self.written.get(&memo).is_some_and(same) {
+                    continue;
+                }
+                due.push((*kind, key.clone(), entry.object.clone(), wanted));
+            }
+        }
+        self.written.retain(|(kind, key), _| {
+            state
+                .kinds
+                .get(kind)
+                .is_some_and(|k| k.objects.contains_key(key))
+        });
+        for (kind, key, object, wanted) in due {
+            let name = object.metadata.name.clone().unwrap_or_default();
+            let api: Api<DynamicObject> = match object.metadata.namespace.as_deref() {
+                Some(ns) if !kind.clusterwide() => {
+                    Api::namespaced_with(self.client.clone(), ns, &kind.resource())
+                }
+                _ => Api::all_with(self.client.clone(), &kind.resource()),
+            };
+            let patch = json!({"status": {"conditions": [wanted]}});
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.written.insert((kind, key), wanted);
+                }
+                Err(err) => {
+                    tracing::warn!(kind = kind.name(), policy = %key, error = %err, "writing the policy's status");
+                }
+            }
+        }
+    }
+}
+
+/// The `Valid` condition for an object's newest version.
+fn condition(entry: &Entry) -> Value {
+    let (status, reason, message) = match &entry.error {
+        None => ("True", "Valid", "in force".to_string()),
+        Some(e) => (
+            "False",
+            "Invalid",
+            format!(
+                "{e}{}",
+                if entry.good.is_some() {
+                    " (the previous valid version stays in force)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+    };
+    json!({
+        "type": "Valid",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": entry.object.metadata.generation,
+        "lastTransitionTime": now_rfc3339(),
+    })
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 struct Watch {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::config::AgentConfig;
 use crate::datapath::controller::Controller;
-use crate::endpoint::kubernetes::mock::{api_server, list, status};
+use crate::endpoint::kubernetes::mock::{Calls, api_server, api_server_with, list, status};
 use crate::plugin::{FieldSpec, FieldType};
 
 fn redis_schema() -> BTreeMap<String, Vec<FieldSpec>> {
@@ -206,10 +206,12 @@ async fn the_watch_keeps_valid_objects_in_force_and_the_previous_version_of_inva
         "12",
         spec(json!({"l7proto": "redis", "l7": [{"command": "GET"}]})),
     );
+    let db_l7_status = db_l7.clone();
     // New versions: `other` gets an invalid port, then db's CNP is deleted.
     let mut other_bad = object(cnp, "other", "20", spec(json!(null)));
     other_bad["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["port"] = json!("http");
-    let (client, mut server) = api_server(
+    let db_status = "/apis/loupe.dev/v1/namespaces/demo-app/loupenetworkpolicies/db/status";
+    let (client, mut server) = api_server_with(
         BTreeMap::from([
             (
                 path(cnp),
@@ -246,6 +248,7 @@ async fn the_watch_keeps_valid_objects_in_force_and_the_previous_version_of_inva
                 json!({"type": "DELETED", "object": db_l4}),
             ]],
         )]),
+        Calls::from([(("PATCH", db_status.to_string()), vec![db_l7_status.clone()])]),
     );
     let control = Arc::new(ControlPlane::new(Controller::in_memory(
         &AgentConfig::default(),
@@ -320,6 +323,22 @@ async fn the_watch_keeps_valid_objects_in_force_and_the_previous_version_of_inva
     // Every kind was listed and watched from its list's version; the missing
     // CRD's kind was asked for and answered 404.
     let uris = server.seen();
+    // Loupe's object got its condition; Cilium's objects get none from Loupe.
+    let patches: Vec<&String> = uris.iter().filter(|u| u.starts_with("PATCH ")).collect();
+    assert_eq!(patches.len(), 1, "{patches:#?}");
+    let body: Value = serde_json::from_str(patches[0].splitn(3, ' ').nth(2).unwrap()).unwrap();
+    assert!(patches[0].contains(db_status), "{patches:#?}");
+    let valid = &body["status"]["conditions"][0];
+    assert_eq!(
+        (
+            &valid["type"],
+            &valid["status"],
+            &valid["reason"],
+            &valid["observedGeneration"]
+        ),
+        (&json!("Valid"), &json!("True"), &json!("Valid"), &json!(1)),
+        "{body}"
+    );
     for kind in [cnp, lnp] {
         assert!(
             uris.iter().any(|u| u.starts_with(path(kind))
@@ -385,4 +404,41 @@ async fn an_api_error_keeps_the_policies_in_force() {
     );
     let (_, detail) = watch_state(&health).unwrap();
     assert!(detail.starts_with("API: CiliumNetworkPolicy: "), "{detail}");
+}
+
+#[test]
+fn an_invalid_loupe_object_says_so_in_its_condition() {
+    let schemas = redis_schema();
+    let good = dynamic(object(
+        PolicyKind::LoupeNetworkPolicy,
+        "db",
+        "1",
+        spec(json!(null)),
+    ));
+    let mut bad_value = object(PolicyKind::LoupeNetworkPolicy, "db", "2", spec(json!(null)));
+    bad_value["metadata"]["generation"] = json!(2);
+    bad_value["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["port"] = json!("http");
+    let bad = dynamic(bad_value);
+    let stats = PolicyWatchStats::default();
+    let first = judge(PolicyKind::LoupeNetworkPolicy, good, None, &schemas, &stats);
+    assert_eq!(condition(&first)["status"], "True");
+    let second = judge(
+        PolicyKind::LoupeNetworkPolicy,
+        bad,
+        Some(first),
+        &schemas,
+        &stats,
+    );
+    let c = condition(&second);
+    assert_eq!(
+        (&c["status"], &c["reason"], &c["observedGeneration"]),
+        (&json!("False"), &json!("Invalid"), &json!(2))
+    );
+    let message = c["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "LoupeNetworkPolicy demo-app/db: spec.ingress[0].toPorts[0].ports[0].port"
+        ) && message.ends_with("(the previous valid version stays in force)"),
+        "{message}"
+    );
 }

@@ -198,16 +198,24 @@ async fn serve(
     if config.endpoints.kubernetes {
         match kubernetes_client(config.endpoints.kubeconfig.as_deref()).await {
             Ok(client) => {
+                let api_stats = Arc::new(endpoint::kubernetes::KubernetesStats::default());
+                let families = api_stats.clone();
+                state
+                    .metrics
+                    .register_fn("kubernetes", move || families.families());
                 let identities = cluster::identities::ClusterIdentities::new(client.clone());
-                tasks
-                    .0
-                    .push(tokio::spawn(identities.clone().run(state.health.clone())));
+                tasks.0.push(tokio::spawn(
+                    identities
+                        .clone()
+                        .run(state.health.clone(), api_stats.clone()),
+                ));
                 let tx = tasks.source(&state, SourceKind::Kubernetes, Some(identities));
                 tasks.0.push(tokio::spawn(endpoint::kubernetes::watch(
                     client.clone(),
                     state.node.name.clone(),
                     Arc::new(endpoint::kubernetes::route_interface),
                     state.health.clone(),
+                    api_stats.clone(),
                     tx,
                 )));
                 tasks
@@ -216,6 +224,7 @@ async fn serve(
                         client.clone(),
                         state.flows.services(),
                         state.health.clone(),
+                        api_stats.clone(),
                     )));
                 let stats = Arc::new(cluster::policies::PolicyWatchStats::default());
                 let families = stats.clone();
@@ -229,6 +238,7 @@ async fn serve(
                         schemas: state.plugins.clone(),
                         health: state.health.clone(),
                         stats,
+                        api_stats,
                     },
                 )));
             }

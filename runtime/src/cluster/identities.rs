@@ -31,6 +31,7 @@ use loupe_common::identity as reserved;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::endpoint::kubernetes::KubernetesStats;
 use crate::health::{ComponentState, Health};
 use crate::identity::LabelSet;
 
@@ -268,7 +269,7 @@ impl ClusterIdentities {
 
     /// Keeps this node's view of the identities (a watch), marks the ones in use
     /// and collects unused ones, until the task is dropped.
-    pub async fn run(self, health: Arc<Health>) {
+    pub async fn run(self, health: Arc<Health>, stats: Arc<KubernetesStats>) {
         let events = watcher(self.api.clone(), watcher::Config::default()).default_backoff();
         let mut events = std::pin::pin!(events);
         let mut tick = tokio::time::interval(REFRESH / 2);
@@ -285,6 +286,7 @@ impl ClusterIdentities {
                     match event {
                         Ok(event) => self.apply(event).await,
                         Err(err) => {
+                            stats.api_error("identities");
                             tracing::warn!(error = %err, "identity watch");
                             health.set(HEALTH_COMPONENT, ComponentState::Error, format!("API: {err}"));
                             continue;

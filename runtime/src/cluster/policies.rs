@@ -27,6 +27,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::{Value, json};
 
 use crate::control::ControlPlane;
+use crate::endpoint::kubernetes::KubernetesStats;
 use crate::health::{ComponentState, Health};
 use crate::metrics::{MetricFamily, MetricKind};
 use crate::policy::l7::{SchemaSource, validate_l7};
@@ -313,6 +314,8 @@ pub struct PolicyWatch {
     pub health: Arc<Health>,
     /// Counters for the metrics.
     pub stats: Arc<PolicyWatchStats>,
+    /// Where API errors are counted.
+    pub api_stats: Arc<KubernetesStats>,
 }
 
 type KindEvent = (
@@ -536,6 +539,7 @@ impl Watch {
                 ks.objects.clear();
             }
             Err(err) => {
+                self.w.api_stats.api_error("policies");
                 tracing::warn!(kind = kind.name(), error = %err, "policy watch");
                 self.api_errors.insert(kind, err.to_string());
             }

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 
 use super::{EndpointSpec, SourceKind, Workload};
 use crate::health::{ComponentState, Health};
+use crate::metrics::{MetricFamily, MetricKind};
 
 /// Cilium's prefix for a pod's namespace labels in its identity.
 pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
@@ -32,6 +34,63 @@ pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
 
 /// Finds the host-side interface (name, index) a pod address is reached through.
 pub type Resolver = Arc<dyn Fn(IpAddr) -> Option<(String, u32)> + Send + Sync>;
+
+/// What the Kubernetes watches count, for `/metrics`: API errors by watch, and
+/// this node's pods that are endpoints or skipped.
+#[derive(Debug, Default)]
+pub struct KubernetesStats {
+    api_errors: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+    endpoints: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl KubernetesStats {
+    /// Counts an API error of `watch` (`pods`, `services`, `policies`, …).
+    pub fn api_error(&self, watch: &'static str) {
+        *self
+            .api_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(watch)
+            .or_default() += 1;
+    }
+
+    fn listing(&self, endpoints: usize, skipped: usize) {
+        self.endpoints.store(endpoints as u64, Ordering::Relaxed);
+        self.skipped.store(skipped as u64, Ordering::Relaxed);
+    }
+
+    /// `loupe_kubernetes_api_errors_total{watch}` and `loupe_kubernetes_pods{state}`.
+    pub fn families(&self) -> Vec<MetricFamily> {
+        let mut errors = MetricFamily::new(
+            "loupe_kubernetes_api_errors_total",
+            "Errors from the Kubernetes API server, by watch (each is retried with backoff).",
+            MetricKind::Counter,
+        );
+        for (watch, n) in self
+            .api_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            errors = errors.value(&[("watch", watch)], *n as f64);
+        }
+        let pods = MetricFamily::new(
+            "loupe_kubernetes_pods",
+            "This node's pods: endpoints, and skipped (host network, no address or interface yet).",
+            MetricKind::Gauge,
+        )
+        .value(
+            &[("state", "endpoint")],
+            self.endpoints.load(Ordering::Relaxed) as f64,
+        )
+        .value(
+            &[("state", "skipped")],
+            self.skipped.load(Ordering::Relaxed) as f64,
+        );
+        vec![errors, pods]
+    }
+}
 
 /// The component name the source reports under in `loupe status` and `/healthz`.
 pub const HEALTH_COMPONENT: &str = "endpoints/kubernetes";
@@ -45,6 +104,7 @@ pub async fn watch(
     node: String,
     resolve: Resolver,
     health: Arc<Health>,
+    stats: Arc<KubernetesStats>,
     tx: mpsc::Sender<Vec<EndpointSpec>>,
 ) {
     health.set(
@@ -77,6 +137,7 @@ pub async fn watch(
                 }
             }
             Err(err) => {
+                stats.api_error("pods");
                 tracing::warn!(error = %err, "kubernetes watch");
                 health.set(
                     HEALTH_COMPONENT,
@@ -95,6 +156,7 @@ pub async fn watch(
             continue;
         }
         let (now, skipped) = listing(&pods, &namespaces, resolve.as_ref());
+        stats.listing(now.len(), skipped);
         health.set(
             HEALTH_COMPONENT,
             ComponentState::Ok,

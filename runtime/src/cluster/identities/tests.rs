@@ -77,7 +77,7 @@ async fn every_node_gets_the_same_number_for_the_same_labels() {
     );
     let alloc = ClusterIdentities::new(client);
     let health = Arc::new(Health::default());
-    tokio::spawn(alloc.clone().run(health.clone()));
+    tokio::spawn(alloc.clone().run(health.clone(), Arc::default()));
     let got = alloc
         .ensure(&[api.clone(), db.clone(), web.clone(), cache.clone()])
         .await
@@ -117,7 +117,7 @@ async fn without_a_listing_nothing_is_allocated() {
     );
     let alloc = ClusterIdentities::new(client);
     let health = Arc::new(Health::default());
-    tokio::spawn(alloc.clone().run(health.clone()));
+    tokio::spawn(alloc.clone().run(health.clone(), Arc::default()));
     let err = alloc.ensure(&[labels("api")]).await.unwrap_err();
     assert!(matches!(err, AllocateError::NotSynced(_)), "{err}");
     assert!(posts(&server.seen()).is_empty());

@@ -272,6 +272,7 @@ async fn the_watch_keeps_valid_objects_in_force_and_the_previous_version_of_inva
             schemas: Arc::new(redis_schema()),
             health: health.clone(),
             stats: stats.clone(),
+            api_stats: Arc::default(),
         },
     ));
 
@@ -382,6 +383,7 @@ async fn an_api_error_keeps_the_policies_in_force() {
     .unwrap();
     control.apply(vec![kept]).await.unwrap();
     let health = Arc::new(Health::default());
+    let api_stats = Arc::new(KubernetesStats::default());
     tokio::spawn(watch(
         client,
         PolicyWatch {
@@ -389,6 +391,7 @@ async fn an_api_error_keeps_the_policies_in_force() {
             schemas: Arc::new(redis_schema()),
             health: health.clone(),
             stats: Arc::new(PolicyWatchStats::default()),
+            api_stats: api_stats.clone(),
         },
     ));
     let reported = until(async || {
@@ -404,6 +407,14 @@ async fn an_api_error_keeps_the_policies_in_force() {
     );
     let (_, detail) = watch_state(&health).unwrap();
     assert!(detail.starts_with("API: CiliumNetworkPolicy: "), "{detail}");
+    // Counted, once per failed try (the watcher backs off between them).
+    let rendered = crate::metrics::registry::encode(&api_stats.families());
+    let errors: f64 = rendered
+        .lines()
+        .find_map(|l| l.strip_prefix("loupe_kubernetes_api_errors_total{watch=\"policies\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{rendered}"));
+    assert!((1.0..30.0).contains(&errors), "{rendered}");
 }
 
 #[test]

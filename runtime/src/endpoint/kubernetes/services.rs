@@ -20,7 +20,12 @@ pub const HEALTH_COMPONENT: &str = "services/kubernetes";
 
 /// Watches every Service and keeps `services` equal to their frontends, until
 /// the task is dropped.
-pub async fn watch(client: Client, services: Services, health: Arc<Health>) {
+pub async fn watch(
+    client: Client,
+    services: Services,
+    health: Arc<Health>,
+    stats: Arc<super::KubernetesStats>,
+) {
     let (store, writer) = reflector::store::<Service>();
     let events = watcher(Api::<Service>::all(client), watcher::Config::default())
         .default_backoff()
@@ -33,6 +38,7 @@ pub async fn watch(client: Client, services: Services, health: Arc<Health>) {
             Ok(watcher::Event::InitDone) => listed = true,
             Ok(_) => {}
             Err(err) => {
+                stats.api_error("services");
                 tracing::warn!(error = %err, "kubernetes service watch");
                 health.set(
                     HEALTH_COMPONENT,

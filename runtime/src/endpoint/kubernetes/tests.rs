@@ -193,6 +193,7 @@ async fn watches_this_nodes_pods_and_relists_after_410_gone() {
         "node-a".into(),
         resolver(),
         health.clone(),
+        Arc::default(),
         tx,
     ));
 
@@ -296,7 +297,7 @@ async fn services_frontends_name_flows_and_follow_the_watch() {
     // Hold the watch back until the listing has been seen.
     let table_after_list = {
         let (client, services, health) = (client.clone(), services.clone(), health.clone());
-        tokio::spawn(services::watch(client, services, health))
+        tokio::spawn(services::watch(client, services, health, Arc::default()))
     };
     let tcp = |src: &str, sport: u32, dst: &str, dport: u32| Flow {
         ip: Some(Ip {

@@ -266,7 +266,7 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         ),
     );
     let health_port = free_port();
-    let agent = TestAgent::start_with(
+    let mut agent = TestAgent::start_with(
         "k8s",
         &format!("endpoints:\n  lab: false\n  kubernetes: true\n  kubeconfig: {kubeconfig}\n"),
         &format!("nodeName: {NODE}\nhealthPort: {health_port}\n"),
@@ -530,4 +530,56 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
             .any(|l| l.starts_with("/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies")),
         "{requests}"
     );
+
+    // api-service's pod is deleted while the agent is down: the restarted agent
+    // lists the pods again and removes its endpoint and its pinned links; the
+    // other identities are found in the API again (the creates answer 409 and
+    // the objects carry the same labels), so their numbers hold.
+    let api_iface = api["interface"].as_str().unwrap().to_string();
+    let before: Vec<(String, u64)> = agent
+        .endpoints()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["podName"].as_str().unwrap().to_string(),
+                e["identity"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let pinned = || -> Vec<String> {
+        std::fs::read_dir("/sys/fs/bpf/loupe-test-k8s/links")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        pinned().iter().any(|l| l.starts_with(&api_iface)),
+        "{api_iface} pinned: {:?}",
+        pinned()
+    );
+    agent.kill9();
+    write_file(
+        &dir,
+        "pods.list.json",
+        &json!({"apiVersion": "v1", "kind": "PodList",
+                "metadata": {"resourceVersion": "140"},
+                "items": [pod("z8w3r", "db-service", "10.218.0.30", "103"),
+                          pod("c5n6v", "kafka", "10.218.0.40", "104")]})
+        .to_string(),
+    );
+    agent.spawn(2).unwrap();
+    let cleaned = wait_for(Duration::from_secs(30), || {
+        agent.endpoints().is_ok_and(|e| e.len() == 2)
+            && !pinned().iter().any(|l| l.starts_with(&api_iface))
+    });
+    assert!(cleaned, "{:#?} {:?}", agent.endpoints(), pinned());
+    for ep in agent.endpoints().unwrap() {
+        let name = ep["podName"].as_str().unwrap();
+        let was = before.iter().find(|(n, _)| n == name).map(|(_, id)| *id);
+        assert_eq!(was, ep["identity"].as_u64(), "{name} kept its identity");
+    }
 }

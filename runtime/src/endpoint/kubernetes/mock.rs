@@ -53,8 +53,8 @@ pub(crate) fn status(code: u16, reason: &str, message: &str) -> Value {
 }
 
 /// Serves `lists` (per path, one response per LIST, the last one repeated) and
-/// `watches` (per path, one event list per WATCH; later watches stay open and
-/// quiet). Paths not given answer 404 `NotFound`, as for a resource whose CRD is
+/// `watches` (per path, one event list per WATCH, held open after its events
+/// unless the list ends with `"drop"`; later watches stay open and quiet). Paths not given answer 404 `NotFound`, as for a resource whose CRD is
 /// not installed.
 pub(crate) fn api_server(
     lists: BTreeMap<&'static str, Vec<Value>>,
@@ -121,10 +121,18 @@ pub(crate) fn api_server_with(
                     .filter(|w| !w.is_empty())
                     .map(|w| w.remove(0));
                 let (tx, rx) = mpsc::channel(64);
+                let mut dropped = false;
                 for e in events.unwrap_or_default() {
+                    // `"drop"` ends the stream here: a connection the server closed.
+                    if e == "drop" {
+                        dropped = true;
+                        break;
+                    }
                     let _ = tx.try_send(Ok(Frame::data(Bytes::from(format!("{e}\n")))));
                 }
-                open.push(tx);
+                if !dropped {
+                    open.push(tx);
+                }
                 send.send_response(Response::new(StreamBody::new(ReceiverStream::new(rx))));
             } else {
                 let responses = lists.get_mut(&path).filter(|l| !l.is_empty());

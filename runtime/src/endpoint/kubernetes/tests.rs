@@ -181,9 +181,19 @@ async fn watches_this_nodes_pods_and_relists_after_410_gone() {
             ("/api/v1/pods", vec![pods_v1, pods_v2]),
             ("/api/v1/namespaces", vec![namespaces]),
         ]),
+        // The first watch adds frontend, says where it is (a BOOKMARK) and drops
+        // the connection; the second, resumed from the bookmark, expires.
         BTreeMap::from([(
             "/api/v1/pods",
-            vec![vec![json!({"type": "ADDED", "object": added}), gone]],
+            vec![
+                vec![
+                    json!({"type": "ADDED", "object": added}),
+                    json!({"type": "BOOKMARK", "object": {"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"resourceVersion": "130"}}}),
+                    json!("drop"),
+                ],
+                vec![gone],
+            ],
         )]),
     );
     let health = Arc::new(Health::default());
@@ -235,6 +245,12 @@ async fn watches_this_nodes_pods_and_relists_after_410_gone() {
             .iter()
             .any(|u| u.contains("watch=true") && u.contains("resourceVersion=100")),
         "{uris:#?}"
+    );
+    assert!(
+        pod_requests
+            .iter()
+            .any(|u| u.contains("watch=true") && u.contains("resourceVersion=130")),
+        "the dropped watch resumes from its bookmark: {uris:#?}"
     );
     assert_eq!(
         pod_requests

@@ -429,6 +429,31 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
                 .all(|f| f["flow"]["source_service"]["namespace"] == "demo-app"),
         "{from:#?}"
     );
+    // At api-service's interface the same request names the pod, its namespace
+    // and its workload, as Hubble's flows do.
+    let at_server: Vec<Value> = agent
+        .loupe_ok(&[
+            "observe",
+            "--to-pod",
+            "demo-app/api-service",
+            "--last",
+            "50",
+            "-o",
+            "json",
+        ])
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    assert!(
+        at_server.iter().any(|f| {
+            let d = &f["flow"]["destination"];
+            d["pod_name"] == "api-service-6c9f7d8b5-q4m9t"
+                && d["namespace"] == "demo-app"
+                && d["workloads"][0] == json!({"name": "api-service", "kind": "Deployment"})
+        }),
+        "{at_server:#?}"
+    );
     assert!(
         agent
             .loupe_ok(&["status"])

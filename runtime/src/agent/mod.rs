@@ -326,10 +326,13 @@ async fn serve(
         );
     // A graceful stop waits for open calls, and `observe --follow` streams never
     // end by themselves: after a short grace the rest are closed.
+    let flows = state.flows.clone();
     let result = tokio::select! {
         result = server => result,
         () = async {
             stopping.wait().await;
+            // Follow streams end once their queued flows are sent.
+            flows.end_subscriptions();
             tokio::time::sleep(STOP_GRACE).await;
         } => {
             tracing::info!("closing the streams still open");

@@ -178,6 +178,11 @@ impl Stream for FlowResponses {
                         response_types: Some(ResponseTypes::LostEvents(lost)),
                     })));
                 }
+                // The agent is stopping: the stream ends cleanly.
+                Event::End => {
+                    this.live = None;
+                    return Poll::Ready(None);
+                }
             }
         }
     }

@@ -153,7 +153,10 @@ impl Run {
             let mut flush = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
             loop {
                 tokio::select! {
-                    event = subscription.recv() => self.event(event),
+                    event = subscription.recv() => match event {
+                        Event::End => break,
+                        event => self.event(event),
+                    },
                     _ = flush.tick() => self.flush(),
                     _ = stopped.changed() => break,
                 }
@@ -163,6 +166,9 @@ impl Run {
             }
             // What is queued, then the last window.
             while let Some(event) = subscription.try_recv() {
+                if matches!(event, Event::End) {
+                    break;
+                }
                 self.event(event);
             }
             self.flush();
@@ -198,6 +204,8 @@ impl Run {
                 };
                 self.write(&resp);
             }
+            // The caller stops reading at the end.
+            Event::End => {}
         }
     }
 

@@ -33,6 +33,9 @@ pub enum Event {
     /// as Hubble reports a reader the ring overran) or
     /// upstream (reported with [`super::FlowStore::push_lost`]).
     Lost(LostEvent),
+    /// The store will send nothing more (the agent is stopping): a stream over
+    /// the subscription ends here, after everything queued before it.
+    End,
 }
 
 #[derive(Debug)]
@@ -53,6 +56,8 @@ pub(super) struct Slot {
     capacity: usize,
     notify: Arc<Notify>,
     closed: AtomicBool,
+    /// Set by the store when it sends nothing more.
+    ended: AtomicBool,
     predicate: Option<FlowPredicate>,
     lost: AtomicU64,
 }
@@ -80,6 +85,7 @@ impl Slot {
             capacity: capacity.max(1),
             notify: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
             predicate,
             lost: AtomicU64::new(0),
         }
@@ -87,6 +93,13 @@ impl Slot {
 
     pub(super) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Nothing more will be offered: the subscriber gets [`Event::End`] once its
+    /// queue is drained.
+    pub(super) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.notify.notify_one();
     }
 
     /// Offers a flow; returns false when it was lost to overflow.
@@ -209,9 +222,16 @@ impl Subscription {
         }
     }
 
-    /// The next event, if one is queued.
+    /// The next event, if one is queued ([`Event::End`] once the store has ended
+    /// the subscription and its queue is drained).
     pub fn try_recv(&mut self) -> Option<Event> {
-        let entry = lock(&self.slot.queue).pop_front()?;
+        let Some(entry) = lock(&self.slot.queue).pop_front() else {
+            return self
+                .slot
+                .ended
+                .load(Ordering::Acquire)
+                .then_some(Event::End);
+        };
         Some(match entry {
             Entry::Flow(seq, flow) => Event::Flow { seq, flow },
             Entry::Lost(lost) => Event::Lost(lost),

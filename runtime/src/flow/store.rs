@@ -170,6 +170,15 @@ impl FlowStore {
         }
     }
 
+    /// Ends every subscription (the agent is stopping): each subscriber gets
+    /// what it has queued, then [`Event::End`](super::Event::End), so follow
+    /// streams finish instead of holding a stopping server open.
+    pub fn end_subscriptions(&self) {
+        for slot in read(&self.inner.subscribers).iter() {
+            slot.end();
+        }
+    }
+
     /// The Service table flows are annotated from (the Kubernetes source writes it).
     pub fn services(&self) -> Services {
         self.inner.services.clone()
@@ -376,6 +385,7 @@ mod tests {
             got.push(match e {
                 Event::Flow { flow, .. } => format!("f{}", flow.policy_match_type),
                 Event::Lost(l) => format!("lost{}", l.num_events_lost),
+                Event::End => "end".into(),
             });
         }
         assert_eq!(got, vec!["f0", "f1", "lost8"]);
@@ -451,6 +461,7 @@ mod tests {
                     LostEventSource::try_from(l.source).map_or("?", |s| s.as_str_name()),
                     l.num_events_lost
                 ),
+                Event::End => "end".into(),
             });
         }
         assert_eq!(
@@ -487,6 +498,7 @@ mod tests {
                     received += 1;
                 }
                 Some(Event::Lost(l)) => accounted += l.num_events_lost,
+                Some(Event::End) => unreachable!("nothing ends this store"),
                 None if finished => break,
                 None => {
                     finished = producers.iter().all(std::thread::JoinHandle::is_finished);
@@ -499,5 +511,19 @@ mod tests {
         }
         assert_eq!(accounted, u64::from(PER_THREAD) * 4);
         assert_eq!(accounted - received, sub.lost());
+    }
+
+    #[test]
+    fn ended_subscriptions_deliver_what_is_queued_then_end() {
+        let store = FlowStore::new(16, "n");
+        let mut sub = store.subscribe(16, None);
+        store.push(Flow::default());
+        store.end_subscriptions();
+        assert!(matches!(sub.try_recv(), Some(Event::Flow { .. })));
+        assert!(matches!(sub.try_recv(), Some(Event::End)));
+        assert!(matches!(sub.try_recv(), Some(Event::End)));
+        // A subscription taken later is not ended.
+        let mut later = store.subscribe(16, None);
+        assert!(later.try_recv().is_none());
     }
 }

@@ -127,6 +127,7 @@ impl FlowMetrics {
                     Event::Lost(lost) => {
                         this.lock().lost += lost.num_events_lost;
                     }
+                    Event::End => return,
                 }
             }
         })

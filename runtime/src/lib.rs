@@ -23,6 +23,7 @@ pub mod plugin;
 pub mod policy;
 pub mod proxy;
 pub mod reassembly;
+pub mod relay;
 
 /// Loupe's version, as reported by the API and the CLI.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{AgentConfig, DEFAULT_SOCKET};
-use crate::{agent, proxy};
+use crate::{agent, proxy, relay};
 
 /// Loupe: eBPF network observability and policy, with WebAssembly L7 parsers.
 #[derive(Debug, Parser)]
@@ -65,6 +65,8 @@ pub enum Command {
     Plugin(plugin::PluginCommand),
     /// Run a pcap / pcapng capture through the L7 engine and print its L7 flows.
     Replay(Box<replay::ReplayArgs>),
+    /// Serve every node's flows as one Observer (Hubble Relay's job).
+    Relay(Box<relay::RelayArgs>),
 }
 
 /// Runs the parsed command line; the process exit code.
@@ -115,6 +117,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status(args) => runtime()?.block_on(status::run(args, &cli.socket)),
         Command::Plugin(cmd) => runtime()?.block_on(plugin::run(cmd, &cli.socket)),
         Command::Replay(args) => replay::run(*args),
+        Command::Relay(args) => {
+            runtime()?.block_on(relay::run(*args, shutdown_signal()))?;
+            Ok(0)
+        }
     }
 }
 

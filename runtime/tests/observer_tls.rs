@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,83 +20,6 @@ use loupe_proto::observer::{
 use loupe_runtime::agent::{self, AgentState};
 use loupe_runtime::config::AgentConfig;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "openssl {args:?}");
-}
-
-/// A CA, a server certificate for `localhost`, and a client certificate.
-fn make_pki(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=loupe-test-ca",
-        ],
-    );
-    // Version 3 certificates (extensions) for both: webpki refuses version 1.
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for name in ["server", "client"] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-        let csr = format!("{name}.csr");
-        let pem = format!("{name}.pem");
-        let mut args = vec![
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "1",
-        ];
-        let ext = format!("{name}.ext");
-        args.extend(["-extfile", &ext]);
-        openssl(dir, &args);
-    }
-}
 
 async fn connect(port: u16, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_shared(format!("https://localhost:{port}"))
@@ -122,7 +44,7 @@ async fn is_refused(channel: Result<Channel, tonic::transport::Error>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observer_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
-    make_pki(dir.path());
+    common::make_pki(dir.path());
     let port = common::free_port();
     let mut config = AgentConfig {
         socket_path: dir.path().join("loupe.sock"),
@@ -196,7 +118,7 @@ async fn observer_over_mutual_tls() {
     // A certificate from another CA (same names, same extensions) is refused.
     let rogue = dir.path().join("rogue");
     std::fs::create_dir(&rogue).unwrap();
-    make_pki(&rogue);
+    common::make_pki(&rogue);
     let rogue_identity = Identity::from_pem(
         std::fs::read(rogue.join("client.pem")).unwrap(),
         std::fs::read(rogue.join("client.key")).unwrap(),

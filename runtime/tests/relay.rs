@@ -106,6 +106,10 @@ struct TestNode {
 
 impl TestNode {
     fn start(dir: &Path, name: &str, port: u16) -> Self {
+        Self::start_with(dir, name, port, |_| {})
+    }
+
+    fn start_with(dir: &Path, name: &str, port: u16, tweak: impl Fn(&mut AgentConfig)) -> Self {
         let mut config = AgentConfig {
             socket_path: dir.join(format!("{name}.sock")),
             node_name: Some(name.into()),
@@ -116,6 +120,7 @@ impl TestNode {
         config.plugins.bundled = false;
         config.hubble.listen_address = format!("127.0.0.1:{port}");
         config.state_dir = dir.join(name);
+        tweak(&mut config);
         config.validate(Path::new("test")).unwrap();
         let state = Arc::new(AgentState::new(config).unwrap());
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -344,4 +349,134 @@ async fn a_grpcio_client_sees_every_node_through_the_relay() {
     let _ = stop_relay.send(());
     relay_task.await.unwrap().unwrap();
     drop(nodes);
+}
+
+fn relay_args(port: u16, peers: &[u16]) -> RelayArgs {
+    RelayArgs {
+        listen_address: format!("127.0.0.1:{port}").parse().unwrap(),
+        peer_services: peers.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+        sort_buffer_len_max: 100,
+        sort_buffer_drain_timeout: Duration::from_secs(1),
+        disable_client_tls: true,
+        tls_hubble_server_ca_files: Vec::new(),
+        tls_client_cert_file: None,
+        tls_client_key_file: None,
+        disable_server_tls: true,
+        tls_relay_server_cert_file: None,
+        tls_relay_server_key_file: None,
+        tls_relay_client_ca_files: Vec::new(),
+    }
+}
+
+/// ServerStatus from a relay once `settled` holds (or after `wait`).
+async fn relay_status(
+    port: u16,
+    wait: Duration,
+    settled: impl Fn(&loupe_proto::observer::ServerStatusResponse) -> bool,
+) -> loupe_proto::observer::ServerStatusResponse {
+    use loupe_proto::observer::{ServerStatusRequest, observer_client::ObserverClient};
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let status = async {
+            let mut client = ObserverClient::connect(format!("http://127.0.0.1:{port}"))
+                .await
+                .ok()?;
+            client
+                .server_status(ServerStatusRequest {})
+                .await
+                .ok()
+                .map(tonic::Response::into_inner)
+        }
+        .await;
+        if let Some(s) = status
+            && (settled(&s) || tokio::time::Instant::now() > deadline)
+        {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reaches_agents_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    // The agents' certificate names the nodes, as their peer services announce
+    // them for TLS (Hubble's agents are named by their node too).
+    common::make_pki_for(
+        dir.path(),
+        "DNS:node-a,DNS:node-b,DNS:localhost,IP:127.0.0.1",
+    );
+    let pki = |f: &str| dir.path().join(f);
+    let ports = [common::free_port(), common::free_port()];
+    let _nodes: Vec<TestNode> = ["node-a", "node-b"]
+        .iter()
+        .zip(ports)
+        .map(|(name, port)| {
+            TestNode::start_with(dir.path(), name, port, |c| {
+                c.hubble.tls.enabled = true;
+                c.hubble.tls.cert_file = Some(pki("server.pem"));
+                c.hubble.tls.key_file = Some(pki("server.key"));
+                c.hubble.tls.client_ca_files = vec![pki("ca.pem")];
+            })
+        })
+        .collect();
+
+    // With the client certificate: both nodes connected.
+    let port = common::free_port();
+    let mut args = relay_args(port, &ports);
+    args.disable_client_tls = false;
+    args.tls_hubble_server_ca_files = vec![pki("ca.pem")];
+    args.tls_client_cert_file = Some(pki("client.pem"));
+    args.tls_client_key_file = Some(pki("client.key"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(relay::run(args, async move {
+        let _ = stopped.await;
+    }));
+    let status = relay_status(port, Duration::from_secs(20), |s| {
+        s.num_connected_nodes == Some(2)
+    })
+    .await;
+    assert_eq!(
+        (status.num_connected_nodes, status.num_unavailable_nodes),
+        (Some(2), Some(0)),
+        "{status:?}"
+    );
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
+
+    // Without one: the agents refuse the relay, which says so and keeps serving.
+    let port = common::free_port();
+    let mut args = relay_args(port, &ports);
+    args.disable_client_tls = false;
+    args.tls_hubble_server_ca_files = vec![pki("ca.pem")];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(relay::run(args, async move {
+        let _ = stopped.await;
+    }));
+    let status = relay_status(port, Duration::from_secs(5), |s| {
+        s.num_connected_nodes == Some(2)
+    })
+    .await;
+    assert_eq!(status.num_connected_nodes.unwrap_or(0), 0, "{status:?}");
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
+
+    // Plaintext towards TLS agents: refused by the agents as well.
+    let port = common::free_port();
+    let args = relay_args(port, &ports);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(relay::run(args, async move {
+        let _ = stopped.await;
+    }));
+    let status = relay_status(port, Duration::from_secs(5), |s| {
+        s.num_connected_nodes == Some(2)
+    })
+    .await;
+    assert_eq!(status.num_connected_nodes.unwrap_or(0), 0, "{status:?}");
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
 }

@@ -35,6 +35,11 @@ pub mod flow {
 pub mod observer {
     #![allow(missing_docs, unreachable_pub, clippy::all)]
     tonic::include_proto!("observer");
+
+    /// The name Hubble's servers register with `grpc.health.v1.Health`, which
+    /// `hubble status` checks (gRPC's convention, `observer.Observer`, is
+    /// answered as well).
+    pub const HEALTH_SERVICE: &str = "hubble.server.Observer";
 }
 /// `peer`: Hubble's Peer service.
 pub mod peer {

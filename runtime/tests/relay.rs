@@ -41,6 +41,7 @@ import grpc
 sys.path.insert(0, sys.argv[1])
 from observer import observer_pb2, observer_pb2_grpc
 from relay import relay_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 with grpc.insecure_channel(sys.argv[2]) as channel:
     stub = observer_pb2_grpc.ObserverStub(channel)
@@ -50,6 +51,9 @@ with grpc.insecure_channel(sys.argv[2]) as channel:
         if status.num_connected_nodes.value == 3 or time.time() > deadline:
             break
         time.sleep(0.2)
+    health = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="hubble.server.Observer"), timeout=10)
+    print("health", health_pb2.HealthCheckResponse.ServingStatus.Name(health.status))
     print("status", status.num_flows, status.max_flows, status.seen_flows,
           status.num_connected_nodes.value, status.num_unavailable_nodes.value)
     last = stub.GetFlows(observer_pb2.GetFlowsRequest(number=4), timeout=10)
@@ -288,6 +292,8 @@ async fn a_grpcio_client_sees_every_node_through_the_relay() {
             .unwrap_or_else(|| panic!("no {key} line in:\n{stdout}"))
             .to_string()
     };
+    // What `hubble status` asks first.
+    assert_eq!(line("health"), "SERVING");
     // Six flows stored over three nodes of 4095; all three connected.
     assert_eq!(line("status"), "6 12285 6 3 0", "{stdout}");
     // The last four of all nodes, in time order, each naming its node.

@@ -15,8 +15,6 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
 /// The service name Hubble's server reports its health under (`hubble status`).
-const HUBBLE_HEALTH_SERVICE: &str = "hubble.server.Observer";
-
 use super::AgentState;
 use crate::api::observer::ObserverService;
 use crate::api::peer::PeerService;
@@ -129,7 +127,10 @@ pub(super) async fn start(state: &AgentState) -> Result<Observability, Observabi
         // `hubble status` checks the name Hubble's server registers; gRPC's
         // convention is the service's full name: answer both.
         health
-            .set_service_status(HUBBLE_HEALTH_SERVICE, ServingStatus::Serving)
+            .set_service_status(
+                loupe_proto::observer::HEALTH_SERVICE,
+                ServingStatus::Serving,
+            )
             .await;
         health
             .set_serving::<ObserverServer<ObserverService>>()

@@ -165,8 +165,15 @@ pub async fn run(
     for source in &args.peer_services {
         discovery.push(tokio::spawn(peers.clone().discover(source.clone())));
     }
+    // `hubble status` checks Hubble's name; gRPC's convention and the server as
+    // a whole are answered too.
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ObserverServer<RelayObserver>>().await;
+    for name in [loupe_proto::observer::HEALTH_SERVICE, ""] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let service = RelayObserver::new(
         peers,
         args.sort_buffer_len_max,

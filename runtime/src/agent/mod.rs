@@ -50,6 +50,8 @@ pub struct AgentState {
     pub metrics: MetricsRegistry,
     /// Flow-derived metrics (`hubble.metrics.port`).
     hubble_metrics: MetricsRegistry,
+    /// The cluster's nodes, for `peer.Peer` (filled by the Kubernetes source).
+    cluster_nodes: endpoint::kubernetes::nodes::ClusterNodes,
 }
 
 impl AgentState {
@@ -87,6 +89,7 @@ impl AgentState {
             node,
             plugins,
             config,
+            cluster_nodes: endpoint::kubernetes::nodes::ClusterNodes::default(),
         }
     }
 }
@@ -218,6 +221,18 @@ async fn serve(
                     api_stats.clone(),
                     tx,
                 )));
+                // Peers are announced at each node's internal address with this
+                // agent's Observer port (Hubble's 4244 when none is configured).
+                let observer_port = config.hubble_listen_address().map_or(4244, |a| a.port());
+                tasks
+                    .0
+                    .push(tokio::spawn(endpoint::kubernetes::nodes::watch(
+                        client.clone(),
+                        state.cluster_nodes.clone(),
+                        observer_port,
+                        state.health.clone(),
+                        api_stats.clone(),
+                    )));
                 tasks
                     .0
                     .push(tokio::spawn(endpoint::kubernetes::services::watch(
@@ -259,6 +274,7 @@ async fn serve(
         for component in [
             endpoint::kubernetes::HEALTH_COMPONENT,
             endpoint::kubernetes::services::HEALTH_COMPONENT,
+            endpoint::kubernetes::nodes::HEALTH_COMPONENT,
             cluster::identities::HEALTH_COMPONENT,
             cluster::policies::HEALTH_COMPONENT,
         ] {

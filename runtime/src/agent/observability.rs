@@ -83,7 +83,10 @@ fn services(state: &AgentState) -> (ObserverService, PeerService) {
         state.control.summary(),
         state.config.hubble.event_queue_size as usize,
     );
-    (observer, PeerService::new(state.node.clone()))
+    (
+        observer,
+        PeerService::new(state.node.clone(), state.cluster_nodes.clone()),
+    )
 }
 
 impl Observability {

@@ -310,6 +310,7 @@ pub fn route_interface(ip: IpAddr) -> Option<(String, u32)> {
 
 #[cfg(test)]
 pub(crate) mod mock;
+pub mod nodes;
 pub mod services;
 
 #[cfg(test)]

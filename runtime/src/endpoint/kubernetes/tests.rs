@@ -377,3 +377,67 @@ async fn services_frontends_name_flows_and_follow_the_watch() {
     );
     table_after_list.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn nodes_are_announced_at_their_internal_address() {
+    use nodes::{ClusterNode, ClusterNodes};
+    let node = |name: &str, addresses: Value| {
+        json!({"apiVersion": "v1", "kind": "Node",
+               "metadata": {"name": name, "resourceVersion": "1"},
+               "status": {"addresses": addresses}})
+    };
+    let listed = mock::list(
+        "v1",
+        "NodeList",
+        "7",
+        vec![
+            node(
+                "node-b",
+                json!([{"type": "Hostname", "address": "node-b"},
+                       {"type": "InternalIP", "address": "fd00::2"},
+                       {"type": "InternalIP", "address": "10.0.0.2"}]),
+            ),
+            node(
+                "node-a",
+                json!([{"type": "InternalIP", "address": "10.0.0.1"}]),
+            ),
+            // Not addressable yet: not a peer.
+            node("node-c", json!([{"type": "Hostname", "address": "node-c"}])),
+        ],
+    );
+    let (client, _server) = api_server(
+        BTreeMap::from([("/api/v1/nodes", vec![listed])]),
+        BTreeMap::new(),
+    );
+    let cluster = ClusterNodes::default();
+    let mut seen = cluster.subscribe();
+    let health = Arc::new(Health::default());
+    tokio::spawn(nodes::watch(
+        client,
+        cluster.clone(),
+        4244,
+        health.clone(),
+        Arc::default(),
+    ));
+    let got = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(list) = seen.borrow_and_update().clone() {
+                return list;
+            }
+            seen.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let peer = |name: &str, address: &str| ClusterNode {
+        name: name.into(),
+        address: address.into(),
+    };
+    assert_eq!(
+        got,
+        vec![
+            peer("node-a", "10.0.0.1:4244"),
+            peer("node-b", "10.0.0.2:4244")
+        ]
+    );
+}

@@ -2,7 +2,7 @@
 
   deploy_check.py objects FILE
       prints, as JSON: every object's kind/name, the agent ConfigMap's loupe.yaml
-      text and the DaemonSet container's added capabilities.
+      text, the DaemonSet container's added capabilities and the relay's command.
   deploy_check.py policies CRD_FILE KIND POLICY_FILE...
       validates each policy document (its apiVersion/kind replaced by the CRD's)
       against the CRD's openAPIV3Schema with jsonschema, printing one line per
@@ -24,6 +24,8 @@ def objects(path):
         if d["kind"] == "DaemonSet":
             c = d["spec"]["template"]["spec"]["containers"][0]
             out["capabilities"] = c["securityContext"]["capabilities"]["add"]
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "hubble-relay":
+            out["relay"] = d["spec"]["template"]["spec"]["containers"][0]["command"]
     print(json.dumps(out))
 
 

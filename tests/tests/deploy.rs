@@ -12,7 +12,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use clap::Parser as _;
 use loupe_runtime::agent::privileges::kept_names;
+use loupe_runtime::cli::{Cli, Command as LoupeCommand};
 use loupe_runtime::config::{AgentConfig, PolicyEnforcementMode};
 use loupe_tests::{python, root, scratch_dir, write_file};
 use serde_json::Value;
@@ -135,6 +137,8 @@ fn the_articles_values_become_a_config_the_agent_accepts() {
         "Service/hubble-metrics",
         "ServiceMonitor/loupe-agent",
         "ServiceMonitor/hubble",
+        "Deployment/hubble-relay",
+        "Service/hubble-relay",
     ] {
         assert!(kinds.contains(object), "{kinds}");
     }
@@ -190,6 +194,31 @@ fn the_articles_values_become_a_config_the_agent_accepts() {
     granted.sort();
     assert_eq!(granted, kept);
 
+    // The relay's command is one `loupe relay` accepts, asking the node-local
+    // peer Service of the release's namespace.
+    let relay: Vec<String> = rendered["relay"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        relay.contains(&"--peer-service=hubble-peer.kube-system.svc.cluster.local:80".to_string()),
+        "{relay:?}"
+    );
+    let argv: Vec<&str> = std::iter::once("loupe")
+        .chain(relay.iter().skip(1).map(String::as_str))
+        .collect();
+    let parsed = Cli::try_parse_from(argv);
+    assert!(
+        matches!(
+            parsed.as_ref().map(|c| &c.command),
+            Ok(LoupeCommand::Relay(_))
+        ),
+        "{relay:?}: {:?}",
+        parsed.err()
+    );
+
     // What the chart cannot do is refused by name, not rendered wrong.
     let grpc = write_file(&dir, "grpc.yaml", "grpcProtocol: true\n");
     let out = render(&[article.to_str().unwrap(), &grpc], &dir.join("grpc"));
@@ -199,6 +228,35 @@ fn the_articles_values_become_a_config_the_agent_accepts() {
         "{}",
         text(&out)
     );
+    // Mutual TLS between the relay and the agents needs the relay's certificate.
+    let tls = write_file(
+        &dir,
+        "tls.yaml",
+        "hubble:\n  tls:\n    enabled: true\n    existingSecret: hubble-server-certs\n  relay:\n    enabled: true\n",
+    );
+    let out = render(&[&tls], &dir.join("tls"));
+    assert!(
+        text(&out).contains("hubble.relay.tls.client.existingSecret"),
+        "{}",
+        text(&out)
+    );
+    let client = write_file(
+        &dir,
+        "client.yaml",
+        "hubble:\n  relay:\n    tls:\n      client:\n        existingSecret: hubble-relay-client-certs\n",
+    );
+    let out = render(&[&tls, &client], &dir.join("mtls"));
+    assert!(out.status.success(), "{}", text(&out));
+    let mtls = dir.join("mtls/loupe.yaml");
+    validate(&mtls).unwrap();
+    let relay = objects(&mtls)["relay"].to_string();
+    for flag in [
+        "--peer-service=hubble-peer.kube-system.svc.cluster.local:443",
+        "--tls-hubble-server-ca-files=/var/lib/loupe/tls/ca.crt",
+        "--tls-client-cert-file=/var/lib/loupe/relay-client/tls.crt",
+    ] {
+        assert!(relay.contains(flag), "{relay}");
+    }
     let mode = write_file(&dir, "mode.yaml", "policyEnforcementMode: strict\n");
     let out = render(&[&mode], &dir.join("mode"));
     assert!(

@@ -210,6 +210,18 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         ]
         .join("\n"),
     );
+    // The cluster's one node, announced by the agent's peer service.
+    write_file(
+        &dir,
+        "nodes.list.json",
+        &list(
+            "v1",
+            "NodeList",
+            vec![json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": NODE, "resourceVersion": "3"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}})],
+        ),
+    );
     // No identities yet: the agent creates one per label set.
     write_file(
         &dir,
@@ -503,6 +515,10 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
     let flush = redis(&["FLUSHALL"]);
     assert!(flush.contains("NOPERM"), "{flush}");
     assert_eq!(redis(&["GET", "cache:k8s"]).trim(), "v");
+    assert!(
+        status.contains("nodes/kubernetes       ok        1 nodes (1 with an internal address)"),
+        "{status}"
+    );
     // An invalid object is not the node's failure: the readiness probe holds.
     assert_eq!(
         http_get(health_port, "/readyz"),

@@ -92,6 +92,52 @@ impl KubernetesStats {
     }
 }
 
+/// Follows every object of `api` in a reflector until the task is dropped: once
+/// listed, after each change `changed` reads the store and returns the line for
+/// `component` in `loupe status`; API errors are counted under `watch` and
+/// reported there (kube-rs's watcher retries them with backoff).
+pub(crate) async fn follow_all<K>(
+    api: Api<K>,
+    watch: &'static str,
+    component: &'static str,
+    health: Arc<Health>,
+    stats: Arc<KubernetesStats>,
+    mut changed: impl FnMut(&Store<K>) -> String,
+) where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store::<K>();
+    let events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    let mut events = std::pin::pin!(events);
+    let mut listed = false;
+    health.set(component, ComponentState::Error, format!("listing {watch}"));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::InitDone) => listed = true,
+            Ok(_) => {}
+            Err(err) => {
+                stats.api_error(watch);
+                tracing::warn!(watch, error = %err, "kubernetes watch");
+                health.set(component, ComponentState::Error, format!("API: {err}"));
+                continue;
+            }
+        }
+        if listed {
+            let detail = changed(&store);
+            health.set(component, ComponentState::Ok, detail);
+        }
+    }
+}
+
 /// The component name the source reports under in `loupe status` and `/healthz`.
 pub const HEALTH_COMPONENT: &str = "endpoints/kubernetes";
 

@@ -7,15 +7,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use tokio::sync::watch;
 
 use super::KubernetesStats;
-use crate::health::{ComponentState, Health};
+use crate::health::Health;
 
 /// The component the watch reports under in `loupe status`.
 pub const HEALTH_COMPONENT: &str = "nodes/kubernetes";
@@ -69,43 +67,18 @@ pub async fn watch(
     health: Arc<Health>,
     stats: Arc<KubernetesStats>,
 ) {
-    let (store, writer) = reflector::store::<Node>();
-    let events = watcher(Api::<Node>::all(client), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    let mut events = std::pin::pin!(events);
-    let mut listed = false;
-    health.set(HEALTH_COMPONENT, ComponentState::Error, "listing nodes");
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::InitDone) => listed = true,
-            Ok(_) => {}
-            Err(err) => {
-                stats.api_error("nodes");
-                tracing::warn!(error = %err, "kubernetes node watch");
-                health.set(
-                    HEALTH_COMPONENT,
-                    ComponentState::Error,
-                    format!("API: {err}"),
-                );
-                continue;
-            }
-        }
-        if !listed {
-            continue;
-        }
-        let list = peers(&store, port);
-        health.set(
-            HEALTH_COMPONENT,
-            ComponentState::Ok,
-            format!(
-                "{} nodes ({} with an internal address)",
-                store.len(),
-                list.len()
-            ),
+    let api = Api::<Node>::all(client);
+    super::follow_all(api, "nodes", HEALTH_COMPONENT, health, stats, |store| {
+        let list = peers(store, port);
+        let detail = format!(
+            "{} nodes ({} with an internal address)",
+            store.len(),
+            list.len()
         );
         nodes.set(list);
-    }
+        detail
+    })
+    .await;
 }
 
 /// Every node of `store` with an internal address, at `port`.

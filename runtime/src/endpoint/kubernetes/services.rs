@@ -6,14 +6,12 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
 use crate::flow::services::{Frontend, ServiceTable, Services, Transport};
-use crate::health::{ComponentState, Health};
+use crate::health::Health;
 
 /// The component the watch reports under in `loupe status`.
 pub const HEALTH_COMPONENT: &str = "services/kubernetes";
@@ -26,41 +24,16 @@ pub async fn watch(
     health: Arc<Health>,
     stats: Arc<super::KubernetesStats>,
 ) {
-    let (store, writer) = reflector::store::<Service>();
-    let events = watcher(Api::<Service>::all(client), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    let mut events = std::pin::pin!(events);
-    let mut listed = false;
-    health.set(HEALTH_COMPONENT, ComponentState::Error, "listing services");
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::InitDone) => listed = true,
-            Ok(_) => {}
-            Err(err) => {
-                stats.api_error("services");
-                tracing::warn!(error = %err, "kubernetes service watch");
-                health.set(
-                    HEALTH_COMPONENT,
-                    ComponentState::Error,
-                    format!("API: {err}"),
-                );
-                continue;
-            }
-        }
-        if !listed {
-            continue;
-        }
-        let table = table(&store);
-        health.set(
-            HEALTH_COMPONENT,
-            ComponentState::Ok,
-            format!("{} services, {} frontends", store.len(), table.len()),
-        );
+    let api = Api::<Service>::all(client);
+    super::follow_all(api, "services", HEALTH_COMPONENT, health, stats, |store| {
+        let table = table(store);
+        let detail = format!("{} services, {} frontends", store.len(), table.len());
         if *services.load() != table {
             services.store(table);
         }
-    }
+        detail
+    })
+    .await;
 }
 
 /// Every frontend of the Services in `store`.

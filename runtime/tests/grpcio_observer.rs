@@ -92,31 +92,8 @@ async fn a_grpcio_client_on_the_agent_socket() {
         state.flows.push(flow(pod, 100 + i as i64));
     }
 
-    // Stubs from the contract, with grpcio-tools' own protoc.
     let python = common::python();
-    let protos = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto");
-    let stubs = dir.path().join("stubs");
-    std::fs::create_dir_all(&stubs).unwrap();
-    let out = std::process::Command::new(&python)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(&protos)
-        .arg(format!("--python_out={}", stubs.display()))
-        .arg(format!("--grpc_python_out={}", stubs.display()))
-        .args([
-            "flow/flow.proto",
-            "relay/relay.proto",
-            "observer/observer.proto",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e} (grpcio-tools; scripts/bootstrap installs it)"));
-    assert!(
-        out.status.success(),
-        "grpc_tools.protoc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for package in ["flow", "relay", "observer"] {
-        std::fs::write(stubs.join(package).join("__init__.py"), "").unwrap();
-    }
+    let stubs = common::observer_stubs(dir.path());
 
     let ready = async {
         while !socket.exists() {

@@ -178,50 +178,16 @@ async fn a_grpcio_client_sees_every_node_through_the_relay() {
         }
     }
     let relay_port = common::free_port();
-    let args = RelayArgs {
-        listen_address: format!("127.0.0.1:{relay_port}").parse().unwrap(),
-        peer_services: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
-        sort_buffer_len_max: 100,
-        sort_buffer_drain_timeout: Duration::from_secs(2),
-        disable_client_tls: true,
-        tls_hubble_server_ca_files: Vec::new(),
-        tls_client_cert_file: None,
-        tls_client_key_file: None,
-        disable_server_tls: true,
-        tls_relay_server_cert_file: None,
-        tls_relay_server_key_file: None,
-        tls_relay_client_ca_files: Vec::new(),
-    };
+    let mut args = relay_args(relay_port, &ports);
+    // Generous for a loaded machine: the order check below must not depend on it.
+    args.sort_buffer_drain_timeout = Duration::from_secs(2);
     let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
     let relay_task = tokio::spawn(relay::run(args, async move {
         let _ = relay_stopped.await;
     }));
 
-    // Stubs from the contract, with grpcio-tools' own protoc.
     let python = common::python();
-    let protos = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto");
-    let stubs = dir.path().join("stubs");
-    std::fs::create_dir_all(&stubs).unwrap();
-    let out = std::process::Command::new(&python)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(&protos)
-        .arg(format!("--python_out={}", stubs.display()))
-        .arg(format!("--grpc_python_out={}", stubs.display()))
-        .args([
-            "flow/flow.proto",
-            "relay/relay.proto",
-            "observer/observer.proto",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e} (grpcio-tools; scripts/bootstrap installs it)"));
-    assert!(
-        out.status.success(),
-        "grpc_tools.protoc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for package in ["flow", "relay", "observer"] {
-        std::fs::write(stubs.join(package).join("__init__.py"), "").unwrap();
-    }
+    let stubs = common::observer_stubs(dir.path());
 
     let mut client = tokio::process::Command::new(&python)
         .args(["-c", CLIENT])

@@ -373,6 +373,23 @@ async fn relay_status(
     }
 }
 
+/// Runs a relay with `args` on `port` until it reports both nodes connected or
+/// `wait` has passed; its last ServerStatus.
+async fn connected_through(
+    args: RelayArgs,
+    port: u16,
+    wait: Duration,
+) -> loupe_proto::observer::ServerStatusResponse {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(relay::run(args, async move {
+        let _ = stopped.await;
+    }));
+    let status = relay_status(port, wait, |s| s.num_connected_nodes == Some(2)).await;
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
+    status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_reaches_agents_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -404,51 +421,24 @@ async fn the_relay_reaches_agents_over_mutual_tls() {
     args.tls_hubble_server_ca_files = vec![pki("ca.pem")];
     args.tls_client_cert_file = Some(pki("client.pem"));
     args.tls_client_key_file = Some(pki("client.key"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(relay::run(args, async move {
-        let _ = stopped.await;
-    }));
-    let status = relay_status(port, Duration::from_secs(20), |s| {
-        s.num_connected_nodes == Some(2)
-    })
-    .await;
+    let status = connected_through(args, port, Duration::from_secs(20)).await;
     assert_eq!(
         (status.num_connected_nodes, status.num_unavailable_nodes),
         (Some(2), Some(0)),
         "{status:?}"
     );
-    let _ = stop.send(());
-    relay.await.unwrap().unwrap();
 
     // Without one: the agents refuse the relay, which says so and keeps serving.
     let port = common::free_port();
     let mut args = relay_args(port, &ports);
     args.disable_client_tls = false;
     args.tls_hubble_server_ca_files = vec![pki("ca.pem")];
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(relay::run(args, async move {
-        let _ = stopped.await;
-    }));
-    let status = relay_status(port, Duration::from_secs(5), |s| {
-        s.num_connected_nodes == Some(2)
-    })
-    .await;
+    let status = connected_through(args, port, Duration::from_secs(5)).await;
     assert_eq!(status.num_connected_nodes.unwrap_or(0), 0, "{status:?}");
-    let _ = stop.send(());
-    relay.await.unwrap().unwrap();
 
     // Plaintext towards TLS agents: refused by the agents as well.
     let port = common::free_port();
     let args = relay_args(port, &ports);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(relay::run(args, async move {
-        let _ = stopped.await;
-    }));
-    let status = relay_status(port, Duration::from_secs(5), |s| {
-        s.num_connected_nodes == Some(2)
-    })
-    .await;
+    let status = connected_through(args, port, Duration::from_secs(5)).await;
     assert_eq!(status.num_connected_nodes.unwrap_or(0), 0, "{status:?}");
-    let _ = stop.send(());
-    relay.await.unwrap().unwrap();
 }

@@ -9,9 +9,11 @@
 //! A producer thread pushes flows into the agents' stores, round robin, at the
 //! offered rate for a fixed time. Baseline, in the same round: the same client
 //! following one agent directly at the same total rate. Reported per case: the
-//! rate the client received, what was lost and counted (LostEvents from the
-//! agents' per-subscriber queues), what never arrived, the relay's CPU (cores)
-//! and its peak RSS. Rounds are interleaved; medians are reported.
+//! share of the offered flows the client received, what was lost and counted
+//! (LostEvents from the agents' per-subscriber queues), what never arrived, how
+//! long after the last offered flow the last one arrived (the sort buffer's
+//! drain timeout is 1 s), the relay's CPU while flows were offered (cores) and
+//! its peak RSS. Rounds are interleaved; medians are reported.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -137,9 +139,12 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Outcome {
-    received_per_s: f64,
+    /// Share of the offered flows the client received.
+    delivered: f64,
     lost_counted: u64,
     missing: u64,
+    /// How long after the producer's last flow the client had its last one.
+    lag_s: f64,
     relay_cores: f64,
     relay_rss_mib: f64,
 }
@@ -209,7 +214,8 @@ fn run_case(
         let cpu_before = relay_pid.map(cpu_seconds);
         let start = Instant::now();
         let (mut received, mut lost) = (0u64, 0u64);
-        let end = start + Duration::from_secs(secs + 3);
+        let mut last = start;
+        let end = start + Duration::from_secs(secs + 5);
         while received + lost < offered {
             let Ok(next) = tokio::time::timeout_at(end.into(), stream.message()).await else {
                 break;
@@ -222,17 +228,18 @@ fn run_case(
                 },
                 None => break,
             }
+            last = Instant::now();
         }
-        let elapsed = start.elapsed().as_secs_f64();
         producer.join().unwrap();
         let relay_cores = match (relay_pid, cpu_before) {
-            (Some(pid), Some(before)) => (cpu_seconds(pid) - before) / elapsed,
+            (Some(pid), Some(before)) => (cpu_seconds(pid) - before) / secs as f64,
             _ => 0.0,
         };
         Outcome {
-            received_per_s: received as f64 / elapsed,
+            delivered: received as f64 / offered as f64,
             lost_counted: lost,
             missing: offered.saturating_sub(received + lost),
+            lag_s: (last.duration_since(start).as_secs_f64() - secs as f64).max(0.0),
             relay_cores,
             relay_rss_mib: relay_pid.map_or(0.0, peak_rss_mib),
         }
@@ -257,7 +264,7 @@ fn main() {
     };
     let dir = tempfile::tempdir().unwrap();
     println!(
-        "| agents | offered flows/s | direct: received/s, lost, missing | relay: received/s, lost, missing | relay CPU (cores) | relay peak RSS |"
+        "| agents | offered flows/s | direct: delivered, lost, missing, lag | relay: delivered, lost, missing, lag | relay CPU (cores) | relay peak RSS |"
     );
     println!("|---|---|---|---|---|---|");
     for (n, rates) in cases {
@@ -299,13 +306,15 @@ fn main() {
             }
             let pick = |v: &[Outcome], f: fn(&Outcome) -> f64| median(v.iter().map(f).collect());
             println!(
-                "| {n} | {rate} | {:.0}, {:.0}, {:.0} | {:.0}, {:.0}, {:.0} | {:.2} | {:.0} MiB |",
-                pick(&direct, |o| o.received_per_s),
+                "| {n} | {rate} | {:.1} %, {:.0}, {:.0}, {:.2} s | {:.1} %, {:.0}, {:.0}, {:.2} s | {:.2} | {:.0} MiB |",
+                100.0 * pick(&direct, |o| o.delivered),
                 pick(&direct, |o| o.lost_counted as f64),
                 pick(&direct, |o| o.missing as f64),
-                pick(&via, |o| o.received_per_s),
+                pick(&direct, |o| o.lag_s),
+                100.0 * pick(&via, |o| o.delivered),
                 pick(&via, |o| o.lost_counted as f64),
                 pick(&via, |o| o.missing as f64),
+                pick(&via, |o| o.lag_s),
                 pick(&via, |o| o.relay_cores),
                 pick(&via, |o| o.relay_rss_mib),
             );

@@ -1,6 +1,5 @@
 //! The `loupe` binary.
 
-use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
 // The agent allocates per message on its hot paths (flows, plugin frames, relay
@@ -10,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let cli = loupe_runtime::cli::Cli::parse();
+    let cli = loupe_runtime::cli::Cli::from_env();
     if !matches!(cli.command, loupe_runtime::cli::Command::Agent { .. }) {
         // A CLI command dies quietly on a closed pipe (`loupe observe | head`), like
         // other tools. Never the agent: a client hanging up mid-reply would kill it.

@@ -15,10 +15,16 @@ struct Agent(Child);
 impl Agent {
     /// `loupe agent --config <config>`, killed when dropped.
     fn start(config: &std::path::Path) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// `loupe agent --config <config> <extra>…`.
+    fn start_with(config: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Self {
         Self(
             Command::new(env!("CARGO_BIN_EXE_loupe"))
                 .args(["agent", "--config"])
                 .arg(config)
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -181,4 +187,33 @@ fn sigterm_stops_the_agent_with_followers_attached() {
     }
     let status = stopped.expect("the agent did not stop within 15 s of SIGTERM");
     assert!(status.success(), "{status}");
+}
+
+/// `loupe agent --config F --socket S` listens on S, not on the file's
+/// `socketPath`: flags win over the file.
+#[test]
+fn the_socket_flag_wins_over_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let in_file = dir.path().join("from-file.sock");
+    let flag = dir.path().join("from-flag.sock");
+    let config = dir.path().join("loupe.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "socketPath: {}\nstateDir: {}\nbpf:\n  enabled: false\nendpoints:\n  lab: false\nplugins:\n  bundled: false\n",
+            in_file.display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let _agent = Agent::start_with(&config, &["--socket".as_ref(), flag.as_os_str()]);
+    let started = Instant::now();
+    while !loupe(&flag, &["status"]).status.success() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the agent is not on the flag's socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!in_file.exists(), "the file's socketPath was used too");
 }

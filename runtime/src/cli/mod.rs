@@ -23,6 +23,10 @@ pub struct Cli {
     /// The agent's API socket.
     #[arg(long, global = true, env = "LOUPE_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// `--socket` (or `LOUPE_SOCKET`) was given, not defaulted: it then wins over
+    /// `socketPath` in an agent's config file, as flags do.
+    #[arg(skip)]
+    pub socket_given: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -69,11 +73,31 @@ pub enum Command {
     Relay(Box<relay::RelayArgs>),
 }
 
+impl Cli {
+    /// The process's command line, noting which global flags were given.
+    pub fn from_env() -> Self {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let matches = Self::command().get_matches();
+        let given = !matches!(
+            matches.value_source("socket"),
+            None | Some(clap::parser::ValueSource::DefaultValue)
+        );
+        let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.socket_given = given;
+        cli
+    }
+}
+
 /// Runs the parsed command line; the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Agent { config } => {
             let config = match config {
+                // Flags win over the file.
+                Some(path) if cli.socket_given => AgentConfig {
+                    socket_path: cli.socket,
+                    ..AgentConfig::load(&path)?
+                },
                 Some(path) => AgentConfig::load(&path)?,
                 None => AgentConfig {
                     socket_path: cli.socket,

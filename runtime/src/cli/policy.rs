@@ -20,8 +20,11 @@ pub enum PolicyCommand {
     /// its endpoints.
     Validate {
         /// Files or directories of CiliumNetworkPolicy YAML.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "files")]
         paths: Vec<PathBuf>,
+        /// The same with `-f`, as `apply` and kubectl take them.
+        #[arg(short = 'f', long = "file")]
+        files: Vec<PathBuf>,
         /// Only check the files, do not ask the agent.
         #[arg(long)]
         offline: bool,
@@ -117,7 +120,12 @@ fn print_result(verb: &str, result: &PolicyResult) {
 
 pub(super) async fn run(cmd: PolicyCommand, socket: &Path) -> anyhow::Result<i32> {
     match cmd {
-        PolicyCommand::Validate { paths, offline } => {
+        PolicyCommand::Validate {
+            mut paths,
+            files,
+            offline,
+        } => {
+            paths.extend(files);
             let mut count = 0;
             for path in &paths {
                 count += parse_path(path)?.len();

@@ -2,15 +2,15 @@
 //! Hubble has them), and every plugin's fields in `Flow.extensions` (an
 //! [`L7Extension`] sent as a `google.protobuf.Struct`). Flows of other plugins get
 //! their `Summary` here, with the fields in the order the plugin gave them.
-//! Requests go client → server, responses server → client with `is_reply` and the
-//! latency since their request.
+//! A message's flow goes the way its bytes went: client → server, or server →
+//! client with `is_reply` (responses also carry the latency since their request).
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use crate::datapath::flows::timestamp;
 use crate::flow::summary::plugin_summary;
-use crate::plugin::{FieldType, Message, MessageKind, Plugin, Value};
+use crate::plugin::{Direction, FieldType, Message, MessageKind, PluginInfo, Value};
 use crate::reassembly::ConnKey;
 use loupe_proto::extension::{self as ext, L7Extension};
 use loupe_proto::flow::{
@@ -48,8 +48,8 @@ pub struct RequestSummary {
 }
 
 /// A message's fields, named and typed as the plugin's schema says.
-pub fn named_fields(plugin: &Plugin, msg: &Message) -> Vec<ext::Field> {
-    let schema = &plugin.info.fields;
+pub fn named_fields(plugin: &PluginInfo, msg: &Message) -> Vec<ext::Field> {
+    let schema = &plugin.fields;
     msg.fields
         .iter()
         .filter_map(|f| {
@@ -164,9 +164,9 @@ fn kafka(fields: &[ext::Field]) -> Kafka {
 }
 
 /// What a later response needs to know about this request.
-pub fn summarize_request(plugin: &Plugin, msg: &Message, time: SystemTime) -> RequestSummary {
+pub fn summarize_request(plugin: &PluginInfo, msg: &Message, time: SystemTime) -> RequestSummary {
     let fields = named_fields(plugin, msg);
-    let (http, kafka) = match plugin.info.protocol.as_str() {
+    let (http, kafka) = match plugin.protocol.as_str() {
         "http" => (Some(http_request(&fields)), None),
         "kafka" => (None, Some(kafka(&fields))),
         _ => (None, None),
@@ -183,17 +183,20 @@ pub fn summarize_request(plugin: &Plugin, msg: &Message, time: SystemTime) -> Re
 pub fn message_flow(
     ctx: &ConnContext,
     key: &ConnKey,
-    plugin: &Plugin,
+    plugin: &PluginInfo,
     msg: &Message,
     time: SystemTime,
     request: Option<&RequestSummary>,
 ) -> Flow {
     let mut fields = named_fields(plugin, msg);
-    let (l7_type, reply) = match msg.kind {
-        MessageKind::Request => (L7FlowType::Request, false),
-        MessageKind::Response => (L7FlowType::Response, true),
-        MessageKind::Event => (L7FlowType::Sample, true),
+    let l7_type = match msg.kind {
+        MessageKind::Request => L7FlowType::Request,
+        MessageKind::Response => L7FlowType::Response,
+        MessageKind::Event => L7FlowType::Sample,
     };
+    // A message keeps the direction it was parsed from: an event the client
+    // sends goes client → server, a request the server sends goes server → client.
+    let reply = msg.direction == Direction::ToClient;
     let latency_ns = match (msg.kind, request) {
         (MessageKind::Response, Some(req)) => time
             .duration_since(req.time)
@@ -201,7 +204,7 @@ pub fn message_flow(
             .unwrap_or(0),
         _ => 0,
     };
-    let record = match plugin.info.protocol.as_str() {
+    let record = match plugin.protocol.as_str() {
         "http" => Some(layer7::Record::Http(match (msg.kind, request) {
             (MessageKind::Request, _) => http_request(&fields),
             (_, req) => {
@@ -240,9 +243,9 @@ pub fn message_flow(
         }
     }
     let extension = L7Extension {
-        protocol: plugin.info.protocol.clone(),
-        plugin: plugin.info.name.clone(),
-        plugin_version: plugin.info.version.clone(),
+        protocol: plugin.protocol.clone(),
+        plugin: plugin.name.clone(),
+        plugin_version: plugin.version.clone(),
         fields,
     };
     let (src, dst, source, destination) = if reply {
@@ -282,14 +285,14 @@ fn with_plugin_summary(mut flow: Flow, extension: &L7Extension) -> Flow {
 pub fn error_flow(
     ctx: &ConnContext,
     key: &ConnKey,
-    plugin: &Plugin,
+    plugin: &PluginInfo,
     reason: &str,
     time: SystemTime,
 ) -> Flow {
     let extension = L7Extension {
-        protocol: plugin.info.protocol.clone(),
-        plugin: plugin.info.name.clone(),
-        plugin_version: plugin.info.version.clone(),
+        protocol: plugin.protocol.clone(),
+        plugin: plugin.name.clone(),
+        plugin_version: plugin.version.clone(),
         fields: vec![ext::Field {
             name: "parse-error".into(),
             value: Some(ext::Value {
@@ -401,5 +404,67 @@ mod tests {
             ("fetch", 11, 7, 29)
         );
         assert_eq!(k.topic, "orders");
+    }
+
+    /// A message's flow goes the way its bytes went, whatever its kind: an event
+    /// the client sends is client → server, a request the server sends is
+    /// server → client, a response server → client.
+    #[test]
+    fn a_message_keeps_the_direction_it_was_parsed_from() {
+        use crate::plugin::{Correlation, Transport};
+        let info = PluginInfo {
+            name: "pubsub".into(),
+            version: "0.1.0".into(),
+            protocol: "pubsub".into(),
+            default_ports: vec![1883],
+            transport: Transport::Stream,
+            fields: Vec::new(),
+        };
+        let pod = |name: &str| Endpoint {
+            pod_name: name.into(),
+            ..Endpoint::default()
+        };
+        let ctx = ConnContext {
+            client: pod("client"),
+            server: pod("broker"),
+            traffic_direction: TrafficDirection::Ingress,
+            protocol: None,
+        };
+        let key = ConnKey {
+            client: "10.0.0.1:40000".parse().unwrap(),
+            server: "10.0.0.2:1883".parse().unwrap(),
+        };
+        let flow = |direction, kind| {
+            let msg = Message {
+                direction,
+                kind,
+                start: 0,
+                bytes: bytes::Bytes::new(),
+                correlation: Correlation::Order(0),
+                fields: Vec::new(),
+            };
+            let f = message_flow(&ctx, &key, &info, &msg, SystemTime::now(), None);
+            (
+                f.source.map(|e| e.pod_name).unwrap_or_default(),
+                f.ip.map(|ip| ip.source).unwrap_or_default(),
+                f.is_reply,
+            )
+        };
+        let from_client = || ("client".to_string(), "10.0.0.1".to_string(), Some(false));
+        let from_broker = || ("broker".to_string(), "10.0.0.2".to_string(), Some(true));
+        assert_eq!(flow(Direction::ToServer, MessageKind::Event), from_client());
+        assert_eq!(flow(Direction::ToClient, MessageKind::Event), from_broker());
+        assert_eq!(
+            flow(Direction::ToServer, MessageKind::Request),
+            from_client()
+        );
+        assert_eq!(
+            flow(Direction::ToClient, MessageKind::Request),
+            from_broker()
+        );
+        assert_eq!(
+            flow(Direction::ToClient, MessageKind::Response),
+            from_broker()
+        );
     }
 }

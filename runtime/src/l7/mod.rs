@@ -348,7 +348,13 @@ impl Engine {
             Ok(messages) => messages,
             Err(err) => {
                 EngineStats::add(&self.stats.errors, 1);
-                out.push(flows::error_flow(ctx, key, &plugin, &err.to_string(), time));
+                out.push(flows::error_flow(
+                    ctx,
+                    key,
+                    &plugin.info,
+                    &err.to_string(),
+                    time,
+                ));
                 self.release(State::Parsing(p));
                 return State::Off;
             }
@@ -357,8 +363,8 @@ impl Engine {
             match msg.kind {
                 MessageKind::Request => {
                     EngineStats::add(&self.stats.requests, 1);
-                    out.push(flows::message_flow(ctx, key, &plugin, msg, time, None));
-                    let summary = flows::summarize_request(&plugin, msg, time);
+                    out.push(flows::message_flow(ctx, key, &plugin.info, msg, time, None));
+                    let summary = flows::summarize_request(&plugin.info, msg, time);
                     match msg.correlation {
                         Correlation::Order(n) => {
                             if p.by_order.len() >= self.limits.pending_requests {
@@ -396,7 +402,7 @@ impl Engine {
                     out.push(flows::message_flow(
                         ctx,
                         key,
-                        &plugin,
+                        &plugin.info,
                         msg,
                         time,
                         request.as_ref(),
@@ -405,13 +411,19 @@ impl Engine {
                 MessageKind::Event if is_body_piece(&plugin, msg) => {}
                 MessageKind::Event => {
                     EngineStats::add(&self.stats.events, 1);
-                    out.push(flows::message_flow(ctx, key, &plugin, msg, time, None));
+                    out.push(flows::message_flow(ctx, key, &plugin.info, msg, time, None));
                 }
             }
         }
         if let Some(err) = failed {
             EngineStats::add(&self.stats.errors, 1);
-            out.push(flows::error_flow(ctx, key, &plugin, &err.to_string(), time));
+            out.push(flows::error_flow(
+                ctx,
+                key,
+                &plugin.info,
+                &err.to_string(),
+                time,
+            ));
             self.release(State::Parsing(p));
             return State::Off;
         }

@@ -65,7 +65,7 @@ impl ConnEvents for ConnFlows {
         let mut flow = message_flow(
             &self.ctx,
             &self.key,
-            &self.plugin,
+            &self.plugin.info,
             request,
             SystemTime::now(),
             None,
@@ -84,14 +84,14 @@ impl ConnEvents for ConnFlows {
     fn response(&mut self, request: &Message, response: &Message, latency: Duration) {
         let now = SystemTime::now();
         let summary = summarize_request(
-            &self.plugin,
+            &self.plugin.info,
             request,
             now.checked_sub(latency).unwrap_or(now),
         );
         self.flows.push(message_flow(
             &self.ctx,
             &self.key,
-            &self.plugin,
+            &self.plugin.info,
             response,
             now,
             Some(&summary),
@@ -102,7 +102,7 @@ impl ConnEvents for ConnFlows {
         self.flows.push(error_flow(
             &self.ctx,
             &self.key,
-            &self.plugin,
+            &self.plugin.info,
             reason,
             SystemTime::now(),
         ));

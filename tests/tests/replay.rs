@@ -177,3 +177,35 @@ fn kafka_replay_matches_tshark() {
     assert_eq!(ours, theirs);
     println!("compared {} Kafka messages with tshark", ours.len());
 }
+
+/// `--stats` counts each TCP connection once, as tshark's `tcp.stream` does (a
+/// closed connection's last ACK opened a second one before).
+#[test]
+fn replay_stats_count_connections_as_tshark_does() {
+    for pcap in [
+        "plugins/redis/fixtures/resp2.pcap",
+        "plugins/http/fixtures/http.pcap",
+    ] {
+        let pcap = fixture(pcap);
+        let streams: std::collections::BTreeSet<String> =
+            tshark(&["-r", &pcap, "-T", "fields", "-e", "tcp.stream"])
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+        let out = std::process::Command::new(loupe_bin())
+            .args(["replay", &pcap, "--stats"])
+            .env("LOUPE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stats = String::from_utf8_lossy(&out.stderr);
+        let ours: usize = stats
+            .split(" connections")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no connection count in {stats}"));
+        assert_eq!(ours, streams.len(), "{pcap}: {stats}");
+    }
+}

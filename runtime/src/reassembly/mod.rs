@@ -248,7 +248,10 @@ impl Reassembler {
             }
             Some(found) => found,
             None => {
-                if seg.flags & tcp_flags::RST != 0 && seg.payload.is_empty() {
+                // A segment with neither a SYN nor bytes opens nothing: the last
+                // ACK of a closed connection (or a reset, or a bare FIN) would
+                // otherwise count a connection that carries no data.
+                if !syn && seg.payload.is_empty() {
                     return;
                 }
                 // A SYN-ACK's sender is the server; otherwise the first sender is
@@ -486,9 +489,14 @@ mod tests {
             seg(s, c, 501, ACK, b"+PONG\r\n"),
             seg(c, s, 107, FIN | ACK, b""),
             seg(s, c, 508, FIN | ACK, b""),
+            // The last ACK, after both FINs: the connection is closed, and this
+            // opens no other (a capture of N connections counts N).
+            seg(c, s, 108, ACK, b""),
         ] {
             r.push(&sg, &mut out);
         }
+        assert_eq!(r.stats().opened, 1);
+        assert_eq!(out.len(), 4, "{out:?}");
         let key = ConnKey {
             client: addr(c),
             server: addr(s),

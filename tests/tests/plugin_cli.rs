@@ -73,6 +73,16 @@ fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
         list.contains("memcached") && list.contains("active"),
         "{list}"
     );
+    // `status` tells one count: the one the install changed.
+    let status = loupe_ok(&["--socket", s, "status"]).unwrap();
+    assert!(status.contains("Plugins:        1\n"), "{status}");
+    let line = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("plugins "))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(line.contains("installed in"), "{line}");
+    // Before, this line kept the count from start-up (0 here).
+    assert!(!line.contains("0 installed"), "a stale count: {line}");
     let json = loupe_ok(&["--socket", s, "plugin", "list", "--json"]).unwrap();
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["ports"], serde_json::json!([11211, 11311]));
@@ -122,6 +132,16 @@ fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
         list.contains("memcached") && list.contains("active"),
         "{list}"
     );
+    // `status` tells one count: the one the install changed.
+    let status = loupe_ok(&["--socket", s, "status"]).unwrap();
+    assert!(status.contains("Plugins:        1\n"), "{status}");
+    let line = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("plugins "))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(line.contains("installed in"), "{line}");
+    // Before, this line kept the count from start-up (0 here).
+    assert!(!line.contains("0 installed"), "a stale count: {line}");
     loupe_ok(&["--socket", s, "plugin", "remove", "memcached"]).unwrap();
     let list = loupe_ok(&["--socket", s, "plugin", "list", "--json"]).unwrap();
     assert!(list.trim().is_empty(), "{list}");

@@ -31,7 +31,7 @@ pub mod tcp_flags {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnKey {
     /// The side that sent the SYN (or, for a capture that starts mid-stream, the
-    /// first packet's source).
+    /// source of its first segment that carries bytes).
     pub client: SocketAddr,
     /// The other side.
     pub server: SocketAddr,
@@ -218,7 +218,7 @@ impl Reassembler {
 
     /// Feeds one segment.
     pub fn push(&mut self, seg: &Segment<'_>, out: &mut Vec<Event>) {
-        // The first sender is taken for the client.
+        // The first sender of bytes is taken for the client.
         self.push_hinted(seg, || seg.dst, out);
     }
 
@@ -254,7 +254,7 @@ impl Reassembler {
                 if !syn && seg.payload.is_empty() {
                     return;
                 }
-                // A SYN-ACK's sender is the server; otherwise the first sender is
+                // A SYN-ACK's sender is the server; otherwise the first sender of bytes is
                 // taken for the client.
                 let key = if (syn && ack) || (!syn && server() == seg.src) {
                     ConnKey {

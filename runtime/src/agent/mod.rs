@@ -254,6 +254,7 @@ async fn serve(
                         health: state.health.clone(),
                         stats,
                         api_stats,
+                        node: state.node.name.clone(),
                     },
                 )));
             }

@@ -316,6 +316,8 @@ pub struct PolicyWatch {
     pub stats: Arc<PolicyWatchStats>,
     /// Where API errors are counted.
     pub api_stats: Arc<KubernetesStats>,
+    /// This node's name (the reporter of the Events it records).
+    pub node: String,
 }
 
 type KindEvent = (
@@ -334,8 +336,8 @@ pub async fn watch(client: kube::Client, w: PolicyWatch) {
             .boxed()
     });
     let mut events = futures::stream::select_all(streams);
+    let mut statuses = StatusWriter::new(client, &w.node);
     let mut state = Watch::new(w);
-    let mut statuses = StatusWriter::new(client);
     let mut retry = tokio::time::interval(RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     state.report();
@@ -357,15 +359,23 @@ pub async fn watch(client: kube::Client, w: PolicyWatch) {
 /// only): `True` when the object's newest version is in force, `False` with the
 /// reason it was refused. Every node judges an object the same way, so they all
 /// write the same condition; a node writes only what the object does not say yet.
+/// The node that writes a refused object's condition also records a `Warning`
+/// Event on it (`kubectl describe` shows it), as controllers do.
 struct StatusWriter {
     client: kube::Client,
     /// What this node last wrote, by kind and key, until the watch shows it.
     written: BTreeMap<(PolicyKind, String), Value>,
+    events: kube::runtime::events::Recorder,
 }
 
 impl StatusWriter {
-    fn new(client: kube::Client) -> Self {
+    fn new(client: kube::Client, node: &str) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "loupe-agent".into(),
+            instance: Some(node.to_string()),
+        };
         Self {
+            events: kube::runtime::events::Recorder::new(client.clone(), reporter),
             client,
             written: BTreeMap::new(),
         }
@@ -414,12 +424,43 @@ impl StatusWriter {
                 .await
             {
                 Ok(_) => {
+                    if wanted["status"] == "False" {
+                        self.record_refusal(kind, &object, &wanted).await;
+                    }
                     self.written.insert((kind, key), wanted);
                 }
                 Err(err) => {
                     tracing::warn!(kind = kind.name(), policy = %key, error = %err, "writing the policy's status");
                 }
             }
+        }
+    }
+}
+
+impl StatusWriter {
+    async fn record_refusal(&self, kind: PolicyKind, object: &DynamicObject, condition: &Value) {
+        use kube::runtime::events::{Event, EventType};
+        let mut note = condition["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if note.len() > 1000 {
+            let mut cut = 1000;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidPolicy".into(),
+            note: Some(note),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        let reference = kube::Resource::object_ref(object, &kind.resource());
+        if let Err(err) = self.events.publish(&event, &reference).await {
+            tracing::warn!(kind = kind.name(), error = %err, "recording an event on the policy");
         }
     }
 }

@@ -273,6 +273,7 @@ async fn the_watch_keeps_valid_objects_in_force_and_the_previous_version_of_inva
             health: health.clone(),
             stats: stats.clone(),
             api_stats: Arc::default(),
+            node: "node-a".into(),
         },
     ));
 
@@ -392,6 +393,7 @@ async fn an_api_error_keeps_the_policies_in_force() {
             health: health.clone(),
             stats: Arc::new(PolicyWatchStats::default()),
             api_stats: api_stats.clone(),
+            node: "node-a".into(),
         },
     ));
     let reported = until(async || {
@@ -451,5 +453,88 @@ fn an_invalid_loupe_object_says_so_in_its_condition() {
             "LoupeNetworkPolicy demo-app/db: spec.ingress[0].toPorts[0].ports[0].port"
         ) && message.ends_with("(the previous valid version stays in force)"),
         "{message}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_loupe_object_gets_a_warning_event() {
+    let lnp = PolicyKind::LoupeNetworkPolicy;
+    let path = "/apis/loupe.dev/v1/loupenetworkpolicies";
+    let mut bad = object(lnp, "db", "3", spec(json!(null)));
+    bad["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["port"] = json!("redis");
+    let status_path = "/apis/loupe.dev/v1/namespaces/demo-app/loupenetworkpolicies/db/status";
+    let events_path = "/apis/events.k8s.io/v1/namespaces/demo-app/events";
+    let recorded = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "db.1", "namespace": "demo-app"},
+        "eventTime": "2026-12-07T00:00:00.000000Z", "reportingController": "loupe-agent",
+        "reportingInstance": "node-a", "action": "Validate", "reason": "InvalidPolicy", "type": "Warning"});
+    let (client, mut server) = api_server_with(
+        BTreeMap::from([(
+            path,
+            vec![list(
+                "loupe.dev/v1",
+                "LoupeNetworkPolicyList",
+                "4",
+                vec![bad.clone()],
+            )],
+        )]),
+        BTreeMap::new(),
+        Calls::from([
+            (("PATCH", status_path.to_string()), vec![bad]),
+            (("POST", events_path.to_string()), vec![recorded]),
+        ]),
+    );
+    let control = Arc::new(ControlPlane::new(Controller::in_memory(
+        &AgentConfig::default(),
+    )));
+    tokio::spawn(watch(
+        client,
+        PolicyWatch {
+            control,
+            schemas: Arc::new(redis_schema()),
+            health: Arc::new(Health::default()),
+            stats: Arc::new(PolicyWatchStats::default()),
+            api_stats: Arc::default(),
+            node: "node-a".into(),
+        },
+    ));
+    let mut seen = Vec::new();
+    let posted = until(async || {
+        seen.extend(server.seen());
+        seen.iter()
+            .any(|r| r.starts_with(&format!("POST {events_path}")))
+    })
+    .await;
+    assert!(posted, "{seen:#?}");
+    let event: Value = seen
+        .iter()
+        .find(|r| r.starts_with(&format!("POST {events_path}")))
+        .and_then(|r| r.splitn(3, ' ').nth(2))
+        .map(|b| serde_json::from_str(b).unwrap())
+        .unwrap();
+    assert_eq!(
+        (
+            &event["type"],
+            &event["reason"],
+            &event["regarding"]["name"],
+            &event["regarding"]["kind"]
+        ),
+        (
+            &json!("Warning"),
+            &json!("InvalidPolicy"),
+            &json!("db"),
+            &json!("LoupeNetworkPolicy")
+        ),
+        "{event}"
+    );
+    assert!(
+        event["note"].as_str().unwrap().contains("ports[0].port"),
+        "{event}"
+    );
+    // The condition was written first, to the status subresource.
+    assert!(
+        seen.iter()
+            .any(|r| r.starts_with(&format!("PATCH {status_path}"))),
+        "{seen:#?}"
     );
 }

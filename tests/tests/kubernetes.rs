@@ -423,6 +423,13 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .collect()
     };
+    // The datapath's events reach the store a moment after the request ends.
+    assert!(
+        wait_for(Duration::from_secs(10), || !service_flows("--to-service")
+            .is_empty()
+            && !service_flows("--from-service").is_empty()),
+        "no flows named the Service"
+    );
     let to = service_flows("--to-service");
     assert!(
         !to.is_empty()

@@ -529,8 +529,12 @@ impl Watch {
         };
         match event {
             Ok(event) => {
-                self.api_errors.remove(&kind);
-                ks.absent = false;
+                // A (re)list starting (`Init`) proves nothing yet: the kind stays
+                // absent, or in error, until the API answers with objects.
+                if !matches!(event, watcher::Event::Init) {
+                    self.api_errors.remove(&kind);
+                    ks.absent = false;
+                }
                 match event {
                     watcher::Event::Init => ks.relist = Some(Vec::new()),
                     watcher::Event::InitApply(obj) => ks.relist.get_or_insert_default().push(obj),

@@ -123,6 +123,8 @@ pub(crate) async fn follow_all<K>(
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::InitDone) => listed = true,
+            // A (re)list starting changes nothing yet.
+            Ok(watcher::Event::Init) => continue,
             Ok(_) => {}
             Err(err) => {
                 stats.api_error(watch);
@@ -164,18 +166,21 @@ pub async fn watch(
     let pod_events = watcher(Api::<Pod>::all(client.clone()), on_node)
         .default_backoff()
         .reflect(pod_writer)
-        .map(|e| e.map(|e| (Kind::Pod, matches!(e, watcher::Event::InitDone))));
+        .map(|e| e.map(|e| (Kind::Pod, Step::of(&e))));
     let ns_events = watcher(Api::<Namespace>::all(client), watcher::Config::default())
         .default_backoff()
         .reflect(ns_writer)
-        .map(|e| e.map(|e| (Kind::Namespace, matches!(e, watcher::Event::InitDone))));
+        .map(|e| e.map(|e| (Kind::Namespace, Step::of(&e))));
     let mut events = std::pin::pin!(futures::stream::select(pod_events, ns_events));
     let (mut pods_listed, mut namespaces_listed) = (false, false);
     let mut last: Option<Vec<EndpointSpec>> = None;
     while let Some(event) = events.next().await {
         match event {
-            Ok((kind, init_done)) => {
-                if init_done {
+            // A (re)list starting changes nothing yet: the last error or
+            // listing stands until the API answers.
+            Ok((_, Step::Init)) => continue,
+            Ok((kind, step)) => {
+                if step == Step::Listed {
                     match kind {
                         Kind::Pod => pods_listed = true,
                         Kind::Namespace => namespaces_listed = true,
@@ -221,6 +226,27 @@ pub async fn watch(
 enum Kind {
     Pod,
     Namespace,
+}
+
+/// Where a watch's event leaves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A (re)list begins.
+    Init,
+    /// A (re)list is complete.
+    Listed,
+    /// An object came, changed or went.
+    Object,
+}
+
+impl Step {
+    fn of<K>(event: &watcher::Event<K>) -> Self {
+        match event {
+            watcher::Event::Init => Self::Init,
+            watcher::Event::InitDone => Self::Listed,
+            _ => Self::Object,
+        }
+    }
 }
 
 /// The endpoints of the pods in `pods` (sorted by namespace and name), and how

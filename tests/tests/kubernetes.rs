@@ -526,6 +526,13 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         status.contains("nodes/kubernetes       ok        1 nodes (1 with an internal address)"),
         "{status}"
     );
+    // Three endpoints use their identities now (frontend's pod is gone); all four
+    // objects stay in the cluster until they have gone unused long enough.
+    assert!(
+        status.contains("identities/kubernetes  ok        4 in the cluster, 4 used here")
+            || status.contains("identities/kubernetes  ok        4 in the cluster, 3 used here"),
+        "{status}"
+    );
     // An invalid object is not the node's failure: the readiness probe holds.
     assert_eq!(
         http_get(health_port, "/readyz"),

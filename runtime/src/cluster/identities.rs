@@ -111,6 +111,8 @@ pub struct ClusterIdentities {
     api: Api<DynamicObject>,
     cache: Arc<Mutex<Cache>>,
     synced: watch::Sender<bool>,
+    /// Woken when the identities in use change (for the status line).
+    used_changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for ClusterIdentities {
@@ -126,6 +128,7 @@ impl ClusterIdentities {
             api: Api::all_with(client, &resource()),
             cache: Arc::default(),
             synced: watch::Sender::new(false),
+            used_changed: Arc::default(),
         }
     }
 
@@ -155,6 +158,7 @@ impl ClusterIdentities {
         }
         let used: BTreeSet<u32> = out.iter().map(|(_, id)| *id).collect();
         self.lock().in_use = used;
+        self.used_changed.notify_one();
         self.refresh().await;
         Ok(out)
     }
@@ -293,6 +297,7 @@ impl ClusterIdentities {
                         }
                     }
                 }
+                () = self.used_changed.notified() => {}
                 _ = tick.tick() => {
                     if *self.synced.borrow() {
                         self.refresh().await;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use loupe_proto::flow::{Flow, Service, layer4};
@@ -115,18 +116,24 @@ impl ServiceTable {
 }
 
 /// The shared table: written by the source that watches Services, read per flow.
+/// Without any Service (no Kubernetes source) a flow costs one relaxed load.
 #[derive(Debug, Clone, Default)]
-pub struct Services(Arc<RwLock<Arc<ServiceTable>>>);
+pub struct Services {
+    table: Arc<RwLock<Arc<ServiceTable>>>,
+    any: Arc<AtomicBool>,
+}
 
 impl Services {
     /// Replaces the table.
     pub fn store(&self, table: ServiceTable) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        let any = !table.is_empty();
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        self.any.store(any, Ordering::Relaxed);
     }
 
     /// The current table.
     pub fn load(&self) -> Arc<ServiceTable> {
-        self.0
+        self.table
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -134,7 +141,10 @@ impl Services {
 
     /// [`ServiceTable::annotate`] with the current table.
     pub fn annotate(&self, flow: &mut Flow) {
-        self.0
+        if !self.any.load(Ordering::Relaxed) {
+            return;
+        }
+        self.table
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .annotate(flow);

@@ -92,7 +92,6 @@ async fn a_grpcio_client_on_the_agent_socket() {
         state.flows.push(flow(pod, 100 + i as i64));
     }
 
-    let python = common::python();
     let stubs = common::observer_stubs(dir.path());
 
     let ready = async {
@@ -103,23 +102,16 @@ async fn a_grpcio_client_on_the_agent_socket() {
     tokio::time::timeout(Duration::from_secs(10), ready)
         .await
         .expect("agent socket");
-    let mut client = tokio::process::Command::new(&python)
-        .args(["-c", CLIENT])
-        .arg(&stubs)
-        .arg(&socket)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
     // Everything before the follow is answered from the three stored flows; new
     // flows start once the follower is subscribed, until it has three.
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client.stdout.take().unwrap()));
-    let mut stdout = String::new();
-    let read_all = async {
-        let mut feeder = None;
-        while let Some(l) = lines.next_line().await.unwrap() {
+    let mut feeder = None;
+    let socket_target = socket.display().to_string();
+    let out = common::grpcio_client(
+        CLIENT,
+        &stubs,
+        &socket_target,
+        Duration::from_secs(60),
+        |l| {
             if l == "following" {
                 let store = state.flows.clone();
                 feeder = Some(tokio::spawn(async move {
@@ -132,29 +124,14 @@ async fn a_grpcio_client_on_the_agent_socket() {
                     }
                 }));
             }
-            stdout.push_str(&l);
-            stdout.push('\n');
-        }
-        if let Some(f) = feeder {
-            f.abort();
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), read_all)
-        .await
-        .expect("grpcio client finished");
-    let out = client.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "grpcio client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = |key: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key} ")))
-            .unwrap_or_else(|| panic!("no {key} line in:\n{stdout}"))
-            .to_string()
-    };
+        },
+    )
+    .await;
+    if let Some(f) = feeder {
+        f.abort();
+    }
+    let line = |key: &str| out.line(key);
+    let stdout = &out.0;
     assert_eq!(line("status"), "3 4095 3", "{stdout}");
     assert_eq!(line("filtered"), "['frontend-1', 'frontend-2']");
     // state 1 = NODE_CONNECTED.

@@ -186,78 +186,48 @@ async fn a_grpcio_client_sees_every_node_through_the_relay() {
         let _ = relay_stopped.await;
     }));
 
-    let python = common::python();
     let stubs = common::observer_stubs(dir.path());
-
-    let mut client = tokio::process::Command::new(&python)
-        .args(["-c", CLIENT])
-        .arg(&stubs)
-        .arg(format!("127.0.0.1:{relay_port}"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client.stdout.take().unwrap()));
-    let mut stdout = String::new();
     let stores: Arc<std::sync::Mutex<Vec<_>>> = Arc::new(std::sync::Mutex::new(
         nodes.iter().map(|n| n.state.flows.clone()).collect(),
     ));
     // node-b dies mid-stream, and starts again (a new process, an empty ring).
     let mut node_b = Some(nodes.remove(1));
     let mut restarted = None;
-    let read_all = async {
-        let mut feeder = None;
-        while let Some(l) = lines.next_line().await.unwrap() {
-            if l == "following" {
-                let stores = stores.clone();
-                feeder = Some(tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(1500)).await;
-                    // One flow a node every 100 ms, times rising across nodes.
-                    for round in 0..300i64 {
-                        let now: Vec<_> = stores.lock().unwrap().clone();
-                        for (i, store) in now.iter().enumerate() {
-                            let t = 1000 + 3 * round + i as i64;
-                            store.push(flow("shop", &format!("live-{t}"), t));
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut feeder = None;
+    let target = format!("127.0.0.1:{relay_port}");
+    let out = common::grpcio_client(CLIENT, &stubs, &target, Duration::from_secs(90), |l| {
+        if l == "following" {
+            let stores = stores.clone();
+            feeder = Some(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                // One flow a node every 100 ms, times rising across nodes.
+                for round in 0..300i64 {
+                    let now: Vec<_> = stores.lock().unwrap().clone();
+                    for (i, store) in now.iter().enumerate() {
+                        let t = 1000 + 3 * round + i as i64;
+                        store.push(flow("shop", &format!("live-{t}"), t));
                     }
-                }));
-            }
-            if l == "halfway"
-                && let Some(mut b) = node_b.take()
-            {
-                b.kill();
-            }
-            if l == "restart" && restarted.is_none() {
-                let b = TestNode::start(dir.path(), "node-b", ports[1]);
-                stores.lock().unwrap()[1] = b.state.flows.clone();
-                restarted = Some(b);
-            }
-            stdout.push_str(&l);
-            stdout.push('\n');
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }));
         }
-        if let Some(f) = feeder {
-            f.abort();
+        if l == "halfway"
+            && let Some(mut b) = node_b.take()
+        {
+            b.kill();
         }
-    };
-    tokio::time::timeout(Duration::from_secs(90), read_all)
-        .await
-        .unwrap_or_else(|_| panic!("grpcio client did not finish"));
-    let out = client.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "grpcio client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = |key: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key} ")))
-            .unwrap_or_else(|| panic!("no {key} line in:\n{stdout}"))
-            .to_string()
-    };
+        if l == "restart" && restarted.is_none() {
+            let b = TestNode::start(dir.path(), "node-b", ports[1]);
+            stores.lock().unwrap()[1] = b.state.flows.clone();
+            restarted = Some(b);
+        }
+    })
+    .await;
+    if let Some(f) = feeder {
+        f.abort();
+    }
+    let line = |key: &str| out.line(key);
+    let stdout = &out.0;
     // What `hubble status` asks first.
     assert_eq!(line("health"), "SERVING");
     // Six flows stored over three nodes of 4095; all three connected.

@@ -343,6 +343,19 @@ impl TestAgent {
         loupe_ok(&full)
     }
 
+    /// `loupe observe <args> -o json`, one value per line; a failing command fails
+    /// the test.
+    pub fn observe_json(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let mut argv = vec!["observe"];
+        argv.extend_from_slice(args);
+        argv.extend(["-o", "json"]);
+        self.loupe_ok(&argv)
+            .unwrap_or_else(|e| panic!("loupe {argv:?}: {e}"))
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// `loupe endpoint list --json`, parsed.
     pub fn endpoints(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         let out = self.loupe(&["endpoint", "list", "--json"]);

@@ -407,22 +407,8 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         )
         .unwrap();
     assert_eq!(code, "200");
-    let service_flows = |flag: &str| -> Vec<Value> {
-        agent
-            .loupe_ok(&[
-                "observe",
-                flag,
-                "demo-app/api-service",
-                "--last",
-                "50",
-                "-o",
-                "json",
-            ])
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect()
-    };
+    let service_flows =
+        |flag: &str| agent.observe_json(&[flag, "demo-app/api-service", "--last", "50"]);
     // The datapath's events reach the store a moment after the request ends.
     assert!(
         wait_for(Duration::from_secs(10), || !service_flows("--to-service")
@@ -450,20 +436,7 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
     );
     // At api-service's interface the same request names the pod, its namespace
     // and its workload, as Hubble's flows do.
-    let at_server: Vec<Value> = agent
-        .loupe_ok(&[
-            "observe",
-            "--to-pod",
-            "demo-app/api-service",
-            "--last",
-            "50",
-            "-o",
-            "json",
-        ])
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect();
+    let at_server = agent.observe_json(&["--to-pod", "demo-app/api-service", "--last", "50"]);
     assert!(
         at_server.iter().any(|f| {
             let d = &f["flow"]["destination"];

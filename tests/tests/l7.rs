@@ -92,11 +92,11 @@ fn wrk_script(dir: &std::path::Path) -> String {
 
 /// L7 flows in the agent's ring, as JSON.
 fn l7_flows(agent: &TestAgent, extra: &[&str]) -> Vec<Value> {
-    let mut args = vec!["observe", "--type", "l7", "--last", "4000", "-o", "json"];
+    let mut args = vec!["--type", "l7", "--last", "4000"];
     args.extend_from_slice(extra);
-    let out = agent.loupe_ok(&args).unwrap();
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    agent
+        .observe_json(&args)
+        .into_iter()
         .filter_map(|v| v.get("flow").cloned())
         .collect()
 }

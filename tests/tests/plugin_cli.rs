@@ -37,6 +37,19 @@ fn agent(config: &std::path::Path, socket: &str) -> Agent {
     agent
 }
 
+/// `loupe status` says one plugin is installed, and its `plugins` line carries
+/// no count of its own (it kept the count from start-up, 0 here, before).
+fn status_counts_one_plugin(socket: &str) {
+    let status = loupe_ok(&["--socket", socket, "status"]).unwrap();
+    assert!(status.contains("Plugins:        1\n"), "{status}");
+    let line = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("plugins "))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(line.contains("installed in"), "{line}");
+    assert!(!line.contains("0 installed"), "a stale count: {line}");
+}
+
 #[test]
 fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
     let dir = scratch_dir("plugin-cli");
@@ -74,15 +87,7 @@ fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
         "{list}"
     );
     // `status` tells one count: the one the install changed.
-    let status = loupe_ok(&["--socket", s, "status"]).unwrap();
-    assert!(status.contains("Plugins:        1\n"), "{status}");
-    let line = status
-        .lines()
-        .find(|l| l.trim_start().starts_with("plugins "))
-        .unwrap_or_else(|| panic!("{status}"));
-    assert!(line.contains("installed in"), "{line}");
-    // Before, this line kept the count from start-up (0 here).
-    assert!(!line.contains("0 installed"), "a stale count: {line}");
+    status_counts_one_plugin(s);
     let json = loupe_ok(&["--socket", s, "plugin", "list", "--json"]).unwrap();
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["ports"], serde_json::json!([11211, 11311]));
@@ -132,16 +137,7 @@ fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
         list.contains("memcached") && list.contains("active"),
         "{list}"
     );
-    // `status` tells one count: the one the install changed.
-    let status = loupe_ok(&["--socket", s, "status"]).unwrap();
-    assert!(status.contains("Plugins:        1\n"), "{status}");
-    let line = status
-        .lines()
-        .find(|l| l.trim_start().starts_with("plugins "))
-        .unwrap_or_else(|| panic!("{status}"));
-    assert!(line.contains("installed in"), "{line}");
-    // Before, this line kept the count from start-up (0 here).
-    assert!(!line.contains("0 installed"), "a stale count: {line}");
+    status_counts_one_plugin(s);
     loupe_ok(&["--socket", s, "plugin", "remove", "memcached"]).unwrap();
     let list = loupe_ok(&["--socket", s, "plugin", "list", "--json"]).unwrap();
     assert!(list.trim().is_empty(), "{list}");

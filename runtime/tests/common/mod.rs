@@ -133,3 +133,58 @@ pub(crate) fn observer_stubs(dir: &std::path::Path) -> std::path::PathBuf {
     }
     stubs
 }
+
+/// What a grpcio client script printed.
+pub(crate) struct ClientOutput(pub(crate) String);
+
+impl ClientOutput {
+    /// The rest of the first line that starts with `key `; a missing one fails.
+    pub(crate) fn line(&self, key: &str) -> String {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} line in:\n{}", self.0))
+            .to_string()
+    }
+}
+
+/// Runs `script` with the lab's Python (`python -c script <stubs> <target>`):
+/// `on_line` sees each line of its output as it comes (to act on the script's
+/// cues); the script must end within `limit` and exit 0.
+pub(crate) async fn grpcio_client(
+    script: &str,
+    stubs: &std::path::Path,
+    target: &str,
+    limit: std::time::Duration,
+    mut on_line: impl FnMut(&str),
+) -> ClientOutput {
+    let mut client = tokio::process::Command::new(python())
+        .args(["-c", script])
+        .arg(stubs)
+        .arg(target)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client.stdout.take().unwrap()));
+    let mut stdout = String::new();
+    let read_all = async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            on_line(&l);
+            stdout.push_str(&l);
+            stdout.push('\n');
+        }
+    };
+    tokio::time::timeout(limit, read_all)
+        .await
+        .unwrap_or_else(|_| panic!("the grpcio client did not finish within {limit:?}"));
+    let out = client.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "grpcio client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ClientOutput(stdout)
+}

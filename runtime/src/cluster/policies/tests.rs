@@ -165,6 +165,26 @@ fn a_cnp_whose_plugin_rules_the_crd_pruned_is_refused_by_name() {
     .unwrap();
 }
 
+/// What a test's watch needs over `control`: fresh health and counters, and the
+/// Redis plugin's schema.
+fn watch_over(control: &Arc<ControlPlane>) -> PolicyWatch {
+    PolicyWatch {
+        control: control.clone(),
+        schemas: Arc::new(redis_schema()),
+        health: Arc::new(Health::default()),
+        stats: Arc::new(PolicyWatchStats::default()),
+        api_stats: Arc::new(KubernetesStats::default()),
+        node: "node-a".into(),
+    }
+}
+
+/// A control plane in memory.
+fn control_plane() -> Arc<ControlPlane> {
+    Arc::new(ControlPlane::new(Controller::in_memory(
+        &AgentConfig::default(),
+    )))
+}
+
 fn watch_state(health: &Health) -> Option<(ComponentState, String)> {
     health
         .components()
@@ -250,9 +270,7 @@ async fn the_watch_keeps_valid_objects_in_force_and_the_previous_version_of_inva
         )]),
         Calls::from([(("PATCH", db_status.to_string()), vec![db_l7_status.clone()])]),
     );
-    let control = Arc::new(ControlPlane::new(Controller::in_memory(
-        &AgentConfig::default(),
-    )));
+    let control = control_plane();
     // A policy applied by hand stays: the watch replaces its own source only.
     let by_hand = crate::policy::parse_policies(
         "by-hand.yaml",
@@ -263,19 +281,9 @@ async fn the_watch_keeps_valid_objects_in_force_and_the_previous_version_of_inva
     )
     .unwrap();
     control.apply(by_hand).await.unwrap();
-    let health = Arc::new(Health::default());
-    let stats = Arc::new(PolicyWatchStats::default());
-    tokio::spawn(watch(
-        client,
-        PolicyWatch {
-            control: control.clone(),
-            schemas: Arc::new(redis_schema()),
-            health: health.clone(),
-            stats: stats.clone(),
-            api_stats: Arc::default(),
-            node: "node-a".into(),
-        },
-    ));
+    let w = watch_over(&control);
+    let (health, stats) = (w.health.clone(), w.stats.clone());
+    tokio::spawn(watch(client, w));
 
     let in_force = async || {
         let (listings, _) = control.policies().await;
@@ -368,9 +376,7 @@ async fn an_api_error_keeps_the_policies_in_force() {
         BTreeMap::from([("/apis/cilium.io/v2/ciliumnetworkpolicies", vec![forbidden])]),
         BTreeMap::new(),
     );
-    let control = Arc::new(ControlPlane::new(Controller::in_memory(
-        &AgentConfig::default(),
-    )));
+    let control = control_plane();
     let kept = evaluate(
         PolicyKind::CiliumNetworkPolicy,
         &dynamic(object(
@@ -383,19 +389,9 @@ async fn an_api_error_keeps_the_policies_in_force() {
     )
     .unwrap();
     control.apply(vec![kept]).await.unwrap();
-    let health = Arc::new(Health::default());
-    let api_stats = Arc::new(KubernetesStats::default());
-    tokio::spawn(watch(
-        client,
-        PolicyWatch {
-            control: control.clone(),
-            schemas: Arc::new(redis_schema()),
-            health: health.clone(),
-            stats: Arc::new(PolicyWatchStats::default()),
-            api_stats: api_stats.clone(),
-            node: "node-a".into(),
-        },
-    ));
+    let w = watch_over(&control);
+    let (health, api_stats) = (w.health.clone(), w.api_stats.clone());
+    tokio::spawn(watch(client, w));
     let reported = until(async || {
         watch_state(&health).is_some_and(|(s, d)| s == ComponentState::Error && d.contains("403"))
     })
@@ -484,20 +480,8 @@ async fn a_refused_loupe_object_gets_a_warning_event() {
             (("POST", events_path.to_string()), vec![recorded]),
         ]),
     );
-    let control = Arc::new(ControlPlane::new(Controller::in_memory(
-        &AgentConfig::default(),
-    )));
-    tokio::spawn(watch(
-        client,
-        PolicyWatch {
-            control,
-            schemas: Arc::new(redis_schema()),
-            health: Arc::new(Health::default()),
-            stats: Arc::new(PolicyWatchStats::default()),
-            api_stats: Arc::default(),
-            node: "node-a".into(),
-        },
-    ));
+    let control = control_plane();
+    tokio::spawn(watch(client, watch_over(&control)));
     let mut seen = Vec::new();
     let posted = until(async || {
         seen.extend(server.seen());

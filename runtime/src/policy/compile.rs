@@ -31,6 +31,9 @@ pub struct EndpointView {
     pub labels: BTreeMap<String, String>,
     /// Security identity.
     pub identity: u32,
+    /// A pod on another node: a peer that policies name, never a subject here
+    /// (its own node enforces its policy).
+    pub remote: bool,
 }
 
 impl EndpointView {
@@ -177,7 +180,7 @@ pub fn compile_rules(
     cidr_identity: &mut dyn FnMut(&IpNet) -> Result<u32, IdentityError>,
 ) -> Result<Compiled, IdentityError> {
     let mut out = Compiled::default();
-    for ep in endpoints {
+    for ep in endpoints.iter().filter(|e| !e.remote) {
         let all = mode == PolicyEnforcementMode::Always;
         out.enforcement.insert(ep.id, (all, all));
     }
@@ -225,7 +228,7 @@ pub fn compile_rules(
                 rule: u32::try_from(out.rules.len() - 1).unwrap_or(u32::MAX),
                 log: rule.log.as_deref(),
             };
-            for ep in endpoints {
+            for ep in endpoints.iter().filter(|e| !e.remote) {
                 if !selects(policy, &rule.endpoint_selector, ep) {
                     continue;
                 }

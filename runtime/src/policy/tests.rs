@@ -62,6 +62,7 @@ fn ep(id_: u16, ns: &str, app: &str, identity: u32) -> EndpointView {
         namespace: ns.into(),
         labels: BTreeMap::from([("app".to_string(), app.to_string())]),
         identity,
+        remote: false,
     }
 }
 
@@ -110,6 +111,40 @@ fn article_db_policy_compiles_to_one_allow_and_host() {
     // The frontend in another namespace has the same labels but is not selected.
     assert_eq!(c.entries.len(), 2, "{:#?}", c.entries);
     assert_eq!(c.selected["demo-app/db-allow-api-service"], vec![3]);
+}
+
+#[test]
+fn pods_on_other_nodes_are_peers_never_subjects() {
+    // The api-service on this node; the db-service and the frontend on others.
+    let mut endpoints = demo();
+    for e in &mut endpoints {
+        e.remote = e.id != 2;
+    }
+    // Remote views carry no endpoint number of this node.
+    for e in endpoints.iter_mut().filter(|e| e.remote) {
+        e.id = 0;
+    }
+    let policies = parse_policies(
+        "test.yaml",
+        &format!("{DB_ALLOW_API}---\n{API_ALLOW_FRONTEND}"),
+    )
+    .unwrap();
+    let mut alloc = IdentityAllocator::in_memory();
+    let c = compile(
+        &policies,
+        &endpoints,
+        PolicyEnforcementMode::Default,
+        true,
+        &mut |p| alloc.cidr_identity(p),
+    )
+    .unwrap();
+    // The remote frontend's identity is allowed into the local api-service.
+    let k = key(2, Direction::Ingress, 1001, 6, 80, POLICY_PREFIX_FULL);
+    assert_eq!(action_of(&c, k), Some(action::ALLOW));
+    // The db policy selects no pod here: no entries, no enforcement for number 0.
+    assert_eq!(c.enforcement.keys().copied().collect::<Vec<_>>(), vec![2]);
+    assert!(c.entries.keys().all(|k| k.ep == 2), "{:#?}", c.entries);
+    assert!(c.selected["demo-app/db-allow-api-service"].is_empty());
 }
 
 #[test]

@@ -23,6 +23,7 @@ fn ep(id: u16, app: &str, identity: u32) -> EndpointView {
         namespace: "demo".into(),
         labels: BTreeMap::from([("app".to_string(), app.to_string())]),
         identity,
+        remote: false,
     }
 }
 

@@ -16,8 +16,9 @@ use tokio::sync::Mutex;
 
 use crate::datapath::controller::{ApplyReport, Controller, ControllerError, SnapshotHandle};
 use crate::datapath::metrics::DatapathGauges;
-use crate::endpoint::{Endpoint, EndpointRegistry, EndpointSpec, RegistryError, SourceKind};
-use crate::identity::LabelSet;
+use crate::endpoint::{
+    Endpoint, EndpointRegistry, EndpointSpec, Listing, RegistryError, SourceKind,
+};
 use crate::policy::Policy;
 use crate::policy::l7::L7PolicyHandle;
 
@@ -98,6 +99,8 @@ impl SummaryHandle {
 struct Inner {
     registry: EndpointRegistry,
     controller: Controller,
+    /// Each source's pods on other nodes.
+    remote: BTreeMap<SourceKind, Vec<EndpointSpec>>,
 }
 
 /// Endpoints, identities and policies of this node, behind one lock.
@@ -123,6 +126,7 @@ impl ControlPlane {
             inner: Mutex::new(Inner {
                 registry: EndpointRegistry::new(),
                 controller,
+                remote: BTreeMap::new(),
             }),
         }
     }
@@ -154,24 +158,24 @@ impl ControlPlane {
     }
 
     /// Applies one source's full listing (a watch's re-list): the registry takes
-    /// what it can, then policy is regenerated for the new endpoint set.
-    /// `assigned` are the identities the cluster gave the listing's label sets
-    /// (empty for a node-local source: identities are allocated here).
-    pub async fn sync_endpoints(
-        &self,
-        source: SourceKind,
-        specs: Vec<EndpointSpec>,
-        assigned: Vec<(LabelSet, u32)>,
-    ) -> SyncReport {
+    /// what it can of this node's pods, the pods on other nodes replace the
+    /// source's earlier ones, then policy is regenerated for the new set.
+    /// The listing's `assigned` are the identities the cluster gave its label
+    /// sets (empty for a node-local source: identities are allocated here).
+    pub async fn sync_endpoints(&self, source: SourceKind, listing: Listing) -> SyncReport {
         let mut inner = self.inner.lock().await;
         let Inner {
             registry,
             controller,
+            remote,
         } = &mut *inner;
         // Keep the endpoint numbers the pinned datapath already uses.
         let pinned = controller.pinned_endpoint_ids();
-        let refused =
-            registry.sync_source(source, specs, |spec| pinned.get(&spec.ifindex).copied());
+        let refused = registry.sync_source(source, listing.local, |spec| {
+            pinned.get(&spec.ifindex).copied()
+        });
+        remote.insert(source, listing.remote);
+        let others: Vec<EndpointSpec> = remote.values().flatten().cloned().collect();
         let endpoints: Vec<Endpoint> = registry.list().cloned().collect();
         self.summary.store(EndpointSummary {
             endpoints: endpoints.len(),
@@ -179,7 +183,7 @@ impl ControlPlane {
         });
         SyncReport {
             refused,
-            regenerated: controller.set_endpoints(endpoints, &assigned),
+            regenerated: controller.set_endpoints(endpoints, others, &listing.assigned),
         }
     }
 

@@ -23,7 +23,7 @@ use loupe_runtime::api::policy::PolicyService;
 use loupe_runtime::config::AgentConfig;
 use loupe_runtime::control::ControlPlane;
 use loupe_runtime::datapath::controller::Controller;
-use loupe_runtime::endpoint::{EndpointSpec, SourceKind};
+use loupe_runtime::endpoint::{EndpointSpec, Listing, SourceKind};
 use loupe_runtime::metrics::MetricsRegistry;
 use loupe_runtime::plugin::PluginManager;
 use tonic::Request;
@@ -108,7 +108,7 @@ async fn policies_and_endpoint_churn_never_wait_on_each_other() {
         tokio::spawn(async move {
             for round in 0..ROUNDS {
                 let report = control
-                    .sync_endpoints(SourceKind::Lab, listing(round), Vec::new())
+                    .sync_endpoints(SourceKind::Lab, Listing::local(listing(round)))
                     .await;
                 assert!(report.refused.is_empty(), "{:?}", report.refused);
                 report.regenerated.unwrap();

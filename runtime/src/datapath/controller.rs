@@ -21,7 +21,7 @@ use super::flows::EndpointSnapshot;
 use super::metrics::DatapathGauges;
 use super::{Datapath, DatapathError, mapped};
 use crate::config::{AgentConfig, PolicyEnforcementMode};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, EndpointSpec};
 use crate::identity::{IdentityAllocator, IdentityError, LabelSet};
 use crate::policy::attribution::PolicyTable;
 use crate::policy::l7::{L7Policy, L7PolicyHandle};
@@ -88,6 +88,9 @@ pub struct Controller {
     mode: PolicyEnforcementMode,
     allow_localhost: bool,
     endpoints: Vec<(Endpoint, u32)>,
+    /// Pods on other nodes (endpoint number 0): peers for policy, ipcache
+    /// entries and flow names, never attached to.
+    remote: Vec<(Endpoint, u32)>,
     compiled: Option<Compiled>,
     ipcache: BTreeMap<([u8; 16], u32), IpcacheValue>,
     stats: ControllerStats,
@@ -140,6 +143,7 @@ impl Controller {
                 mode: config.policy_enforcement_mode,
                 allow_localhost: true,
                 endpoints: Vec::new(),
+                remote: Vec::new(),
                 compiled: None,
                 ipcache,
                 stats: ControllerStats::default(),
@@ -163,6 +167,7 @@ impl Controller {
             mode: config.policy_enforcement_mode,
             allow_localhost: true,
             endpoints: Vec::new(),
+            remote: Vec::new(),
             compiled: None,
             ipcache: BTreeMap::new(),
             stats: ControllerStats::default(),
@@ -193,8 +198,12 @@ impl Controller {
 
     fn publish(&self) {
         let cidrs = self.compiled.iter().flat_map(|c| c.cidrs.values().copied());
-        let snap = EndpointSnapshot::build(&self.endpoints, |id| self.identity_labels(id), cidrs)
-            .with_policies(self.tables.clone());
+        let snap = EndpointSnapshot::build(
+            self.endpoints.iter().chain(&self.remote),
+            |id| self.identity_labels(id),
+            cidrs,
+        )
+        .with_policies(self.tables.clone());
         if let Ok(mut guard) = self.snapshot.write() {
             *guard = Arc::new(snap);
         }
@@ -299,20 +308,30 @@ impl Controller {
         self.identities.len()
     }
 
-    /// Replaces the endpoint set and re-applies policy. `assigned` are identities
-    /// the cluster assigned to label sets (empty for a node-local source).
+    /// Replaces the endpoint set (this node's pods, and `remote`: pods on other
+    /// nodes) and re-applies policy. `assigned` are identities the cluster
+    /// assigned to label sets (empty for a node-local allocator).
     pub fn set_endpoints(
         &mut self,
         endpoints: Vec<Endpoint>,
+        remote: Vec<EndpointSpec>,
         assigned: &[(LabelSet, u32)],
     ) -> Result<(), ControllerError> {
         for (labels, id) in assigned {
             self.identities.assign(labels, *id);
         }
+        let local_ips: BTreeSet<IpAddr> = endpoints.iter().flat_map(|e| e.spec.ips()).collect();
         let mut with_ids = Vec::with_capacity(endpoints.len());
-        for ep in endpoints {
+        let mut remote_ids = Vec::with_capacity(remote.len());
+        let remote = remote
+            .into_iter()
+            // An address this node's pod has is this node's.
+            .filter(|spec| !spec.ips().any(|ip| local_ips.contains(&ip)))
+            .map(|spec| (Endpoint { id: 0, spec }, true));
+        for (ep, is_remote) in endpoints.into_iter().map(|e| (e, false)).chain(remote) {
             let labels = LabelSet::from_k8s(&ep.spec.identity_labels());
             match self.identities.endpoint_identity(&labels) {
+                Ok(identity) if is_remote => remote_ids.push((ep, identity)),
                 Ok(identity) => with_ids.push((ep, identity)),
                 Err(e) => {
                     self.identities.rollback();
@@ -321,9 +340,11 @@ impl Controller {
             }
         }
         let previous = std::mem::replace(&mut self.endpoints, with_ids);
+        let previous_remote = std::mem::replace(&mut self.remote, remote_ids);
         let policies = self.policies.to_vec();
         if let Err(e) = self.reconcile(&policies, self.policies.revision()) {
             self.endpoints = previous;
+            self.remote = previous_remote;
             return Err(e);
         }
         Ok(())
@@ -444,13 +465,15 @@ impl Controller {
     }
 
     fn views(&self) -> Vec<EndpointView> {
-        self.endpoints
-            .iter()
-            .map(|(ep, identity)| EndpointView {
+        let local = self.endpoints.iter().map(|e| (e, false));
+        local
+            .chain(self.remote.iter().map(|e| (e, true)))
+            .map(|((ep, identity), remote)| EndpointView {
                 id: ep.id,
                 namespace: ep.spec.namespace.clone(),
                 labels: ep.spec.labels.clone(),
                 identity: *identity,
+                remote,
             })
             .collect()
     }
@@ -517,7 +540,12 @@ impl Controller {
     /// prefixes no policy names any more, label sets no endpoint has) and writes
     /// the table once.
     fn settle_identities(&mut self) {
-        let mut used: BTreeSet<u32> = self.endpoints.iter().map(|(_, id)| *id).collect();
+        let mut used: BTreeSet<u32> = self
+            .endpoints
+            .iter()
+            .chain(&self.remote)
+            .map(|(_, id)| *id)
+            .collect();
         if let Some(compiled) = &self.compiled {
             used.extend(compiled.cidrs.values().copied());
         }
@@ -543,7 +571,7 @@ impl Controller {
         };
 
         // 1. The ipcache gains every address the new policy may look up.
-        let desired = desired_ipcache(&self.endpoints, &compiled.cidrs);
+        let desired = desired_ipcache(self.endpoints.iter().chain(&self.remote), &compiled.cidrs);
         for (&(addr, len), &value) in &desired {
             if self.ipcache.get(&(addr, len)) != Some(&value) {
                 dp.set_ipcache(addr, len, value)?;
@@ -669,8 +697,8 @@ impl Controller {
 
 /// Every ipcache entry the datapath needs: endpoint addresses, this host's
 /// addresses, the prefixes policies name, and the world for everything else.
-fn desired_ipcache(
-    endpoints: &[(Endpoint, u32)],
+fn desired_ipcache<'a>(
+    endpoints: impl Iterator<Item = &'a (Endpoint, u32)>,
     cidrs: &BTreeMap<IpNet, u32>,
 ) -> BTreeMap<([u8; 16], u32), IpcacheValue> {
     let value = |identity, ep_id| IpcacheValue {
@@ -698,7 +726,8 @@ fn desired_ipcache(
         for ip in ep.spec.ips() {
             let len = if ip.is_ipv4() { 32 } else { 128 };
             // Local endpoints carry their number: the client's hook reads the
-            // server's ingress policy with it to decide an L7 redirect.
+            // server's ingress policy with it to decide an L7 redirect. Pods on
+            // other nodes carry 0: their node decides.
             out.insert(mapped(ip, len), value(*identity, ep.id));
         }
     }
@@ -724,7 +753,7 @@ fn host_addresses() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::{EndpointSpec, SourceKind};
+    use crate::endpoint::SourceKind;
     use crate::policy::parse_policies;
 
     fn endpoint(id: u16, app: &str) -> Endpoint {
@@ -764,7 +793,7 @@ mod tests {
         let mut config = AgentConfig::default();
         config.bpf.policy_map_entries = 256;
         let mut c = Controller::in_memory(&config);
-        c.set_endpoints(vec![endpoint(1, "api"), endpoint(2, "db")], &[])
+        c.set_endpoints(vec![endpoint(1, "api"), endpoint(2, "db")], Vec::new(), &[])
             .unwrap();
         let small = c.apply(policy("small", 1..11)).unwrap();
         // 10 ports + the host allow.
@@ -801,8 +830,12 @@ mod tests {
         config.bpf.policy_map_entries = 4;
         let mut c = Controller::in_memory(&config);
         let handle = c.l7_policy();
-        c.set_endpoints(vec![endpoint(1, "frontend"), endpoint(2, "api")], &[])
-            .unwrap();
+        c.set_endpoints(
+            vec![endpoint(1, "frontend"), endpoint(2, "api")],
+            Vec::new(),
+            &[],
+        )
+        .unwrap();
         assert!(handle.load().is_empty());
         c.apply(parse_policies("p.yaml", &policy("p", &[("frontend", 80, GET_GET)])).unwrap())
             .unwrap();

@@ -34,10 +34,11 @@ pub struct EndpointSnapshot {
 }
 
 impl EndpointSnapshot {
-    /// Builds the snapshot from endpoints with their identities; `labels` gives the
+    /// Builds the snapshot from endpoints with their identities (pods on other
+    /// nodes have number 0 and are found by address only); `labels` gives the
     /// labels of other identities (CIDR, reserved).
-    pub fn build(
-        endpoints: &[(endpoint::Endpoint, u32)],
+    pub fn build<'a>(
+        endpoints: impl IntoIterator<Item = &'a (endpoint::Endpoint, u32)>,
         labels: impl Fn(u32) -> Vec<String>,
         cidr_identities: impl IntoIterator<Item = u32>,
     ) -> Self {
@@ -70,7 +71,9 @@ impl EndpointSnapshot {
             for ip in ep.spec.ips() {
                 snap.by_ip.insert(ip, flow_ep.clone());
             }
-            snap.by_id.insert(ep.id, flow_ep);
+            if ep.id != 0 {
+                snap.by_id.insert(ep.id, flow_ep);
+            }
         }
         for identity in [id::HOST, id::WORLD, id::WORLD_IPV4, id::WORLD_IPV6]
             .into_iter()

@@ -23,7 +23,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 
-use super::{EndpointSpec, SourceKind, Workload};
+use super::{EndpointSpec, Listing, SourceKind, Workload};
 use crate::health::{ComponentState, Health};
 use crate::metrics::{MetricFamily, MetricKind};
 
@@ -153,7 +153,7 @@ pub async fn watch(
     resolve: Resolver,
     health: Arc<Health>,
     stats: Arc<KubernetesStats>,
-    tx: mpsc::Sender<Vec<EndpointSpec>>,
+    tx: mpsc::Sender<Listing>,
 ) {
     health.set(
         HEALTH_COMPONENT,
@@ -214,7 +214,7 @@ pub async fn watch(
             format!("{} endpoints (pods skipped: {skipped})", now.len()),
         );
         if last.as_ref() != Some(&now) {
-            if tx.send(now.clone()).await.is_err() {
+            if tx.send(Listing::local(now.clone())).await.is_err() {
                 return;
             }
             last = Some(now);

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::LabelSet;
 pub use registry::{EndpointRegistry, RegistryError};
 
 /// Which source reported an endpoint; a source's snapshot only replaces its own.
@@ -76,6 +77,46 @@ impl EndpointSpec {
         let mut labels = self.labels.clone();
         labels.insert(NAMESPACE_LABEL.to_string(), self.namespace.clone());
         labels
+    }
+}
+
+/// One source's full listing: this node's pods, and the pods on other nodes when
+/// the source sees the whole cluster (their addresses get their identities in
+/// the ipcache, and policies name them as peers; their own nodes enforce them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Pods on this node.
+    pub local: Vec<EndpointSpec>,
+    /// Pods on other nodes (`interface` empty, `ifindex` 0).
+    pub remote: Vec<EndpointSpec>,
+    /// The numbers the cluster gave the listing's label sets (empty: this
+    /// node allocates them).
+    pub assigned: Vec<(LabelSet, u32)>,
+}
+
+impl Listing {
+    /// A listing of this node's pods only.
+    pub fn local(local: Vec<EndpointSpec>) -> Self {
+        Self {
+            local,
+            ..Self::default()
+        }
+    }
+
+    /// The distinct label sets of the listing's pods, sorted.
+    pub fn label_sets(&self) -> Vec<LabelSet> {
+        let mut sets: Vec<LabelSet> = self
+            .all()
+            .map(|s| LabelSet::from_k8s(&s.identity_labels()))
+            .collect();
+        sets.sort();
+        sets.dedup();
+        sets
+    }
+
+    /// Every pod of the listing, local first.
+    pub fn all(&self) -> impl Iterator<Item = &EndpointSpec> {
+        self.local.iter().chain(&self.remote)
     }
 }
 

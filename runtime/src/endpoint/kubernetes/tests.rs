@@ -128,14 +128,14 @@ fn workloads_are_named_as_hubble_names_them() {
 
 /// Reads listings until one is `expected` (events of the two watches interleave,
 /// so intermediate listings may differ); panics after a minute of test time.
-async fn wait_for(rx: &mut mpsc::Receiver<Vec<EndpointSpec>>, expected: &[&str]) {
+async fn wait_for(rx: &mut mpsc::Receiver<Listing>, expected: &[&str]) {
     let mut seen = Vec::new();
     loop {
         let listing = tokio::time::timeout(Duration::from_secs(60), rx.recv())
             .await
             .unwrap_or_else(|_| panic!("never {expected:?}; saw {seen:?}"))
             .expect("source ended");
-        let keys: Vec<String> = listing.iter().map(EndpointSpec::key).collect();
+        let keys: Vec<String> = listing.local.iter().map(EndpointSpec::key).collect();
         if keys == expected {
             return;
         }

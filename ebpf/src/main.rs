@@ -135,6 +135,95 @@ pub(crate) fn loupe_to_endpoint(ctx: TcContext) -> i32 {
     process(&ctx, direction::INGRESS)
 }
 
+#[classifier]
+pub(crate) fn loupe_from_netdev(ctx: TcContext) -> i32 {
+    from_netdev(&ctx)
+}
+
+/// A packet arriving on a node's device. A new TCP connection to a local
+/// endpoint whose ingress policy enforces L7 rules for the client goes to the
+/// proxy (its client's hook, on another node or nowhere, could not redirect
+/// it); later packets of it follow by the mark. Everything else passes on to
+/// the endpoint's own hook, which decides and reports as always.
+#[inline(always)]
+fn from_netdev(ctx: &TcContext) -> i32 {
+    let config = CONFIG.get(0).copied().unwrap_or_default();
+    if config.proxy_port == 0 {
+        return TC_PASS;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return TC_PASS;
+    };
+    // SAFETY: per-CPU slot, used by one program invocation at a time on this CPU.
+    let scratch = unsafe { &mut *scratch };
+    if parse(ctx, &mut scratch.pkt).is_err() {
+        // The endpoint's hook counts and judges it.
+        return TC_PASS;
+    }
+    let pkt = &scratch.pkt;
+    if pkt.proto != IPPROTO_TCP || pkt.fragment || pkt.control {
+        return TC_PASS;
+    }
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    forward_key(pkt, direction::FROM_NETDEV, 0, &mut scratch.key);
+    let opening = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if !opening {
+        if let Some(ct) = CONNTRACK.get_ptr_mut(&scratch.key) {
+            // SAFETY: the pointer is into a map value the kernel keeps alive for this call.
+            let ct = unsafe { &mut *ct };
+            ct.last_seen_ns = now;
+            ct.flags |= close_flags(pkt.tcp_flags, ct_flags::FIN_FWD, ct.flags);
+            ctx.set_mark(proxy::TO_PROXY);
+        }
+        return TC_PASS;
+    }
+    let _ = CONNTRACK.remove(&scratch.key);
+    let server = lookup_ipcache(&pkt.daddr);
+    if server.ep_id == 0 {
+        return TC_PASS;
+    }
+    let client = lookup_identity(&pkt.saddr);
+    let endpoint = EndpointInfo {
+        ep_id: server.ep_id,
+        flags: 0,
+        identity: server.identity,
+    };
+    let generation = config.active_gen & 1;
+    // Unenforced lookup: only an allow's L7 flag matters here; a denied
+    // connection is dropped, and reported, at the server's own hook.
+    match verdict(
+        &endpoint,
+        (generation, config.policy_rev),
+        direction::INGRESS,
+        client,
+        pkt,
+        false,
+    ) {
+        Ok(allowed) if allowed.flags & policy_flags::L7_ENFORCE != 0 => {}
+        _ => return TC_PASS,
+    }
+    let entry = CtValue {
+        created_ns: now,
+        last_seen_ns: now,
+        policy_rev: config.policy_rev,
+        remote_identity: client,
+        flags: ct_flags::PROXY | ct_flags::OPENED_BY_SYN,
+        pad: [0; 2],
+        syn_seq: pkt.seq,
+    };
+    if CONNTRACK
+        .insert(&scratch.key, &entry, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        // No entry, no steering: the server's hook fails the connection closed.
+        return TC_PASS;
+    }
+    if steer(ctx, pkt, config.proxy_port, true).is_err() {
+        let _ = CONNTRACK.remove(&scratch.key);
+    }
+    TC_PASS
+}
+
 #[inline(always)]
 fn process(ctx: &TcContext, dir: u8) -> i32 {
     let ifindex = ifindex(ctx);

@@ -38,6 +38,10 @@ pub struct AgentConfig {
     /// Port of the health endpoint on 127.0.0.1 (`/livez`, `/readyz`,
     /// `/healthz`; Cilium's agent uses 9879); 0: not served.
     pub health_port: u16,
+    /// The node's devices (Cilium's `devices`): where traffic from other nodes
+    /// and the world arrives; connections to local pods with L7 rules are
+    /// steered to the proxy there.
+    pub devices: Vec<String>,
 }
 
 /// `hubble.*`: flows, the Observer API and flow-derived metrics.
@@ -258,6 +262,7 @@ impl Default for AgentConfig {
             l7: L7Config::default(),
             plugins: PluginsConfig::default(),
             health_port: 0,
+            devices: Vec::new(),
         }
     }
 }

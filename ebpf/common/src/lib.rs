@@ -46,6 +46,9 @@ pub mod programs {
     pub const FROM_ENDPOINT: &str = "loupe_from_endpoint";
     /// TC egress of an endpoint's host-side veth: traffic entering the endpoint.
     pub const TO_ENDPOINT: &str = "loupe_to_endpoint";
+    /// TC ingress of a node's device (`devices`): traffic from other nodes and
+    /// the world, steered to the L7 proxy when the local server's policy says so.
+    pub const FROM_NETDEV: &str = "loupe_from_netdev";
 }
 
 /// Default map sizes (overridden by the agent's config before the maps are created).
@@ -71,6 +74,9 @@ pub mod direction {
     pub const INGRESS: u8 = 1;
     /// Out of the endpoint.
     pub const EGRESS: u8 = 2;
+    /// Conntrack keys only: a connection arriving on a node's device, kept
+    /// under endpoint number 0 (never an endpoint's direction in events).
+    pub const FROM_NETDEV: u8 = 3;
 }
 
 /// Drop reasons, numbered like Hubble's `DropReason` enum so a record maps onto a

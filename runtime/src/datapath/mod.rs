@@ -142,7 +142,11 @@ impl Datapath {
             .map_max_entries(maps::POLICY, sizes.policy.saturating_mul(2))
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(format!("{e:#}")))?;
-        for name in [programs::FROM_ENDPOINT, programs::TO_ENDPOINT] {
+        for name in [
+            programs::FROM_ENDPOINT,
+            programs::TO_ENDPOINT,
+            programs::FROM_NETDEV,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| DatapathError::Load(format!("program {name} missing")))?
@@ -239,59 +243,89 @@ impl Datapath {
             (programs::TO_ENDPOINT, TcAttachType::Egress),
         ] {
             let pin = self.link_pin(interface, hook);
-            let attach_err = |message: String| DatapathError::Attach {
-                interface: interface.to_string(),
-                message,
-            };
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| attach_err(format!("program {name} missing")))?
-                .try_into()
-                .map_err(|e| attach_err(format!("{e}")))?;
-            let mut adopted = None;
-            match PinnedLink::from_pin(&pin) {
-                Ok(old) => {
-                    let link: aya::programs::tc::SchedClassifierLink = FdLink::from(old)
-                        .try_into()
-                        .map_err(|e: LinkError| attach_err(format!("pinned link: {e}")))?;
-                    match prog.attach_to_link(link) {
-                        Ok(id) => adopted = Some(id),
-                        Err(e) => {
-                            tracing::info!(interface, error = %e, "replacing stale pinned link");
-                            let _ = std::fs::remove_file(&pin);
-                        }
+            self.attach_program(name, hook, interface, ifindex, &pin)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the device program to a node's device (`devices`: where other
+    /// nodes' traffic arrives), pinned apart from the endpoints' links.
+    pub fn attach_device(&mut self, device: &str, ifindex: u32) -> Result<(), DatapathError> {
+        let dir = self.pin_path.join("devices");
+        std::fs::create_dir_all(&dir).map_err(|source| DatapathError::Pin {
+            path: dir.clone(),
+            source,
+        })?;
+        let pin = dir.join(format!("{device}-ingress"));
+        self.attach_program(
+            programs::FROM_NETDEV,
+            TcAttachType::Ingress,
+            device,
+            ifindex,
+            &pin,
+        )
+    }
+
+    fn attach_program(
+        &mut self,
+        name: &str,
+        hook: TcAttachType,
+        interface: &str,
+        ifindex: u32,
+        pin: &Path,
+    ) -> Result<(), DatapathError> {
+        let attach_err = |message: String| DatapathError::Attach {
+            interface: interface.to_string(),
+            message,
+        };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| attach_err(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| attach_err(format!("{e}")))?;
+        let mut adopted = None;
+        match PinnedLink::from_pin(pin) {
+            Ok(old) => {
+                let link: aya::programs::tc::SchedClassifierLink = FdLink::from(old)
+                    .try_into()
+                    .map_err(|e: LinkError| attach_err(format!("pinned link: {e}")))?;
+                match prog.attach_to_link(link) {
+                    Ok(id) => adopted = Some(id),
+                    Err(e) => {
+                        tracing::info!(interface, error = %e, "replacing stale pinned link");
+                        let _ = std::fs::remove_file(pin);
                     }
                 }
-                Err(LinkError::SyscallError(e))
-                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::info!(interface, error = %e, "replacing unreadable pinned link");
-                    let _ = std::fs::remove_file(&pin);
-                }
             }
-            let id = match adopted {
-                Some(id) => id,
-                None => prog
-                    .attach(
-                        ifindex,
-                        TcAttach::Tcx {
-                            attach_type: hook,
-                            order: LinkOrder::default(),
-                        },
-                    )
-                    .map_err(|e| attach_err(format!("{name}: {e:#}")))?,
-            };
-            let link = prog.take_link(id).map_err(|e| attach_err(format!("{e}")))?;
-            let fd_link: FdLink = link
-                .try_into()
-                .map_err(|e: LinkError| attach_err(format!("not a TCX link: {e}")))?;
-            // A link updated in place is pinned already; pinning it again would fail.
-            if !pin.exists() {
-                fd_link
-                    .pin(&pin)
-                    .map_err(|e| attach_err(format!("pinning {}: {e}", pin.display())))?;
+            Err(LinkError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::info!(interface, error = %e, "replacing unreadable pinned link");
+                let _ = std::fs::remove_file(pin);
             }
+        }
+        let id = match adopted {
+            Some(id) => id,
+            None => prog
+                .attach(
+                    ifindex,
+                    TcAttach::Tcx {
+                        attach_type: hook,
+                        order: LinkOrder::default(),
+                    },
+                )
+                .map_err(|e| attach_err(format!("{name}: {e:#}")))?,
+        };
+        let link = prog.take_link(id).map_err(|e| attach_err(format!("{e}")))?;
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|e: LinkError| attach_err(format!("not a TCX link: {e}")))?;
+        // A link updated in place is pinned already; pinning it again would fail.
+        if !pin.exists() {
+            fd_link
+                .pin(pin)
+                .map_err(|e| attach_err(format!("pinning {}: {e}", pin.display())))?;
         }
         Ok(())
     }

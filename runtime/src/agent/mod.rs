@@ -28,7 +28,6 @@ use crate::datapath::{self, Datapath, controller::Controller, metrics::DatapathC
 use crate::endpoint::{self, SourceKind};
 use crate::flow::FlowStore;
 use crate::health::{ComponentState, Health};
-use crate::identity::LabelSet;
 use crate::l7::live::{self, LiveCollector, LiveConfig};
 use crate::metrics::MetricsRegistry;
 use crate::plugin::{InstallError, PluginManager, bundled};
@@ -104,6 +103,14 @@ pub async fn run(
     } else {
         None
     };
+    if let Some(dp) = datapath.as_mut() {
+        for device in &config.devices {
+            let ifindex = crate::host::ifindex(device)
+                .map_err(|e| anyhow::anyhow!("devices: {device}: no such interface ({e})"))?;
+            dp.attach_device(device, ifindex)?;
+            tracing::info!(device, "device program attached");
+        }
+    }
     let io = datapath.as_mut().map(DatapathIo::take).unwrap_or_default();
     let (controller, stale_policies) = Controller::new(&config, datapath)?;
     for err in &stale_policies {
@@ -162,10 +169,18 @@ async fn serve(
     tracing::info!(socket = %config.socket_path.display(), node = %state.node.name, "agent starting");
     let mut tasks = Tasks::default();
     if config.bpf.enabled {
+        let devices = if config.devices.is_empty() {
+            String::new()
+        } else {
+            format!(", devices {}", config.devices.join(","))
+        };
         health.set(
             "datapath",
             ComponentState::Ok,
-            format!("loaded, pinned at {}", config.bpf.pin_path.display()),
+            format!(
+                "loaded, pinned at {}{devices}",
+                config.bpf.pin_path.display()
+            ),
         );
     } else {
         health.set("datapath", ComponentState::Disabled, "bpf.enabled: false");
@@ -184,9 +199,26 @@ async fn serve(
 
     if config.endpoints.lab {
         let tx = tasks.source(&state, SourceKind::Lab, None);
+        // A lab with nodes: the peer service announces them all.
+        let nodes = state.cluster_nodes.clone();
+        let on_nodes = move |lab_nodes: Vec<endpoint::lab_source::LabNode>| {
+            if !lab_nodes.is_empty() {
+                nodes.set(
+                    lab_nodes
+                        .into_iter()
+                        .map(|n| endpoint::kubernetes::nodes::ClusterNode {
+                            name: n.name,
+                            address: n.address,
+                        })
+                        .collect(),
+                );
+            }
+        };
         tasks.0.push(tokio::spawn(endpoint::lab_source::watch(
             Duration::from_millis(config.endpoints.lab_poll_ms),
             config.endpoints.lab_names.clone(),
+            state.node.name.clone(),
+            on_nodes,
             tx,
         )));
         health.set("endpoints/lab", ComponentState::Ok, "watching lab state");
@@ -405,7 +437,7 @@ impl Tasks {
         state: &AgentState,
         kind: SourceKind,
         identities: Option<cluster::identities::ClusterIdentities>,
-    ) -> mpsc::Sender<Vec<endpoint::EndpointSpec>> {
+    ) -> mpsc::Sender<endpoint::Listing> {
         let (tx, rx) = mpsc::channel(4);
         self.0.push(tokio::spawn(apply_source(
             state.control.clone(),
@@ -522,51 +554,41 @@ async fn apply_source(
     health: Arc<Health>,
     source: SourceKind,
     identities: Option<cluster::identities::ClusterIdentities>,
-    mut rx: mpsc::Receiver<Vec<endpoint::EndpointSpec>>,
+    mut rx: mpsc::Receiver<endpoint::Listing>,
 ) {
-    let mut retry: Option<Vec<endpoint::EndpointSpec>> = None;
+    let mut retry: Option<endpoint::Listing> = None;
     loop {
-        let specs = match retry.take() {
-            Some(specs) => specs,
+        let mut listing = match retry.take() {
+            Some(listing) => listing,
             None => match rx.recv().await {
-                Some(specs) => specs,
+                Some(listing) => listing,
                 None => return,
             },
         };
         // A cluster's source: the identities come from the API server, so every
         // node gives the same labels the same number.
-        let assigned = match &identities {
-            None => Vec::new(),
-            Some(ids) => {
-                let mut sets: Vec<LabelSet> = specs
-                    .iter()
-                    .map(|s| LabelSet::from_k8s(&s.identity_labels()))
-                    .collect();
-                sets.sort();
-                sets.dedup();
-                match ids.ensure(&sets).await {
-                    Ok(assigned) => assigned,
-                    Err(e) => {
-                        tracing::warn!(?source, error = %e, "endpoints wait for their identities");
-                        health.set(
-                            cluster::identities::HEALTH_COMPONENT,
-                            ComponentState::Error,
-                            format!("allocating: {e}"),
-                        );
-                        // A newer listing replaces this one; else try again soon.
-                        retry = match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
-                        {
-                            Ok(Some(newer)) => Some(newer),
-                            Ok(None) => return,
-                            Err(_) => Some(specs),
-                        };
-                        continue;
-                    }
+        if let Some(ids) = &identities {
+            match ids.ensure(&listing.label_sets()).await {
+                Ok(assigned) => listing.assigned = assigned,
+                Err(e) => {
+                    tracing::warn!(?source, error = %e, "endpoints wait for their identities");
+                    health.set(
+                        cluster::identities::HEALTH_COMPONENT,
+                        ComponentState::Error,
+                        format!("allocating: {e}"),
+                    );
+                    // A newer listing replaces this one; else try again soon.
+                    retry = match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                        Ok(Some(newer)) => Some(newer),
+                        Ok(None) => return,
+                        Err(_) => Some(listing),
+                    };
+                    continue;
                 }
             }
-        };
-        let count = specs.len();
-        let report = control.sync_endpoints(source, specs, assigned).await;
+        }
+        let (count, remote) = (listing.local.len(), listing.remote.len());
+        let report = control.sync_endpoints(source, listing).await;
         for err in &report.refused {
             tracing::warn!(?source, error = %err, "endpoint refused");
         }
@@ -580,6 +602,7 @@ async fn apply_source(
         tracing::info!(
             ?source,
             endpoints = count,
+            remote,
             refused = report.refused.len(),
             "endpoints synced"
         );

@@ -34,12 +34,13 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command inside a pod: `loupe lab exec frontend -- curl http://api-service/get`.
+    /// Run a command inside a pod (`loupe lab exec frontend -- curl http://api-service/get`)
+    /// or a node (`loupe lab exec node-a -- ip route`).
     Exec {
         /// Lab name.
         #[arg(long)]
         lab: Option<String>,
-        /// Pod (deployment name or pod name).
+        /// Pod (deployment name or pod name) or node name.
         pod: String,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
@@ -111,28 +112,50 @@ pub(super) fn run(cmd: LabCommand) -> anyhow::Result<i32> {
             command,
         } => {
             let state = lab::find_state(name.as_deref())?;
-            let pod = lab::find_pod(&state, &pod)?;
-            let err = lab::exec(pod, &command);
-            Err(anyhow::anyhow!("exec {command:?} in {}: {err}", pod.netns))
+            let netns = lab::exec_target(&state, &pod)?;
+            let err = lab::exec(&netns, &command);
+            Err(anyhow::anyhow!("exec {command:?} in {netns}: {err}"))
         }
     }
 }
 
 fn print_pods(state: &LabState) {
+    if !state.nodes.is_empty() {
+        println!(
+            "  {:<12} {:<14} {:<16} {:<22} {:<8} SOCKET",
+            "NODE", "ADDRESS", "POD CIDR", "OBSERVER", "AGENT"
+        );
+        for node in &state.nodes {
+            println!(
+                "  {:<12} {:<14} {:<16} {:<22} {:<8} {}",
+                node.name,
+                node.address,
+                node.pod_cidr,
+                node.observer,
+                match node.agent_pid {
+                    Some(pid) if host::alive(pid) => pid.to_string(),
+                    Some(_) => "dead".into(),
+                    None => "-".into(),
+                },
+                node.socket.display()
+            );
+        }
+    }
     println!(
-        "  {:<28} {:<16} {:<22} {:<12} {:<8} LABELS",
-        "POD", "IPV4", "IPV6", "INTERFACE", "PID"
+        "  {:<28} {:<16} {:<22} {:<12} {:<8} {:<8} LABELS",
+        "POD", "IPV4", "IPV6", "INTERFACE", "NODE", "PID"
     );
     for pod in &state.pods {
         let alive = pod.pid.is_some_and(host::alive);
         println!(
-            "  {:<28} {:<16} {:<22} {:<12} {:<8} {}",
+            "  {:<28} {:<16} {:<22} {:<12} {:<8} {:<8} {}",
             format!("{}/{}", state.namespace, pod.pod_name),
             pod.ipv4,
             pod.ipv6
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "-".into()),
             pod.host_if,
+            pod.node.as_deref().unwrap_or("-"),
             match (pod.pid, alive) {
                 (Some(pid), true) => pid.to_string(),
                 (Some(_), false) => "dead".into(),

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use crate::labels::{self, is_dns_label};
 
-/// A lab: one Kubernetes-like namespace of pods on this machine.
+/// A lab: one Kubernetes-like namespace of pods on this machine, on this host
+/// alone or on several nodes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabFile {
@@ -20,13 +21,52 @@ pub struct LabFile {
     pub name: String,
     /// The Kubernetes namespace the pods belong to (as in `demo-app/frontend-…`).
     pub namespace: String,
-    /// IPv4 range of the pods. Its first address is the host's side (the gateway).
+    /// IPv4 range of the pods. Without nodes its first address is the host's
+    /// side (the gateway); with nodes it is the cluster's pod range, holding
+    /// every node's `podCidr`.
     pub cidr: Ipv4Net,
-    /// Optional IPv6 range; when set every pod also gets an IPv6 address.
+    /// Optional IPv6 range; when set every pod also gets an IPv6 address
+    /// (single-node labs only).
     #[serde(default)]
     pub cidr6: Option<Ipv6Net>,
+    /// Nodes: each a network namespace with its own pods and its own agent,
+    /// routed to the others as a cluster's nodes are. Empty: the pods hang off
+    /// this host, whose agent you start yourself.
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+    /// The nodes' own addresses (the network between them); required with
+    /// `nodes`. Its first address is the host's, which routes between nodes.
+    #[serde(default)]
+    pub node_cidr: Option<Ipv4Net>,
+    /// The agents `loupe lab up` starts on the nodes.
+    #[serde(default)]
+    pub agent: AgentSpec,
     /// The pods.
     pub pods: Vec<PodSpec>,
+}
+
+/// One node of a multi-node lab.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// Node name (the agent's `nodeName`, the relay's node names).
+    pub name: String,
+    /// The node's pod range, inside `cidr`; its first address is the node's
+    /// own (the gateway of its pods).
+    pub pod_cidr: Ipv4Net,
+    /// The node's address in `nodeCidr`; allocated in order when absent.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+}
+
+/// How the nodes' agents run.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// An agent configuration file (relative to the lab file) every node's
+    /// agent starts from; `lab up` sets the node's own keys over it.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
 }
 
 /// One pod: a network namespace with a veth into the host and one server process.
@@ -50,6 +90,9 @@ pub struct PodSpec {
     /// Readiness: the server accepts TCP connections on this port.
     #[serde(default)]
     pub ready_port: Option<u16>,
+    /// The node the pod runs on (required when the lab has nodes).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// A lab file that failed to load, naming the file and the field.
@@ -102,8 +145,27 @@ pub struct Lab {
     pub gateway6: Option<Ipv6Addr>,
     /// Directory of the lab file (for `{lab}`).
     pub dir: PathBuf,
+    /// The nodes' range and the host's address in it (with nodes).
+    pub node_net: Option<(Ipv4Net, Ipv4Addr)>,
+    /// The nodes, in file order (empty: a single-node lab on this host).
+    pub nodes: Vec<Node>,
+    /// The agents' base configuration file (absolute).
+    pub agent_config: Option<PathBuf>,
     /// The pods, in file order.
     pub pods: Vec<Pod>,
+}
+
+/// A validated node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Node name.
+    pub name: String,
+    /// The node's pod range.
+    pub pod_cidr: Ipv4Net,
+    /// The node's own address in its pod range (its pods' gateway).
+    pub gateway: Ipv4Addr,
+    /// The node's address between nodes.
+    pub address: Ipv4Addr,
 }
 
 /// A validated pod.
@@ -123,6 +185,8 @@ pub struct Pod {
     pub command: Vec<String>,
     /// Readiness port.
     pub ready_port: Option<u16>,
+    /// The node it runs on (`None` in a single-node lab).
+    pub node: Option<String>,
 }
 
 impl LabFile {
@@ -211,24 +275,66 @@ impl LabFile {
             ));
         }
 
+        let (nodes, node_net) = self.validate_nodes(cidr, &invalid)?;
+        let agent_config = match self.agent.config {
+            Some(_) if nodes.is_empty() => {
+                return Err(invalid(
+                    "agent.config".into(),
+                    "only a lab with nodes starts agents".into(),
+                ));
+            }
+            Some(file) => Some(dir.join(file)),
+            None => None,
+        };
+        let pool_of =
+            |i: usize, node: &Option<String>| -> Result<(Ipv4Net, Ipv4Addr), LabConfigError> {
+                match (node, nodes.is_empty()) {
+                    (None, true) => Ok((cidr, gateway)),
+                    (Some(_), true) => Err(invalid(
+                        format!("pods[{i}].node"),
+                        "set, but the lab has no nodes".into(),
+                    )),
+                    (None, false) => Err(invalid(
+                        format!("pods[{i}].node"),
+                        "required: the lab has nodes".into(),
+                    )),
+                    (Some(name), false) => nodes
+                        .iter()
+                        .find(|n| n.name == *name)
+                        .map(|n| (n.pod_cidr, n.gateway))
+                        .ok_or_else(|| {
+                            invalid(format!("pods[{i}].node"), format!("no node named {name:?}"))
+                        }),
+                }
+            };
+
         let mut names = BTreeSet::new();
         let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
-        taken.insert(IpAddr::V4(gateway));
+        if nodes.is_empty() {
+            taken.insert(IpAddr::V4(gateway));
+        }
+        taken.extend(nodes.iter().map(|n| IpAddr::V4(n.gateway)));
         taken.extend(gateway6.map(IpAddr::V6));
         // Explicit addresses first, so allocation never hands out one a later pod names.
         for (i, pod) in self.pods.iter().enumerate() {
+            let (pool, pool_gateway) = pool_of(i, &pod.node)?;
             if let Some(addr) = pod.address {
                 let field = format!("pods[{i}].address");
-                if !cidr.contains(&addr) || addr == cidr.network() || addr == cidr.broadcast() {
+                let range = if nodes.is_empty() {
+                    format!("cidr {pool}")
+                } else {
+                    format!("its node's podCidr {pool}")
+                };
+                if !pool.contains(&addr) || addr == pool.network() || addr == pool.broadcast() {
                     return Err(invalid(
                         field,
-                        format!("{addr} is outside the usable range of cidr {cidr}"),
+                        format!("{addr} is outside the usable range of {range}"),
                     ));
                 }
-                if addr == gateway {
+                if addr == pool_gateway {
                     return Err(invalid(
                         field,
-                        format!("{addr} is the host's gateway address of the lab"),
+                        format!("{addr} is the gateway address of {range}"),
                     ));
                 }
                 if !taken.insert(IpAddr::V4(addr)) {
@@ -251,7 +357,6 @@ impl LabFile {
                 }
             }
         }
-        let mut free = cidr.hosts().filter(|a| *a != gateway);
         let mut pods = Vec::with_capacity(self.pods.len());
         for (i, spec) in self.pods.into_iter().enumerate() {
             if !is_dns_label(&spec.name) || spec.name.len() > 40 {
@@ -285,15 +390,25 @@ impl LabFile {
                     format!("program {program:?} not found (is scripts/bootstrap done?)"),
                 ));
             }
+            let (pool, _) = pool_of(i, &spec.node)?;
             let ipv4 = match spec.address {
                 Some(a) => a,
-                None => free
-                    .by_ref()
+                None => pool
+                    .hosts()
                     .find(|a| !taken.contains(&IpAddr::V4(*a)))
                     .ok_or_else(|| {
-                        invalid(format!("pods[{i}].address"), format!("cidr {cidr} is full"))
+                        invalid(format!("pods[{i}].address"), format!("{pool} is full"))
                     })?,
             };
+            if nodes.iter().any(|n| n.name == spec.name) {
+                return Err(invalid(
+                    format!("pods[{i}].name"),
+                    format!(
+                        "{:?} is also a node's name (their network namespaces would clash)",
+                        spec.name
+                    ),
+                ));
+            }
             taken.insert(IpAddr::V4(ipv4));
             let ipv6 = match (spec.address6, cidr6) {
                 (Some(a), _) => Some(a),
@@ -331,6 +446,7 @@ impl LabFile {
                 ipv6,
                 command: spec.command,
                 ready_port: spec.ready_port,
+                node: spec.node,
             });
         }
         Ok(Lab {
@@ -341,12 +457,141 @@ impl LabFile {
             gateway,
             gateway6,
             dir,
+            node_net,
+            nodes,
+            agent_config,
             pods,
         })
+    }
+
+    /// The nodes with their addresses, and the nodes' range with the host's
+    /// address in it.
+    #[allow(clippy::type_complexity)]
+    fn validate_nodes(
+        &self,
+        cidr: Ipv4Net,
+        invalid: &dyn Fn(String, String) -> LabConfigError,
+    ) -> Result<(Vec<Node>, Option<(Ipv4Net, Ipv4Addr)>), LabConfigError> {
+        if self.nodes.is_empty() {
+            if let Some(net) = self.node_cidr {
+                return Err(invalid(
+                    "nodeCidr".into(),
+                    format!("{net} is set, but the lab has no nodes"),
+                ));
+            }
+            return Ok((Vec::new(), None));
+        }
+        if self.cidr6.is_some() {
+            return Err(invalid(
+                "cidr6".into(),
+                "a lab with nodes is IPv4 only for now".into(),
+            ));
+        }
+        let Some(node_cidr) = self.node_cidr.map(|n| n.trunc()) else {
+            return Err(invalid(
+                "nodeCidr".into(),
+                "required with nodes: the nodes' own addresses".into(),
+            ));
+        };
+        if node_cidr.contains(&cidr) || cidr.contains(&node_cidr) {
+            return Err(invalid(
+                "nodeCidr".into(),
+                format!("{node_cidr} overlaps the pods' cidr {cidr}"),
+            ));
+        }
+        let mut hosts = node_cidr.hosts();
+        let fabric = hosts
+            .next()
+            .ok_or_else(|| invalid("nodeCidr".into(), format!("{node_cidr} has no hosts")))?;
+        let explicit: BTreeSet<Ipv4Addr> = self.nodes.iter().filter_map(|n| n.address).collect();
+        let mut out: Vec<Node> = Vec::with_capacity(self.nodes.len());
+        for (i, spec) in self.nodes.iter().enumerate() {
+            let field = |key: &str| format!("nodes[{i}].{key}");
+            if !is_dns_label(&spec.name) || spec.name.len() > 20 {
+                return Err(invalid(
+                    field("name"),
+                    format!(
+                        "{:?} must be a DNS label of at most 20 characters",
+                        spec.name
+                    ),
+                ));
+            }
+            if out.iter().any(|n| n.name == spec.name) {
+                return Err(invalid(
+                    field("name"),
+                    format!("duplicate node name {:?}", spec.name),
+                ));
+            }
+            let pod_cidr = spec.pod_cidr.trunc();
+            if !cidr.contains(&pod_cidr) {
+                return Err(invalid(
+                    field("podCidr"),
+                    format!("{pod_cidr} is not inside the lab's cidr {cidr}"),
+                ));
+            }
+            if pod_cidr.prefix_len() > 30 {
+                return Err(invalid(
+                    field("podCidr"),
+                    format!("{pod_cidr} leaves no room for pods (need /30 or larger)"),
+                ));
+            }
+            if let Some(other) = out
+                .iter()
+                .find(|n| n.pod_cidr.contains(&pod_cidr) || pod_cidr.contains(&n.pod_cidr))
+            {
+                return Err(invalid(
+                    field("podCidr"),
+                    format!(
+                        "{pod_cidr} overlaps node {}'s {}",
+                        other.name, other.pod_cidr
+                    ),
+                ));
+            }
+            let address = match spec.address {
+                Some(a) => {
+                    if !node_cidr.contains(&a) || a == fabric || a == node_cidr.broadcast() {
+                        return Err(invalid(
+                            field("address"),
+                            format!(
+                                "{a} is outside the usable range of nodeCidr {node_cidr} \
+                                 (its first address is the host's)"
+                            ),
+                        ));
+                    }
+                    if out.iter().any(|n| n.address == a) {
+                        return Err(invalid(field("address"), format!("{a} is another node's")));
+                    }
+                    a
+                }
+                None => hosts
+                    .by_ref()
+                    .find(|a| !explicit.contains(a) && !out.iter().any(|n| n.address == *a))
+                    .ok_or_else(|| {
+                        invalid(field("address"), format!("nodeCidr {node_cidr} is full"))
+                    })?,
+            };
+            let gateway = pod_cidr
+                .hosts()
+                .next()
+                .ok_or_else(|| invalid(field("podCidr"), format!("{pod_cidr} has no hosts")))?;
+            out.push(Node {
+                name: spec.name.clone(),
+                pod_cidr,
+                gateway,
+                address,
+            });
+        }
+        Ok((out, Some((node_cidr, fabric))))
     }
 }
 
 impl Lab {
+    /// The node a pod runs on.
+    pub fn node_of(&self, pod: &Pod) -> Option<&Node> {
+        let name = pod.node.as_deref()?;
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
     /// Every range of the lab, for routes and membership checks.
     pub fn nets(&self) -> Vec<IpNet> {
         let mut nets = vec![IpNet::V4(self.cidr)];
@@ -498,6 +743,117 @@ pods:
         assert!(e.contains("pods[1].name"), "{e}");
         let e = err(&GOOD.replace("cidr: 10.200.0.0/24", "cidr: 10.200.0.0/33"));
         assert!(e.contains("cidr"), "{e}");
+    }
+
+    const NODES: &str = r#"
+name: cluster
+namespace: demo-app
+cidr: 10.201.0.0/16
+nodeCidr: 10.202.0.0/24
+nodes:
+  - {name: node-a, podCidr: 10.201.1.0/24}
+  - {name: node-b, podCidr: 10.201.2.0/24, address: 10.202.0.9}
+  - {name: node-c, podCidr: 10.201.3.0/24}
+pods:
+  - {name: frontend, node: node-a, labels: {app: frontend}, command: [nginx]}
+  - {name: db, node: node-b, labels: {app: db}, command: [redis-server]}
+  - {name: api, node: node-b, address: 10.201.2.7, command: [nginx]}
+"#;
+
+    #[test]
+    fn nodes_get_addresses_and_pods_their_nodes_ranges() {
+        let lab = load(NODES).unwrap();
+        let addrs: Vec<(String, Ipv4Addr, Ipv4Addr)> = lab
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.address, n.gateway))
+            .collect();
+        assert_eq!(
+            addrs,
+            vec![
+                (
+                    "node-a".into(),
+                    "10.202.0.2".parse().unwrap(),
+                    "10.201.1.1".parse().unwrap()
+                ),
+                (
+                    "node-b".into(),
+                    "10.202.0.9".parse().unwrap(),
+                    "10.201.2.1".parse().unwrap()
+                ),
+                (
+                    "node-c".into(),
+                    "10.202.0.3".parse().unwrap(),
+                    "10.201.3.1".parse().unwrap()
+                ),
+            ]
+        );
+        assert_eq!(lab.node_net.unwrap().1, Ipv4Addr::new(10, 202, 0, 1));
+        let pods: Vec<Ipv4Addr> = lab.pods.iter().map(|p| p.ipv4).collect();
+        assert_eq!(
+            pods,
+            [[10, 201, 1, 2], [10, 201, 2, 2], [10, 201, 2, 7]].map(Ipv4Addr::from)
+        );
+        assert_eq!(lab.node_of(&lab.pods[1]).unwrap().name, "node-b");
+    }
+
+    #[test]
+    fn refuses_node_layouts_a_cluster_cannot_have() {
+        let cases = [
+            (
+                NODES.replace("nodeCidr: 10.202.0.0/24\n", ""),
+                "nodeCidr: required with nodes",
+            ),
+            (
+                NODES.replace("node: node-a, ", ""),
+                "pods[0].node: required: the lab has nodes",
+            ),
+            (
+                NODES.replace("node: node-a", "node: node-x"),
+                "pods[0].node: no node named \"node-x\"",
+            ),
+            (
+                NODES.replace("10.201.3.0/24", "10.201.2.128/25"),
+                "nodes[2].podCidr: 10.201.2.128/25 overlaps node node-b's 10.201.2.0/24",
+            ),
+            (
+                NODES.replace("10.201.3.0/24", "10.9.3.0/24"),
+                "nodes[2].podCidr: 10.9.3.0/24 is not inside the lab's cidr 10.201.0.0/16",
+            ),
+            (
+                NODES.replace("10.201.2.7", "10.201.1.7"),
+                "pods[2].address: 10.201.1.7 is outside the usable range of its node's podCidr 10.201.2.0/24",
+            ),
+            (
+                NODES.replace("10.202.0.9", "10.202.0.1"),
+                "nodes[1].address: 10.202.0.1 is outside the usable range",
+            ),
+            (
+                NODES.replace("name: node-c", "name: node-a"),
+                "nodes[2].name: duplicate node name",
+            ),
+            (
+                NODES.replace("name: api", "name: node-c"),
+                "pods[2].name: \"node-c\" is also a node's name",
+            ),
+            (
+                NODES.replace("10.202.0.0/24", "10.201.200.0/24"),
+                "nodeCidr: 10.201.200.0/24 overlaps the pods' cidr",
+            ),
+            (
+                NODES.replace("nodeCidr:", "cidr6: fd00::/64\nnodeCidr:"),
+                "cidr6: a lab with nodes is IPv4 only",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = err(&text);
+            assert!(e.contains(expected), "expected {expected:?} in {e}");
+        }
+        let e = err(&GOOD.replace("    command: [nginx]", "    node: a\n    command: [nginx]"));
+        assert!(
+            e.contains("pods[0].node: set, but the lab has no nodes"),
+            "{e}"
+        );
     }
 
     #[test]

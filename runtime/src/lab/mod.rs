@@ -13,8 +13,19 @@
 //!
 //! Pods only have routes to the lab's ranges: nothing they run can reach beyond
 //! the lab.
+//!
+//! A lab with `nodes` puts another layer in between: each node is a network
+//! namespace linked to the host the same way, its pods hang off it as above,
+//! the host routes each node's pod range to the node (a cluster's native
+//! routing), and `lab up` starts one agent per node inside the node's namespace.
+//!
+//! ```text
+//!  pod netns ──veth── node netns loupe-<lab>-<node> (agent, lxc*, eth0) ──veth── host
+//!                     lo: podCidr's first address          host: route podCidr via node
+//! ```
 
 pub mod config;
+pub mod identities;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -28,8 +39,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::host::{self, HostError};
-pub use config::{Lab, LabConfigError, LabFile, Pod};
-pub use state::{LabState, PodState};
+pub use config::{Lab, LabConfigError, LabFile, Node, Pod};
+pub use state::{LabState, NodeState, PodState};
 
 /// The link-local next hop pods route through; the host answers for it by proxy ARP.
 const POD_GATEWAY4: &str = "169.254.1.1";
@@ -37,6 +48,10 @@ const POD_GATEWAY4: &str = "169.254.1.1";
 const POD_GATEWAY6: &str = "fe80::1";
 /// How long a pod's server may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node's agent may take to serve its Observer.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// The port a node's agent serves Observer and Peer on (Hubble's).
+const OBSERVER_PORT: u16 = 4244;
 
 /// Why a lab operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +128,77 @@ pub mod names {
     pub fn netns_prefix(lab: &str) -> String {
         format!("loupe-{lab}-")
     }
+
+    /// A node's host-side link.
+    pub fn node_veth(lab: &str, node: &str) -> String {
+        format!("nod{}", hash8(&format!("{lab}/node/{node}")))
+    }
+
+    /// A node's link before it moves into the node and becomes `eth0`.
+    pub fn node_peer_veth(lab: &str, node: &str) -> String {
+        format!("tmn{}", hash8(&format!("{lab}/node/{node}")))
+    }
+}
+
+/// Where the host side of a pod's link lives: this host, or a node's namespace.
+#[derive(Debug, Clone, Copy)]
+struct Side<'a> {
+    netns: Option<&'a str>,
+}
+
+impl Side<'_> {
+    fn ip(&self, args: &[&str]) -> Result<String, HostError> {
+        match self.netns {
+            None => host::ip(args),
+            Some(ns) => {
+                let mut full = vec!["-n", ns];
+                full.extend_from_slice(args);
+                host::ip(&full)
+            }
+        }
+    }
+
+    fn sysctl(&self, key: &str, value: &str) -> Result<(), HostError> {
+        match self.netns {
+            None => host::sysctl(key, value),
+            Some(ns) => host::run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    &format!("{key}={value}"),
+                ],
+            )
+            .map(drop),
+        }
+    }
+
+    fn ifindex(&self, name: &str) -> Result<u32, HostError> {
+        match self.netns {
+            None => host::ifindex(name),
+            Some(_) => {
+                // `12: lxc…@if2: <…>`
+                let out = self.ip(&["-o", "link", "show", "dev", name])?;
+                out.split(':')
+                    .next()
+                    .and_then(|n| n.trim().parse().ok())
+                    .ok_or_else(|| HostError::Failed {
+                        command: format!("ip link show dev {name}"),
+                        stderr: format!("no interface index in {out:?}"),
+                    })
+            }
+        }
+    }
+
+    fn link_exists(&self, name: &str) -> bool {
+        match self.netns {
+            None => host::link_exists(name),
+            Some(_) => self.ip(&["link", "show", "dev", name]).is_ok(),
+        }
+    }
 }
 
 /// PATH given to pod processes: Loupe's tools (`/opt/loupe`, or `$LOUPE_TOOLS`), its
@@ -175,6 +261,8 @@ pub fn up(lab: &Lab, file: &Path) -> Result<UpOutcome, LabError> {
         gateway6: lab.gateway6,
         nets: lab.nets().iter().map(ToString::to_string).collect(),
         sysctls: BTreeMap::new(),
+        nodes: Vec::new(),
+        fabric: lab.node_net.map(|(_, host)| host),
         pods: Vec::new(),
         ready: false,
     };
@@ -217,6 +305,15 @@ fn write_state(state: &LabState) -> Result<(), LabError> {
 
 fn matches_lab(state: &LabState, lab: &Lab) -> bool {
     state.namespace == lab.namespace
+        && state.nodes.len() == lab.nodes.len()
+        && state.nodes.iter().zip(&lab.nodes).all(|(s, n)| {
+            s.name == n.name
+                && s.address == n.address
+                && s.pod_cidr == n.pod_cidr.to_string()
+                && agent_config_text(lab, n).is_ok_and(|text| {
+                    std::fs::read_to_string(&s.config).is_ok_and(|now| now == text)
+                })
+        })
         && state.pods.len() == lab.pods.len()
         && state.pods.iter().zip(&lab.pods).all(|(s, p)| {
             s.name == p.name
@@ -224,17 +321,40 @@ fn matches_lab(state: &LabState, lab: &Lab) -> bool {
                 && s.ipv4 == p.ipv4
                 && s.ipv6 == p.ipv6
                 && s.command == p.command
+                && s.node == p.node
         })
 }
 
-/// Every pod's namespace and veth exist and its server is alive.
+/// Every node's and pod's namespace and link exist, and its agent or server is
+/// alive.
 pub fn healthy(state: &LabState) -> bool {
     let Ok(netns) = host::netns_list() else {
         return false;
     };
-    state.pods.iter().all(|p| {
-        netns.contains(&p.netns) && host::link_exists(&p.host_if) && p.pid.is_some_and(host::alive)
-    })
+    let nodes_ok = state.nodes.iter().all(|n| {
+        netns.contains(&n.netns)
+            && host::link_exists(&n.host_if)
+            && n.agent_pid.is_some_and(host::alive)
+    });
+    nodes_ok
+        && state.pods.iter().all(|p| {
+            let side = Side {
+                netns: node_netns(state, p.node.as_deref()),
+            };
+            netns.contains(&p.netns)
+                && side.link_exists(&p.host_if)
+                && p.pid.is_some_and(host::alive)
+        })
+}
+
+/// The namespace of a pod's node (`None`: this host).
+fn node_netns<'a>(state: &'a LabState, node: Option<&str>) -> Option<&'a str> {
+    let node = node?;
+    state
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .map(|n| n.netns.as_str())
 }
 
 fn build(lab: &Lab, state: &mut LabState) -> Result<(), LabError> {
@@ -258,10 +378,20 @@ fn build(lab: &Lab, state: &mut LabState) -> Result<(), LabError> {
     }
     write_state(state)?;
 
-    // The host's own address in the lab, on loopback: replies to the host route
-    // back through the pod's veth, and no extra device is needed.
-    for gw in gateway_addrs(lab.gateway, lab.gateway6) {
-        host::ip(&["addr", "add", &gw, "dev", "lo"])?;
+    if let Some((_, fabric)) = lab.node_net {
+        // The host routes between the nodes: its address among them on loopback.
+        host::ip(&["addr", "add", &format!("{fabric}/32"), "dev", "lo"])?;
+        for node in &lab.nodes {
+            let node_state = make_node(lab, node, fabric)?;
+            state.nodes.push(node_state);
+            write_state(state)?;
+        }
+    } else {
+        // The host's own address in the lab, on loopback: replies to the host
+        // route back through the pod's veth, and no extra device is needed.
+        for gw in gateway_addrs(lab.gateway, lab.gateway6) {
+            host::ip(&["addr", "add", &gw, "dev", "lo"])?;
+        }
     }
 
     let hosts = hosts_file(lab);
@@ -277,9 +407,277 @@ fn build(lab: &Lab, state: &mut LabState) -> Result<(), LabError> {
     for (pod, pod_state) in lab.pods.iter().zip(&state.pods) {
         wait_ready(lab, pod, pod_state)?;
     }
+    // The agents list the lab's pods once it is ready.
     state.ready = true;
     write_state(state)?;
+    for i in 0..state.nodes.len() {
+        let pid = start_agent(lab, &lab.nodes[i], &state.nodes[i])?;
+        state.nodes[i].agent_pid = Some(pid);
+        write_state(state)?;
+    }
+    for node in &state.nodes {
+        wait_agent(&lab.name, node)?;
+    }
     Ok(())
+}
+
+/// Makes a node: its namespace, its link to the host, routes both ways.
+fn make_node(lab: &Lab, node: &Node, fabric: std::net::Ipv4Addr) -> Result<NodeState, LabError> {
+    let netns = names::netns(&lab.name, &node.name);
+    let host_if = names::node_veth(&lab.name, &node.name);
+    let peer = names::node_peer_veth(&lab.name, &node.name);
+    let Some((node_cidr, _)) = lab.node_net else {
+        return Err(LabError::NotFound("a node without a node range".into()));
+    };
+    host::ip(&["netns", "add", &netns])?;
+    host::ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+    ])?;
+    host::ip(&["link", "set", &peer, "netns", &netns])?;
+    let side = Side {
+        netns: Some(&netns),
+    };
+    side.ip(&["link", "set", &peer, "name", "eth0"])?;
+    side.ip(&["link", "set", "lo", "up"])?;
+    side.ip(&[
+        "addr",
+        "add",
+        &format!("{}/32", node.address),
+        "dev",
+        "eth0",
+    ])?;
+    // The node's own address in its pod range: its pods' gateway.
+    side.ip(&["addr", "add", &format!("{}/32", node.gateway), "dev", "lo"])?;
+    side.ip(&["link", "set", "eth0", "up"])?;
+    side.ip(&["route", "add", POD_GATEWAY4, "dev", "eth0", "scope", "link"])?;
+    // Other nodes and their pods through the host.
+    for net in [lab.cidr.to_string(), node_cidr.to_string()] {
+        side.ip(&["route", "add", &net, "via", POD_GATEWAY4, "dev", "eth0"])?;
+    }
+    side.sysctl("net.ipv4.ip_forward", "1")?;
+    host::sysctl(&format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
+    host::ip(&["link", "set", &host_if, "up"])?;
+    host::ip(&[
+        "route",
+        "add",
+        &format!("{}/32", node.address),
+        "dev",
+        &host_if,
+        "src",
+        &fabric.to_string(),
+    ])?;
+    host::ip(&[
+        "route",
+        "add",
+        &node.pod_cidr.to_string(),
+        "via",
+        &node.address.to_string(),
+        "src",
+        &fabric.to_string(),
+    ])?;
+    let dir = NodeState::dir(&lab.name, &node.name);
+    Ok(NodeState {
+        name: node.name.clone(),
+        netns,
+        host_if,
+        address: node.address,
+        pod_cidr: node.pod_cidr.to_string(),
+        gateway: node.gateway,
+        socket: dir.join("loupe.sock"),
+        config: dir.join("agent.yaml"),
+        observer: format!("{}:{OBSERVER_PORT}", node.address),
+        agent_pid: None,
+    })
+}
+
+/// A node's agent configuration: the lab's base file with the node's own keys
+/// over it.
+fn agent_config_text(lab: &Lab, node: &Node) -> Result<String, LabError> {
+    use serde_norway::{Mapping, Value};
+    let mut config = match &lab.agent_config {
+        None => Value::Mapping(Mapping::new()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| LabError::State {
+                path: path.clone(),
+                source,
+            })?;
+            serde_norway::from_str(&text).map_err(|e| LabError::Pod {
+                pod: node.name.clone(),
+                message: format!("agent.config {}: {e}", path.display()),
+            })?
+        }
+    };
+    let dir = NodeState::dir(&lab.name, &node.name);
+    let path = |p: PathBuf| Value::String(p.display().to_string());
+    let listen_port = lookup(&config, &["hubble", "listenAddress"])
+        .and_then(Value::as_str)
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .unwrap_or(OBSERVER_PORT);
+    let keys: [(&[&str], Value); 8] = [
+        (&["nodeName"], Value::String(node.name.clone())),
+        (&["socketPath"], path(dir.join("loupe.sock"))),
+        (&["stateDir"], path(dir.join("state"))),
+        (&["bpf", "pinPath"], path(dir.join("bpf"))),
+        (&["endpoints", "lab"], Value::Bool(true)),
+        (
+            &["endpoints", "labNames"],
+            Value::Sequence(vec![Value::String(lab.name.clone())]),
+        ),
+        (
+            &["hubble", "listenAddress"],
+            Value::String(format!("{}:{listen_port}", node.address)),
+        ),
+        // Traffic from other nodes arrives on the node's link.
+        (
+            &["devices"],
+            Value::Sequence(vec![Value::String("eth0".into())]),
+        ),
+    ];
+    for (key, value) in keys {
+        set(&mut config, key, value);
+    }
+    let text = serde_norway::to_string(&config).map_err(|e| LabError::Pod {
+        pod: node.name.clone(),
+        message: format!("agent configuration: {e}"),
+    })?;
+    Ok(format!(
+        "# Written by `loupe lab up` for node {} of lab {}.\n{text}",
+        node.name, lab.name
+    ))
+}
+
+fn lookup<'a>(value: &'a serde_norway::Value, key: &[&str]) -> Option<&'a serde_norway::Value> {
+    key.iter().try_fold(value, |v, k| v.get(k))
+}
+
+fn set(value: &mut serde_norway::Value, key: &[&str], new: serde_norway::Value) {
+    use serde_norway::{Mapping, Value};
+    let Some((last, parents)) = key.split_last() else {
+        return;
+    };
+    let mut at = value;
+    for k in parents {
+        if !at.get(k).is_some_and(Value::is_mapping) {
+            if let Some(map) = at.as_mapping_mut() {
+                map.insert(
+                    Value::String((*k).to_string()),
+                    Value::Mapping(Mapping::new()),
+                );
+            }
+        }
+        let Some(next) = at.get_mut(k) else { return };
+        at = next;
+    }
+    if let Some(map) = at.as_mapping_mut() {
+        map.insert(Value::String((*last).to_string()), new);
+    }
+}
+
+/// Starts a node's agent inside the node's namespace, detached like the pods'
+/// servers; its pins live on a bpffs of the node's own.
+fn start_agent(lab: &Lab, node: &Node, state: &NodeState) -> Result<i32, LabError> {
+    let dir = NodeState::dir(&lab.name, &node.name);
+    let bpf = dir.join("bpf");
+    for d in [&dir, &bpf] {
+        std::fs::create_dir_all(d).map_err(|source| LabError::State {
+            path: d.clone(),
+            source,
+        })?;
+    }
+    if !is_mount_point(&bpf) {
+        host::run("mount", &["-t", "bpf", "bpf", &bpf.display().to_string()])?;
+    }
+    let text = agent_config_text(lab, node)?;
+    std::fs::write(&state.config, text).map_err(|source| LabError::State {
+        path: state.config.clone(),
+        source,
+    })?;
+    let exe = std::env::current_exe().map_err(|source| LabError::State {
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let log = dir.join("agent.log");
+    let open_log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|source| LabError::State {
+                path: log.clone(),
+                source,
+            })
+    };
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &state.netns])
+        .arg(&exe)
+        .args(["agent", "--config"])
+        .arg(&state.config)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(open_log()?)
+        .stderr(open_log()?);
+    // SAFETY: setsid is async-signal-safe and touches no memory of this process.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| LabError::Pod {
+        pod: node.name.clone(),
+        message: format!("starting the agent: {e}"),
+    })?;
+    let pid = i32::try_from(child.id()).map_err(|_| LabError::Pod {
+        pod: node.name.clone(),
+        message: "PID out of range".into(),
+    })?;
+    tracing::info!(node = %node.name, pid, "agent started");
+    Ok(pid)
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    let target = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(target.as_str()))
+    })
+}
+
+/// Waits until a node's agent serves its Observer.
+fn wait_agent(lab: &str, node: &NodeState) -> Result<(), LabError> {
+    let addr: SocketAddr = node.observer.parse().map_err(|_| LabError::Pod {
+        pod: node.name.clone(),
+        message: format!("observer address {:?}", node.observer),
+    })?;
+    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+    let log = || {
+        let text = std::fs::read_to_string(NodeState::dir(lab, &node.name).join("agent.log"))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    };
+    loop {
+        if !node.agent_pid.is_some_and(host::alive) {
+            return Err(LabError::Pod {
+                pod: node.name.clone(),
+                message: format!("agent exited; log:\n{}", log()),
+            });
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Pod {
+                pod: node.name.clone(),
+                message: format!(
+                    "agent not serving on {addr} after {AGENT_READY_TIMEOUT:?}; log:\n{}",
+                    log()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `/etc/hosts` for every pod: each deployment by its name, its service-style names
@@ -302,6 +700,12 @@ fn hosts_file(lab: &Lab) -> String {
 }
 
 fn make_pod(lab: &Lab, pod: &Pod, hosts: &str) -> Result<PodState, LabError> {
+    let node = lab.node_of(pod);
+    let node_netns = node.map(|n| names::netns(&lab.name, &n.name));
+    let side = Side {
+        netns: node_netns.as_deref(),
+    };
+    let gateway = node.map_or(lab.gateway, |n| n.gateway);
     let netns = names::netns(&lab.name, &pod.name);
     let host_if = names::host_veth(&lab.name, &pod.name);
     let peer = names::peer_veth(&lab.name, &pod.name);
@@ -319,10 +723,10 @@ fn make_pod(lab: &Lab, pod: &Pod, hosts: &str) -> Result<PodState, LabError> {
     })?;
 
     host::ip(&["netns", "add", &netns])?;
-    host::ip(&[
+    side.ip(&[
         "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
     ])?;
-    host::ip(&["link", "set", &peer, "netns", &netns])?;
+    side.ip(&["link", "set", &peer, "netns", &netns])?;
     let n = |args: &[&str]| -> Result<String, HostError> {
         let mut full = vec!["-n", netns.as_str()];
         full.extend_from_slice(args);
@@ -356,20 +760,32 @@ fn make_pod(lab: &Lab, pod: &Pod, hosts: &str) -> Result<PodState, LabError> {
         "dev",
         "eth0",
     ])?;
-
-    host::sysctl(&format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
-    if lab.cidr6.is_some() {
-        host::sysctl(&format!("net.ipv6.conf.{host_if}.accept_dad"), "0")?;
+    // With nodes, the host (and the relay on it) talks to pods from the nodes' range.
+    if let Some((node_cidr, _)) = lab.node_net {
+        n(&[
+            "route",
+            "add",
+            &node_cidr.to_string(),
+            "via",
+            POD_GATEWAY4,
+            "dev",
+            "eth0",
+        ])?;
     }
-    host::ip(&["link", "set", &host_if, "up"])?;
-    host::ip(&[
+
+    side.sysctl(&format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
+    if lab.cidr6.is_some() {
+        side.sysctl(&format!("net.ipv6.conf.{host_if}.accept_dad"), "0")?;
+    }
+    side.ip(&["link", "set", &host_if, "up"])?;
+    side.ip(&[
         "route",
         "add",
         &format!("{}/32", pod.ipv4),
         "dev",
         &host_if,
         "src",
-        &lab.gateway.to_string(),
+        &gateway.to_string(),
     ])?;
     if let (Some(v6), Some(c6), Some(g6)) = (pod.ipv6, lab.cidr6, lab.gateway6) {
         host::ip(&[
@@ -415,13 +831,14 @@ fn make_pod(lab: &Lab, pod: &Pod, hosts: &str) -> Result<PodState, LabError> {
         name: pod.name.clone(),
         pod_name: pod.pod_name.clone(),
         labels: pod.labels.clone(),
-        ifindex: host::ifindex(&host_if)?,
+        ifindex: side.ifindex(&host_if)?,
         netns,
         host_if,
         ipv4: pod.ipv4,
         ipv6: pod.ipv6,
         command: pod.command.clone(),
         pid: None,
+        node: pod.node.clone(),
     })
 }
 
@@ -537,9 +954,19 @@ pub fn log_tail(lab: &str, pod: &str) -> String {
 /// Removes everything a lab state records: processes, namespaces, links, routes
 /// (they go with the links), hosts files, sysctls, state.
 pub fn teardown(state: &LabState) -> Result<(), LabError> {
+    // Agents first: nothing enforces on a half-removed lab.
+    for node in &state.nodes {
+        stop_pod(&node.netns, node.agent_pid);
+    }
     for pod in &state.pods {
         stop_pod(&pod.netns, pod.pid);
         remove_pod_net(&pod.netns, &pod.host_if);
+    }
+    for node in &state.nodes {
+        remove_node(&state.name, &node.name);
+    }
+    if let Some(fabric) = state.fabric {
+        remove_gateway(fabric, None);
     }
     remove_gateway(state.gateway, state.gateway6);
     // Forwarding is restored only when no other lab still needs it.
@@ -568,6 +995,21 @@ fn remove_gateway(v4: std::net::Ipv4Addr, v6: Option<std::net::Ipv6Addr>) {
         if present.contains(&format!(" {gw} ")) {
             let _ = host::ip(&["addr", "del", &gw, "dev", "lo"]);
         }
+    }
+}
+
+/// Removes a node: its processes, pins, namespace and link.
+fn remove_node(lab: &str, node: &str) {
+    let netns = names::netns(lab, node);
+    stop_pod(&netns, None);
+    let bpf = NodeState::dir(lab, node).join("bpf");
+    if is_mount_point(&bpf) {
+        let _ = host::run("umount", &[&bpf.display().to_string()]);
+    }
+    remove_pod_net(&netns, &names::node_veth(lab, node));
+    let peer = names::node_peer_veth(lab, node);
+    if host::link_exists(&peer) {
+        let _ = host::ip(&["link", "del", &peer]);
     }
 }
 
@@ -644,6 +1086,10 @@ pub fn down_names(lab: &Lab) -> Result<(), LabError> {
     if let Some(state) = readable_state(&lab.name) {
         teardown(&state)?;
     }
+    // Agents first, then the nodes once their pods are gone (below).
+    for node in &lab.nodes {
+        stop_pod(&names::netns(&lab.name, &node.name), None);
+    }
     let prefix = names::netns_prefix(&lab.name);
     // Lab `a`'s prefix `loupe-a-` also starts lab `a-b`'s namespaces: those of
     // other labs are never this lab's leftovers.
@@ -660,9 +1106,15 @@ pub fn down_names(lab: &Lab) -> Result<(), LabError> {
         // A name this lab's file implies but another lab has recorded is theirs.
         .filter(|(ns, _)| !others.iter().any(|(_, o)| o.netns.contains(ns)))
         .collect();
+    let node_netns: Vec<String> = lab
+        .nodes
+        .iter()
+        .map(|n| names::netns(&lab.name, &n.name))
+        .collect();
     for ns in host::netns_list()? {
         if ns.starts_with(&prefix)
             && !netns.iter().any(|(n, _)| *n == ns)
+            && !node_netns.contains(&ns)
             && !others.iter().any(|(_, o)| o.is_match(&ns))
         {
             let pod = &ns[prefix.len()..];
@@ -678,6 +1130,12 @@ pub fn down_names(lab: &Lab) -> Result<(), LabError> {
         if host::link_exists(&peer) {
             let _ = host::ip(&["link", "del", &peer]);
         }
+    }
+    for node in &lab.nodes {
+        remove_node(&lab.name, &node.name);
+    }
+    if let Some((_, fabric)) = lab.node_net {
+        remove_gateway(fabric, None);
     }
     remove_gateway(lab.gateway, lab.gateway6);
     let dir = state::lab_dir(&lab.name);
@@ -726,10 +1184,19 @@ pub fn find_pod<'a>(state: &'a LabState, pod: &str) -> Result<&'a PodState, LabE
         })
 }
 
-/// Replaces this process with `argv` run inside the pod's namespace.
-pub fn exec(pod: &PodState, argv: &[String]) -> std::io::Error {
+/// The namespace `lab exec` runs in: a pod's (by deployment or pod name) or a
+/// node's (by node name).
+pub fn exec_target(state: &LabState, name: &str) -> Result<String, LabError> {
+    if let Some(node) = state.nodes.iter().find(|n| n.name == name) {
+        return Ok(node.netns.clone());
+    }
+    find_pod(state, name).map(|p| p.netns.clone())
+}
+
+/// Replaces this process with `argv` run inside the namespace `netns`.
+pub fn exec(netns: &str, argv: &[String]) -> std::io::Error {
     Command::new("ip")
-        .args(["netns", "exec", &pod.netns])
+        .args(["netns", "exec", netns])
         .args(argv)
         .env("PATH", pod_path())
         .exec()

@@ -26,10 +26,49 @@ pub struct LabState {
     pub nets: Vec<String>,
     /// Sysctls changed on the host, with their previous values, restored by `down`.
     pub sysctls: BTreeMap<String, String>,
+    /// The nodes created so far (empty: a single-node lab on this host).
+    #[serde(default)]
+    pub nodes: Vec<NodeState>,
+    /// The host's address between the nodes (with nodes).
+    #[serde(default)]
+    pub fabric: Option<Ipv4Addr>,
     /// The pods created so far.
     pub pods: Vec<PodState>,
     /// Every pod is up and ready.
     pub ready: bool,
+}
+
+/// One node as created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeState {
+    /// Node name.
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// The host's side of its link.
+    pub host_if: String,
+    /// Its address between nodes.
+    pub address: Ipv4Addr,
+    /// Its pod range.
+    pub pod_cidr: String,
+    /// Its own address in the pod range.
+    pub gateway: Ipv4Addr,
+    /// Its agent's API socket.
+    pub socket: PathBuf,
+    /// Its agent's configuration file (written by `lab up`).
+    pub config: PathBuf,
+    /// Where its agent's Observer and Peer services answer (`address:port`).
+    pub observer: String,
+    /// PID of its agent.
+    pub agent_pid: Option<i32>,
+}
+
+impl NodeState {
+    /// The node's directory: agent configuration, state, pins, log.
+    pub fn dir(lab: &str, node: &str) -> PathBuf {
+        lab_dir(lab).join("nodes").join(node)
+    }
 }
 
 /// One pod as created.
@@ -56,6 +95,9 @@ pub struct PodState {
     pub command: Vec<String>,
     /// PID of the pod's server.
     pub pid: Option<i32>,
+    /// The node it runs on (a lab with nodes).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// Loupe's runtime directory (`/run/loupe`, or `$LOUPE_RUN_DIR`).

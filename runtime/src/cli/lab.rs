@@ -70,6 +70,14 @@ pub(super) fn run(cmd: LabCommand) -> anyhow::Result<i32> {
                     println!("lab {} is already up:", state.name);
                     print_pods(&state);
                 }
+                UpOutcome::AgentsRestarted(state, nodes) => {
+                    println!(
+                        "lab {} is up; restarted the agents of {}:",
+                        state.name,
+                        nodes.join(", ")
+                    );
+                    print_pods(&state);
+                }
             }
             Ok(0)
         }

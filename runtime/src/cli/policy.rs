@@ -34,6 +34,11 @@ pub enum PolicyCommand {
         /// Files or directories (`-f` as in kubectl is accepted too).
         #[arg(short = 'f', long = "file", required = true)]
         paths: Vec<PathBuf>,
+        /// Apply on every node of this multi-node lab (each node's agent), as the
+        /// API server hands a policy to every node: checked on all first, so a
+        /// node that would refuse it leaves every node as it was.
+        #[arg(long)]
+        lab: Option<String>,
     },
     /// Delete policies by `namespace/name` (or by the files that define them).
     Delete {
@@ -42,6 +47,9 @@ pub enum PolicyCommand {
         /// Files whose policies to delete.
         #[arg(short = 'f', long = "file")]
         paths: Vec<PathBuf>,
+        /// Delete on every node of this multi-node lab.
+        #[arg(long)]
+        lab: Option<String>,
     },
     /// List the policies in force.
     List {
@@ -118,6 +126,33 @@ fn print_result(verb: &str, result: &PolicyResult) {
     );
 }
 
+/// The agents a command goes to: every node's of `lab` (by node name), else
+/// the one at `socket` (unnamed).
+fn agents(socket: &Path, lab: Option<&str>) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let Some(name) = lab else {
+        return Ok(vec![(String::new(), socket.to_path_buf())]);
+    };
+    let state = crate::lab::find_state(Some(name))?;
+    if state.nodes.is_empty() {
+        anyhow::bail!("lab {name} has no nodes: its agent is the one at --socket");
+    }
+    Ok(state
+        .nodes
+        .into_iter()
+        .map(|n| (n.name, n.socket))
+        .collect())
+}
+
+async fn connect(node: &str, socket: &Path) -> anyhow::Result<tonic::transport::Channel> {
+    client::connect(socket).await.map_err(|e| {
+        if node.is_empty() {
+            anyhow::Error::new(e)
+        } else {
+            anyhow::Error::new(e).context(format!("node {node}"))
+        }
+    })
+}
+
 pub(super) async fn run(cmd: PolicyCommand, socket: &Path) -> anyhow::Result<i32> {
     match cmd {
         PolicyCommand::Validate {
@@ -149,37 +184,61 @@ pub(super) async fn run(cmd: PolicyCommand, socket: &Path) -> anyhow::Result<i32
             }
             Ok(0)
         }
-        PolicyCommand::Apply { paths } => {
+        PolicyCommand::Apply { paths, lab } => {
             let docs = read_files(&paths)?;
-            let mut client = PoliciesClient::new(client::connect(socket).await?);
-            let result = client
-                .apply(docs)
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner();
-            print_result("applied", &result);
+            let nodes = agents(socket, lab.as_deref())?;
+            if nodes.len() > 1 {
+                for (node, socket) in &nodes {
+                    let mut client = PoliciesClient::new(connect(node, socket).await?);
+                    client
+                        .validate(docs.clone())
+                        .await
+                        .map_err(|s| anyhow::anyhow!("node {node}: {}", s.message()))?;
+                }
+            }
+            for (node, socket) in &nodes {
+                let mut client = PoliciesClient::new(connect(node, socket).await?);
+                let result = client
+                    .apply(docs.clone())
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner();
+                if !node.is_empty() {
+                    println!("node {node}:");
+                }
+                print_result("applied", &result);
+            }
             Ok(0)
         }
-        PolicyCommand::Delete { mut keys, paths } => {
+        PolicyCommand::Delete {
+            mut keys,
+            paths,
+            lab,
+        } => {
             for path in &paths {
                 keys.extend(parse_path(path)?.iter().map(crate::policy::Policy::key));
             }
             if keys.is_empty() {
                 anyhow::bail!("name policies as namespace/name, or give -f FILE");
             }
-            let mut client = PoliciesClient::new(client::connect(socket).await?);
-            let result = client
-                .delete(DeleteRequest { keys })
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner();
-            for key in &result.policies {
-                println!("deleted {key}");
+            for (node, socket) in agents(socket, lab.as_deref())? {
+                let mut client = PoliciesClient::new(connect(&node, &socket).await?);
+                let result = client
+                    .delete(DeleteRequest { keys: keys.clone() })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner();
+                if !node.is_empty() {
+                    println!("node {node}:");
+                }
+                for key in &result.policies {
+                    println!("deleted {key}");
+                }
+                println!(
+                    "policy revision {}, {} policy map entries",
+                    result.revision, result.entries
+                );
             }
-            println!(
-                "policy revision {}, {} policy map entries",
-                result.revision, result.entries
-            );
             Ok(0)
         }
         PolicyCommand::List { verbose } => {

@@ -238,18 +238,41 @@ pub enum UpOutcome {
     Created(LabState),
     /// The lab was already up and healthy; nothing changed.
     AlreadyUp(LabState),
+    /// The lab was up but these nodes' agents had stopped: they were started
+    /// again (pods, links and pins untouched).
+    AgentsRestarted(LabState, Vec<String>),
 }
 
 /// Builds the lab. Idempotent: a healthy lab built from the same file is left as it
 /// is; anything else of the same name (a crashed run, a changed file) is torn down
 /// first. A failure half-way tears down what was made.
 pub fn up(lab: &Lab, file: &Path) -> Result<UpOutcome, LabError> {
-    if let Some(existing) = readable_state(&lab.name)
+    if let Some(mut existing) = readable_state(&lab.name)
         && existing.ready
         && matches_lab(&existing, lab)
-        && healthy(&existing)
+        && links_healthy(&existing)
     {
-        return Ok(UpOutcome::AlreadyUp(existing));
+        let stopped: Vec<usize> = (0..existing.nodes.len())
+            .filter(|&i| !existing.nodes[i].agent_pid.is_some_and(host::alive))
+            .collect();
+        if stopped.is_empty() {
+            return Ok(UpOutcome::AlreadyUp(existing));
+        }
+        for &i in &stopped {
+            // What the dead agent left in its namespace (a CLI it forked).
+            stop_pod(&existing.nodes[i].netns, None);
+            let pid = start_agent(lab, &lab.nodes[i], &existing.nodes[i])?;
+            existing.nodes[i].agent_pid = Some(pid);
+            write_state(&existing)?;
+        }
+        for &i in &stopped {
+            wait_agent(&lab.name, &existing.nodes[i])?;
+        }
+        let names = stopped
+            .iter()
+            .map(|&i| existing.nodes[i].name.clone())
+            .collect();
+        return Ok(UpOutcome::AgentsRestarted(existing, names));
     }
     refuse_clashes(lab)?;
     down_names(lab)?;
@@ -328,14 +351,22 @@ fn matches_lab(state: &LabState, lab: &Lab) -> bool {
 /// Every node's and pod's namespace and link exist, and its agent or server is
 /// alive.
 pub fn healthy(state: &LabState) -> bool {
+    links_healthy(state)
+        && state
+            .nodes
+            .iter()
+            .all(|n| n.agent_pid.is_some_and(host::alive))
+}
+
+/// As [`healthy`], leaving the agents out.
+fn links_healthy(state: &LabState) -> bool {
     let Ok(netns) = host::netns_list() else {
         return false;
     };
-    let nodes_ok = state.nodes.iter().all(|n| {
-        netns.contains(&n.netns)
-            && host::link_exists(&n.host_if)
-            && n.agent_pid.is_some_and(host::alive)
-    });
+    let nodes_ok = state
+        .nodes
+        .iter()
+        .all(|n| netns.contains(&n.netns) && host::link_exists(&n.host_if));
     nodes_ok
         && state.pods.iter().all(|p| {
             let side = Side {

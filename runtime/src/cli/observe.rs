@@ -46,6 +46,10 @@ pub struct ObserveArgs {
     /// Prefix lines with the node name.
     #[arg(long)]
     pub print_node_name: bool,
+    /// A Hubble server or relay to ask (`host:port`, plaintext) instead of the
+    /// agent's socket: `--server 127.0.0.1:4245` for `loupe relay`.
+    #[arg(long)]
+    pub server: Option<String>,
     /// Name the policies that decided on policy verdicts (`ALLOWED BY name (kind)`).
     #[arg(long)]
     pub print_policy_names: bool,
@@ -526,7 +530,15 @@ pub(super) async fn run(args: ObserveArgs, socket: &Path) -> anyhow::Result<i32>
         node_name: args.print_node_name,
         policy_names: args.print_policy_names,
     };
-    let mut client = ObserverClient::new(client::connect(socket).await?);
+    let channel = match &args.server {
+        Some(server) => tonic::transport::Endpoint::from_shared(format!("http://{server}"))
+            .map_err(|e| anyhow::anyhow!("--server {server}: {e}"))?
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("--server {server}: {e}"))?,
+        None => client::connect(socket).await?,
+    };
+    let mut client = ObserverClient::new(channel);
     let mut stream = client
         .get_flows(request)
         .await
@@ -539,6 +551,13 @@ pub(super) async fn run(args: ObserveArgs, socket: &Path) -> anyhow::Result<i32>
         .await
         .map_err(|s| anyhow::anyhow!("GetFlows: {}", s.message()))?
     {
+        // A relay says when nodes go and come back; Hubble prints it apart from
+        // the flows.
+        if let Some(loupe_proto::observer::get_flows_response::ResponseTypes::NodeStatus(n)) =
+            &resp.response_types
+        {
+            eprintln!("{}", node_status_line(n));
+        }
         let text = printer.format(&resp).map_err(anyhow::Error::msg)?;
         std::io::Write::write_all(&mut stdout, text.as_bytes())?;
         if args.follow {
@@ -547,6 +566,27 @@ pub(super) async fn run(args: ObserveArgs, socket: &Path) -> anyhow::Result<i32>
     }
     std::io::Write::write_all(&mut stdout, printer.finish().as_bytes())?;
     Ok(0)
+}
+
+/// A relay's node status event as one line.
+fn node_status_line(n: &loupe_proto::relay::NodeStatusEvent) -> String {
+    use loupe_proto::relay::NodeState;
+    let state = match NodeState::try_from(n.state_change) {
+        Ok(NodeState::NodeConnected) => "connected",
+        Ok(NodeState::NodeUnavailable) => "unavailable",
+        Ok(NodeState::NodeGone) => "gone",
+        Ok(NodeState::NodeError) => "in error",
+        _ => "in an unknown state",
+    };
+    let mut line = format!(
+        "{} nodes are {state}: {}",
+        n.node_names.len(),
+        n.node_names.join(", ")
+    );
+    if !n.message.is_empty() {
+        line.push_str(&format!(" ({})", n.message));
+    }
+    line
 }
 
 /// Parses `observe` arguments alone (for tests and tools).

@@ -8,13 +8,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::labels::{self, is_dns_label};
 
 /// A lab: one Kubernetes-like namespace of pods on this machine, on this host
 /// alone or on several nodes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabFile {
     /// Name of the lab; prefixes every namespace and state directory it creates.
@@ -46,7 +46,7 @@ pub struct LabFile {
 }
 
 /// One node of a multi-node lab.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NodeSpec {
     /// Node name (the agent's `nodeName`, the relay's node names).
@@ -60,7 +60,7 @@ pub struct NodeSpec {
 }
 
 /// How the nodes' agents run.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AgentSpec {
     /// An agent configuration file (relative to the lab file) every node's
@@ -70,7 +70,7 @@ pub struct AgentSpec {
 }
 
 /// One pod: a network namespace with a veth into the host and one server process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PodSpec {
     /// Deployment name; also the name other pods resolve it by.

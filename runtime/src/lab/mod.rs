@@ -589,13 +589,13 @@ fn set(value: &mut serde_norway::Value, key: &[&str], new: serde_norway::Value) 
     };
     let mut at = value;
     for k in parents {
-        if !at.get(k).is_some_and(Value::is_mapping) {
-            if let Some(map) = at.as_mapping_mut() {
-                map.insert(
-                    Value::String((*k).to_string()),
-                    Value::Mapping(Mapping::new()),
-                );
-            }
+        if !at.get(k).is_some_and(Value::is_mapping)
+            && let Some(map) = at.as_mapping_mut()
+        {
+            map.insert(
+                Value::String((*k).to_string()),
+                Value::Mapping(Mapping::new()),
+            );
         }
         let Some(next) = at.get_mut(k) else { return };
         at = next;

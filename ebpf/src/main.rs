@@ -211,14 +211,19 @@ fn from_netdev(ctx: &TcContext) -> i32 {
         pad: [0; 2],
         syn_seq: pkt.seq,
     };
-    if CONNTRACK
-        .insert(&scratch.key, &entry, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        // No entry, no steering: the server's hook fails the connection closed.
-        return TC_PASS;
+    if let Err(err) = CONNTRACK.insert(&scratch.key, &entry, BPF_NOEXIST as u64) {
+        // -EEXIST: another CPU steered a copy of this SYN first; steer this one too.
+        if err != -17 {
+            // No entry, no steering: the server's hook fails the connection closed.
+            return TC_PASS;
+        }
     }
+    // SAFETY: the context pointer is the program's `__sk_buff`, valid for the call.
+    let mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
     if steer(ctx, pkt, config.proxy_port, true).is_err() {
+        // No proxy listening: the SYN goes on, unmarked, to the server's hook,
+        // which drops it and says so (L7 enforcement fails closed).
+        ctx.set_mark(mark);
         let _ = CONNTRACK.remove(&scratch.key);
     }
     TC_PASS

@@ -104,6 +104,7 @@ pub async fn run(
         None
     };
     if let Some(dp) = datapath.as_mut() {
+        dp.keep_devices(&config.devices);
         for device in &config.devices {
             let ifindex = crate::host::ifindex(device)
                 .map_err(|e| anyhow::anyhow!("devices: {device}: no such interface ({e})"))?;
@@ -201,17 +202,9 @@ async fn serve(
         let tx = tasks.source(&state, SourceKind::Lab, None);
         // A lab with nodes: the peer service announces them all.
         let nodes = state.cluster_nodes.clone();
-        let on_nodes = move |lab_nodes: Vec<endpoint::lab_source::LabNode>| {
+        let on_nodes = move |lab_nodes: Vec<endpoint::kubernetes::nodes::ClusterNode>| {
             if !lab_nodes.is_empty() {
-                nodes.set(
-                    lab_nodes
-                        .into_iter()
-                        .map(|n| endpoint::kubernetes::nodes::ClusterNode {
-                            name: n.name,
-                            address: n.address,
-                        })
-                        .collect(),
-                );
+                nodes.set(lab_nodes);
             }
         };
         tasks.0.push(tokio::spawn(endpoint::lab_source::watch(

@@ -418,10 +418,14 @@ impl Controller {
         let mut removed = 0;
         for (key, value) in &entries {
             let idle = now.saturating_sub(Duration::from_nanos(value.last_seen_ns));
-            let closed = value.flags & loupe_common::ct_flags::RST != 0
-                || value.flags
-                    & (loupe_common::ct_flags::FIN_FWD | loupe_common::ct_flags::FIN_REV)
-                    == (loupe_common::ct_flags::FIN_FWD | loupe_common::ct_flags::FIN_REV);
+            // A device's entry sees only the client's side: its FIN closes it.
+            let fins = if key.dir == loupe_common::direction::FROM_NETDEV {
+                loupe_common::ct_flags::FIN_FWD
+            } else {
+                loupe_common::ct_flags::FIN_FWD | loupe_common::ct_flags::FIN_REV
+            };
+            let closed =
+                value.flags & loupe_common::ct_flags::RST != 0 || value.flags & fins == fins;
             let lifetime = if key.proto == 6 {
                 CT_TCP_LIFETIME
             } else {

@@ -266,6 +266,24 @@ impl Datapath {
         )
     }
 
+    /// Detaches the device program from every device not in `devices` (an earlier
+    /// agent's configuration named more).
+    pub fn keep_devices(&mut self, devices: &[String]) {
+        let dir = self.pin_path.join("devices");
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let device = name.strip_suffix("-ingress").unwrap_or(&name);
+            if !devices.iter().any(|d| d == device) {
+                if let Ok(link) = PinnedLink::from_pin(entry.path()) {
+                    // Unpinning drops the last reference: the kernel detaches.
+                    let _ = link.unpin();
+                }
+                let _ = std::fs::remove_file(entry.path());
+                tracing::info!(device, "device program detached (no longer in devices)");
+            }
+        }
+    }
+
     fn attach_program(
         &mut self,
         name: &str,

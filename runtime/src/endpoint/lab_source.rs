@@ -11,22 +11,17 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::kubernetes::nodes::ClusterNode;
 use super::{EndpointSpec, Listing, SourceKind, Workload};
 use crate::lab::identities::{SharedIdentities, SharedIdentityError};
 use crate::lab::{LabState, PodState};
 
-/// A node of a lab, as peers are announced.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LabNode {
-    /// Node name.
-    pub name: String,
-    /// Where its Observer answers.
-    pub address: String,
-}
-
 /// What the labs that are up (all of them if `names` is empty) hold for the
 /// agent of node `node`: its listing and the lab's nodes.
-pub fn list(names: &[String], node: &str) -> Result<(Listing, Vec<LabNode>), SharedIdentityError> {
+pub fn list(
+    names: &[String],
+    node: &str,
+) -> Result<(Listing, Vec<ClusterNode>), SharedIdentityError> {
     let mut listing = Listing::default();
     let mut nodes = Vec::new();
     for lab in LabState::all()
@@ -47,7 +42,7 @@ pub fn list(names: &[String], node: &str) -> Result<(Listing, Vec<LabNode>), Sha
         if shared {
             of_lab.assigned = SharedIdentities::of_lab(&lab.name).ensure(&of_lab.label_sets())?;
         }
-        nodes.extend(lab.nodes.into_iter().map(|n| LabNode {
+        nodes.extend(lab.nodes.into_iter().map(|n| ClusterNode {
             name: n.name,
             address: n.observer,
         }));
@@ -82,7 +77,7 @@ pub async fn watch(
     interval: Duration,
     names: Vec<String>,
     node: String,
-    on_nodes: impl Fn(Vec<LabNode>) + Send + 'static,
+    on_nodes: impl Fn(Vec<ClusterNode>) + Send + 'static,
     tx: mpsc::Sender<Listing>,
 ) {
     let mut last: Option<Listing> = None;

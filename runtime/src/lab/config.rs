@@ -202,7 +202,15 @@ impl LabFile {
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| PathBuf::from("."));
-        file.validate(path, dir, &|program| program_exists(program))
+        let lab = file.validate(path, dir, &|program| program_exists(program))?;
+        if let Some(base) = &lab.agent_config {
+            read_agent_base(base).map_err(|message| LabConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: "agent.config".into(),
+                message,
+            })?;
+        }
+        Ok(lab)
     }
 
     /// Parses YAML text, reporting the path of a field that does not fit.
@@ -604,6 +612,21 @@ fn offset6(net: Ipv6Net, offset: u128) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(net.network()) | offset)
 }
 
+/// The nodes' base agent configuration: a YAML mapping (an empty file is an
+/// empty one). The agent checks the keys when it starts.
+pub fn read_agent_base(path: &Path) -> Result<serde_norway::Mapping, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    match serde_norway::from_str::<serde_norway::Value>(&text) {
+        Ok(serde_norway::Value::Mapping(map)) => Ok(map),
+        Ok(serde_norway::Value::Null) => Ok(serde_norway::Mapping::new()),
+        Ok(_) => Err(format!(
+            "{}: an agent configuration is a mapping of keys",
+            path.display()
+        )),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// A stable pod name for a deployment: `<name>-<5 chars>` from Kubernetes' safe
 /// alphabet, derived from the namespace and name so it survives lab restarts.
 pub fn pod_name(namespace: &str, name: &str) -> String {
@@ -854,6 +877,30 @@ pods:
             e.contains("pods[0].node: set, but the lab has no nodes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_agent_base_file_must_be_a_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        assert!(
+            read_agent_base(&write("empty.yaml", "# nothing\n"))
+                .unwrap()
+                .is_empty()
+        );
+        let map = read_agent_base(&write("ok.yaml", "hubble:\n  enabled: true\n")).unwrap();
+        assert_eq!(map.len(), 1);
+        let e = read_agent_base(&write("list.yaml", "- a\n")).unwrap_err();
+        assert!(
+            e.contains("list.yaml: an agent configuration is a mapping"),
+            "{e}"
+        );
+        let e = read_agent_base(&dir.path().join("missing.yaml")).unwrap_err();
+        assert!(e.contains("missing.yaml"), "{e}");
     }
 
     #[test]

@@ -78,6 +78,14 @@ pub enum LabError {
         /// What happened, with the end of its log.
         message: String,
     },
+    /// A node or its agent did not come up.
+    #[error("node {node}: {message}")]
+    Node {
+        /// Node name.
+        node: String,
+        /// What happened, with the end of the agent's log.
+        message: String,
+    },
     /// No lab or no such pod.
     #[error("{0}")]
     NotFound(String),
@@ -524,27 +532,20 @@ fn make_node(lab: &Lab, node: &Node, fabric: std::net::Ipv4Addr) -> Result<NodeS
 /// A node's agent configuration: the lab's base file with the node's own keys
 /// over it.
 fn agent_config_text(lab: &Lab, node: &Node) -> Result<String, LabError> {
-    use serde_norway::{Mapping, Value};
+    use serde_norway::Value;
     let mut config = match &lab.agent_config {
-        None => Value::Mapping(Mapping::new()),
+        None => Value::Mapping(serde_norway::Mapping::new()),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| LabError::State {
-                path: path.clone(),
-                source,
-            })?;
-            serde_norway::from_str(&text).map_err(|e| LabError::Pod {
-                pod: node.name.clone(),
-                message: format!("agent.config {}: {e}", path.display()),
-            })?
+            Value::Mapping(
+                config::read_agent_base(path).map_err(|message| LabError::Node {
+                    node: node.name.clone(),
+                    message,
+                })?,
+            )
         }
     };
     let dir = NodeState::dir(&lab.name, &node.name);
     let path = |p: PathBuf| Value::String(p.display().to_string());
-    let listen_port = lookup(&config, &["hubble", "listenAddress"])
-        .and_then(Value::as_str)
-        .and_then(|a| a.rsplit_once(':'))
-        .and_then(|(_, port)| port.parse::<u16>().ok())
-        .unwrap_or(OBSERVER_PORT);
     let keys: [(&[&str], Value); 8] = [
         (&["nodeName"], Value::String(node.name.clone())),
         (&["socketPath"], path(dir.join("loupe.sock"))),
@@ -557,7 +558,7 @@ fn agent_config_text(lab: &Lab, node: &Node) -> Result<String, LabError> {
         ),
         (
             &["hubble", "listenAddress"],
-            Value::String(format!("{}:{listen_port}", node.address)),
+            Value::String(format!("{}:{OBSERVER_PORT}", node.address)),
         ),
         // Traffic from other nodes arrives on the node's link.
         (
@@ -576,10 +577,6 @@ fn agent_config_text(lab: &Lab, node: &Node) -> Result<String, LabError> {
         "# Written by `loupe lab up` for node {} of lab {}.\n{text}",
         node.name, lab.name
     ))
-}
-
-fn lookup<'a>(value: &'a serde_norway::Value, key: &[&str]) -> Option<&'a serde_norway::Value> {
-    key.iter().try_fold(value, |v, k| v.get(k))
 }
 
 fn set(value: &mut serde_norway::Value, key: &[&str], new: serde_norway::Value) {
@@ -628,26 +625,45 @@ fn start_agent(lab: &Lab, node: &Node, state: &NodeState) -> Result<i32, LabErro
         path: PathBuf::from("/proc/self/exe"),
         source,
     })?;
-    let log = dir.join("agent.log");
+    let mut argv = vec![exe.display().to_string(), "agent".into(), "--config".into()];
+    argv.push(state.config.display().to_string());
+    let pid = spawn_detached(&state.netns, &argv, &dir, &dir.join("agent.log"), false).map_err(
+        |message| LabError::Node {
+            node: node.name.clone(),
+            message: format!("starting the agent: {message}"),
+        },
+    )?;
+    tracing::info!(node = %node.name, pid, "agent started");
+    Ok(pid)
+}
+
+/// Starts `argv` in namespace `netns`, in its own session so it outlives this
+/// command, output appended to `log`; returns its PID. `pod_env`: the pods'
+/// `PATH` and `HOME` (= `dir`).
+fn spawn_detached(
+    netns: &str,
+    argv: &[String],
+    dir: &Path,
+    log: &Path,
+    pod_env: bool,
+) -> Result<i32, String> {
     let open_log = || {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log)
-            .map_err(|source| LabError::State {
-                path: log.clone(),
-                source,
-            })
+            .open(log)
+            .map_err(|e| format!("{}: {e}", log.display()))
     };
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &state.netns])
-        .arg(&exe)
-        .args(["agent", "--config"])
-        .arg(&state.config)
-        .current_dir(&dir)
+    cmd.args(["netns", "exec", netns])
+        .args(argv)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(open_log()?)
         .stderr(open_log()?);
+    if pod_env {
+        cmd.env("PATH", pod_path()).env("HOME", dir);
+    }
     // SAFETY: setsid is async-signal-safe and touches no memory of this process.
     unsafe {
         cmd.pre_exec(|| {
@@ -655,57 +671,70 @@ fn start_agent(lab: &Lab, node: &Node, state: &NodeState) -> Result<i32, LabErro
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| LabError::Pod {
-        pod: node.name.clone(),
-        message: format!("starting the agent: {e}"),
-    })?;
-    let pid = i32::try_from(child.id()).map_err(|_| LabError::Pod {
-        pod: node.name.clone(),
-        message: "PID out of range".into(),
-    })?;
-    tracing::info!(node = %node.name, pid, "agent started");
-    Ok(pid)
+    let child = cmd.spawn().map_err(|e| format!("{argv:?}: {e}"))?;
+    i32::try_from(child.id()).map_err(|_| "PID out of range".to_string())
+}
+
+/// The last 20 lines of a log file.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 fn is_mount_point(path: &Path) -> bool {
-    let target = path.display().to_string();
-    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
-        m.lines()
-            .any(|l| l.split_whitespace().nth(1) == Some(target.as_str()))
-    })
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    mounts_under(&path).contains(&path)
+}
+
+/// Mount points at or below `dir` (as `/proc/self/mounts` writes them, which is
+/// canonical), deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mut found: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(PathBuf::from))
+        .filter(|m| m.starts_with(&dir))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found
+}
+
+/// Unmounts every mount at or below `dir` (the nodes' bpffs); one that stays is
+/// logged, and removing the directory then says why.
+fn unmount_under(dir: &Path) {
+    for mount in mounts_under(dir) {
+        if let Err(e) = host::run("umount", &[&mount.display().to_string()]) {
+            tracing::warn!(mount = %mount.display(), error = %e, "unmounting");
+        }
+    }
 }
 
 /// Waits until a node's agent serves its Observer.
 fn wait_agent(lab: &str, node: &NodeState) -> Result<(), LabError> {
-    let addr: SocketAddr = node.observer.parse().map_err(|_| LabError::Pod {
-        pod: node.name.clone(),
-        message: format!("observer address {:?}", node.observer),
-    })?;
-    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
-    let log = || {
-        let text = std::fs::read_to_string(NodeState::dir(lab, &node.name).join("agent.log"))
-            .unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+    let failed = |message: String| LabError::Node {
+        node: node.name.clone(),
+        message,
     };
+    let addr: SocketAddr = node
+        .observer
+        .parse()
+        .map_err(|_| failed(format!("observer address {:?}", node.observer)))?;
+    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+    let log = || tail(&NodeState::dir(lab, &node.name).join("agent.log"));
     loop {
         if !node.agent_pid.is_some_and(host::alive) {
-            return Err(LabError::Pod {
-                pod: node.name.clone(),
-                message: format!("agent exited; log:\n{}", log()),
-            });
+            return Err(failed(format!("agent exited; log:\n{}", log())));
         }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(LabError::Pod {
-                pod: node.name.clone(),
-                message: format!(
-                    "agent not serving on {addr} after {AGENT_READY_TIMEOUT:?}; log:\n{}",
-                    log()
-                ),
-            });
+            return Err(failed(format!(
+                "agent not serving on {addr} after {AGENT_READY_TIMEOUT:?}; log:\n{}",
+                log()
+            )));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -767,17 +796,10 @@ fn make_pod(lab: &Lab, pod: &Pod, hosts: &str) -> Result<PodState, LabError> {
     n(&["link", "set", "lo", "up"])?;
     if pod.ipv6.is_some() {
         // No duplicate address detection: addresses are usable at once.
-        host::run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &netns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.eth0.accept_dad=0",
-            ],
-        )?;
+        Side {
+            netns: Some(&netns),
+        }
+        .sysctl("net.ipv6.conf.eth0.accept_dad", "0")?;
     }
     n(&["addr", "add", &format!("{}/32", pod.ipv4), "dev", "eth0"])?;
     n(&["link", "set", "eth0", "up"])?;
@@ -899,46 +921,17 @@ fn start_server(lab: &Lab, pod: &Pod, state: &PodState) -> Result<i32, LabError>
         path: dir.clone(),
         source,
     })?;
-    let log = log_path(&lab.name, &pod.name);
-    let open_log = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|source| LabError::State {
-                path: log.clone(),
-                source,
-            })
-    };
     let argv: Vec<String> = pod
         .command
         .iter()
         .map(|a| substitute(a, lab, pod, &dir))
         .collect();
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &state.netns])
-        .args(&argv)
-        .current_dir(&dir)
-        .env("PATH", pod_path())
-        .env("HOME", &dir)
-        .stdin(Stdio::null())
-        .stdout(open_log()?)
-        .stderr(open_log()?);
-    // SAFETY: setsid is async-signal-safe and touches no memory of this process.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|e| LabError::Pod {
-        pod: pod.name.clone(),
-        message: format!("starting {argv:?}: {e}"),
-    })?;
-    let pid = i32::try_from(child.id()).map_err(|_| LabError::Pod {
-        pod: pod.name.clone(),
-        message: "PID out of range".into(),
-    })?;
+    let log = log_path(&lab.name, &pod.name);
+    let pid =
+        spawn_detached(&state.netns, &argv, &dir, &log, true).map_err(|message| LabError::Pod {
+            pod: pod.name.clone(),
+            message: format!("starting {message}"),
+        })?;
     tracing::info!(pod = %pod.pod_name, pid, command = ?argv, "started");
     Ok(pid)
 }
@@ -977,9 +970,7 @@ fn wait_ready(lab: &Lab, pod: &Pod, state: &PodState) -> Result<(), LabError> {
 
 /// The last lines of a pod's log.
 pub fn log_tail(lab: &str, pod: &str) -> String {
-    let text = std::fs::read_to_string(log_path(lab, pod)).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+    tail(&log_path(lab, pod))
 }
 
 /// Removes everything a lab state records: processes, namespaces, links, routes
@@ -1008,6 +999,7 @@ pub fn teardown(state: &LabState) -> Result<(), LabError> {
         }
     }
     let dir = state::lab_dir(&state.name);
+    unmount_under(&dir);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|source| LabError::State { path: dir, source })?;
     }
@@ -1033,10 +1025,7 @@ fn remove_gateway(v4: std::net::Ipv4Addr, v6: Option<std::net::Ipv6Addr>) {
 fn remove_node(lab: &str, node: &str) {
     let netns = names::netns(lab, node);
     stop_pod(&netns, None);
-    let bpf = NodeState::dir(lab, node).join("bpf");
-    if is_mount_point(&bpf) {
-        let _ = host::run("umount", &[&bpf.display().to_string()]);
-    }
+    unmount_under(&NodeState::dir(lab, node));
     remove_pod_net(&netns, &names::node_veth(lab, node));
     let peer = names::node_peer_veth(lab, node);
     if host::link_exists(&peer) {
@@ -1075,7 +1064,13 @@ fn others_netns(name: &str) -> Vec<(String, OtherLab)> {
         .map(|o| {
             let other = OtherLab {
                 prefix: (o.name.len() > name.len()).then(|| names::netns_prefix(&o.name)),
-                netns: o.pods.iter().map(|p| p.netns.clone()).collect(),
+                netns: o
+                    .pods
+                    .iter()
+                    .map(|p| p.netns.clone())
+                    .chain(o.nodes.iter().map(|n| n.netns.clone()))
+                    .collect(),
+                addresses: std::iter::once(o.gateway).chain(o.fabric).collect(),
             };
             (o.name, other)
         })
@@ -1085,6 +1080,8 @@ fn others_netns(name: &str) -> Vec<(String, OtherLab)> {
 struct OtherLab {
     prefix: Option<String>,
     netns: Vec<String>,
+    /// The host addresses it put on `lo`.
+    addresses: Vec<std::net::Ipv4Addr>,
 }
 
 impl OtherLab {
@@ -1094,17 +1091,35 @@ impl OtherLab {
     }
 }
 
-/// Refuses a lab whose pods' namespace names another lab already uses.
+/// Refuses a lab whose pods' or nodes' namespace names another lab already
+/// uses, or whose host addresses another lab holds.
 fn refuse_clashes(lab: &Lab) -> Result<(), LabError> {
     let others = others_netns(&lab.name);
-    for pod in &lab.pods {
-        let netns = names::netns(&lab.name, &pod.name);
+    let names = lab
+        .pods
+        .iter()
+        .map(|p| &p.name)
+        .chain(lab.nodes.iter().map(|n| &n.name));
+    for name in names {
+        let netns = names::netns(&lab.name, name);
         if let Some((other, _)) = others.iter().find(|(_, o)| o.netns.contains(&netns)) {
             return Err(LabError::Clash {
-                pod: pod.name.clone(),
+                pod: name.clone(),
                 netns,
                 other: other.clone(),
             });
+        }
+    }
+    let ours: Vec<std::net::Ipv4Addr> = match lab.node_net {
+        Some((_, fabric)) => vec![fabric],
+        None => vec![lab.gateway],
+    };
+    for (other, o) in &others {
+        if let Some(addr) = ours.iter().find(|a| o.addresses.contains(a)) {
+            return Err(LabError::NotFound(format!(
+                "lab {other} already holds this host's address {addr} (the lab's ranges \
+                 overlap): give this lab other ranges"
+            )));
         }
     }
     Ok(())
@@ -1117,14 +1132,20 @@ pub fn down_names(lab: &Lab) -> Result<(), LabError> {
     if let Some(state) = readable_state(&lab.name) {
         teardown(&state)?;
     }
-    // Agents first, then the nodes once their pods are gone (below).
-    for node in &lab.nodes {
-        stop_pod(&names::netns(&lab.name, &node.name), None);
-    }
     let prefix = names::netns_prefix(&lab.name);
     // Lab `a`'s prefix `loupe-a-` also starts lab `a-b`'s namespaces: those of
     // other labs are never this lab's leftovers.
     let others = others_netns(&lab.name);
+    let ours = |ns: &String| !others.iter().any(|(_, o)| o.netns.contains(ns));
+    let nodes: Vec<&Node> = lab
+        .nodes
+        .iter()
+        .filter(|n| ours(&names::netns(&lab.name, &n.name)))
+        .collect();
+    // Agents first, then the nodes once their pods are gone (below).
+    for node in &nodes {
+        stop_pod(&names::netns(&lab.name, &node.name), None);
+    }
     let mut netns: Vec<(String, String)> = lab
         .pods
         .iter()
@@ -1162,14 +1183,19 @@ pub fn down_names(lab: &Lab) -> Result<(), LabError> {
             let _ = host::ip(&["link", "del", &peer]);
         }
     }
-    for node in &lab.nodes {
+    for node in &nodes {
         remove_node(&lab.name, &node.name);
     }
-    if let Some((_, fabric)) = lab.node_net {
+    let held = |a: &std::net::Ipv4Addr| others.iter().any(|(_, o)| o.addresses.contains(a));
+    if let Some((_, fabric)) = lab.node_net.filter(|(_, f)| !held(f)) {
         remove_gateway(fabric, None);
     }
-    remove_gateway(lab.gateway, lab.gateway6);
+    if !held(&lab.gateway) {
+        remove_gateway(lab.gateway, lab.gateway6);
+    }
     let dir = state::lab_dir(&lab.name);
+    // A node the state did not record (or a renamed one) keeps its bpffs here.
+    unmount_under(&dir);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|source| LabError::State { path: dir, source })?;
     }

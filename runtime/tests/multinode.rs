@@ -211,7 +211,9 @@ async fn three_nodes_enforce_the_articles_policies_and_the_relay_sees_them_all()
     let a = identities("node-a");
     let b = identities("node-b");
     let c = identities("node-c");
-    assert_eq!(a.len(), 1, "{a:?}");
+    for (node, list) in [("node-a", &a), ("node-b", &b), ("node-c", &c)] {
+        assert_eq!(list.len(), 1, "{node}: {list:?}");
+    }
     assert!(a[0].0.starts_with("frontend-"), "{a:?}");
     assert!(b[0].0.starts_with("api-service-"), "{b:?}");
     assert!(c[0].0.starts_with("db-service-"), "{c:?}");
@@ -252,11 +254,42 @@ async fn three_nodes_enforce_the_articles_policies_and_the_relay_sees_them_all()
         3,
         "{deleted}"
     );
-    // Each policy selects the pod on its own node only.
+    // A key one node lacks deletes nothing anywhere.
+    let out = loupe(&[
+        "policy",
+        "delete",
+        "--lab",
+        LAB,
+        "demo-app/db-allow-api-service",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        Cluster::on("node-b", &["policy", "list"]).contains("api-service-"),
-        "the api policy selects api-service on node-b"
+        !out.status.success()
+            && err.contains("node node-a: no policy")
+            && err.contains("nothing was deleted"),
+        "{err}"
     );
+    // Each policy selects the pod on its own node only.
+    let selects = |node: &str, policy: &str| -> String {
+        let list = Cluster::on(node, &["policy", "list"]);
+        let row = list
+            .lines()
+            .find(|l| l.starts_with(policy))
+            .unwrap_or_else(|| panic!("{node} has no {policy}: {list}"));
+        row.split_whitespace().nth(2).unwrap_or("").to_string()
+    };
+    let api = "demo-app/api-allow-frontend";
+    let db = "demo-app/db-redis-l7";
+    assert!(selects("node-b", api).starts_with("demo-app/api-service-"));
+    assert!(selects("node-c", db).starts_with("demo-app/db-service-"));
+    for (node, policy) in [
+        ("node-a", api),
+        ("node-c", api),
+        ("node-a", db),
+        ("node-b", db),
+    ] {
+        assert_eq!(selects(node, policy), "", "{node} {policy}");
+    }
 
     // frontend (node-a) → api-service (node-b), through node-b's proxy.
     let curl = |method: &str, path: &str| {
@@ -421,4 +454,21 @@ async fn three_nodes_enforce_the_articles_policies_and_the_relay_sees_them_all()
     assert!(!netns.contains(&format!("loupe-{LAB}-")), "{netns}");
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(&format!("lab/{LAB}/")), "{mounts}");
+    let ip = |args: &[&str]| {
+        String::from_utf8_lossy(&Command::new("ip").args(args).output().unwrap().stdout)
+            .into_owned()
+    };
+    let lo = ip(&["addr", "show", "dev", "lo"]);
+    assert!(!lo.contains("10.222.") && !lo.contains("10.221."), "{lo}");
+    let routes = ip(&["route"]);
+    assert!(
+        !routes.contains("10.221.") && !routes.contains("10.222."),
+        "{routes}"
+    );
+    assert!(!loupe_runtime::lab::state::lab_dir(LAB).exists());
+    let links = ip(&["link"]);
+    for node in ["node-a", "node-b", "node-c"] {
+        let veth = loupe_runtime::lab::names::node_veth(LAB, node);
+        assert!(!links.contains(&veth), "{node}'s link {veth} is left");
+    }
 }

@@ -126,31 +126,48 @@ fn print_result(verb: &str, result: &PolicyResult) {
     );
 }
 
-/// The agents a command goes to: every node's of `lab` (by node name), else
-/// the one at `socket` (unnamed).
-fn agents(socket: &Path, lab: Option<&str>) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let Some(name) = lab else {
-        return Ok(vec![(String::new(), socket.to_path_buf())]);
+/// Clients of the agents a command goes to: every node's of `lab` (by node
+/// name), else the one at `socket` (unnamed); all connected before any is used.
+async fn connect_all(
+    socket: &Path,
+    lab: Option<&str>,
+) -> anyhow::Result<Vec<(String, PoliciesClient<tonic::transport::Channel>)>> {
+    let agents = match lab {
+        None => vec![(String::new(), socket.to_path_buf())],
+        Some(name) => {
+            let state = crate::lab::find_state(Some(name))?;
+            if state.nodes.is_empty() {
+                anyhow::bail!("lab {name} has no nodes: its agent is the one at --socket");
+            }
+            state
+                .nodes
+                .into_iter()
+                .map(|n| (n.name, n.socket))
+                .collect()
+        }
     };
-    let state = crate::lab::find_state(Some(name))?;
-    if state.nodes.is_empty() {
-        anyhow::bail!("lab {name} has no nodes: its agent is the one at --socket");
+    let mut out = Vec::with_capacity(agents.len());
+    for (node, path) in agents {
+        let channel = client::connect(&path).await.map_err(|e| {
+            let e = anyhow::Error::new(e);
+            if node.is_empty() {
+                e
+            } else {
+                e.context(format!("node {node}"))
+            }
+        })?;
+        out.push((node, PoliciesClient::new(channel)));
     }
-    Ok(state
-        .nodes
-        .into_iter()
-        .map(|n| (n.name, n.socket))
-        .collect())
+    Ok(out)
 }
 
-async fn connect(node: &str, socket: &Path) -> anyhow::Result<tonic::transport::Channel> {
-    client::connect(socket).await.map_err(|e| {
-        if node.is_empty() {
-            anyhow::Error::new(e)
-        } else {
-            anyhow::Error::new(e).context(format!("node {node}"))
-        }
-    })
+/// An agent's refusal, naming its node when there are several.
+fn on_node(node: &str, status: tonic::Status) -> anyhow::Error {
+    if node.is_empty() {
+        anyhow::anyhow!("{}", status.message())
+    } else {
+        anyhow::anyhow!("node {node}: {}", status.message())
+    }
 }
 
 pub(super) async fn run(cmd: PolicyCommand, socket: &Path) -> anyhow::Result<i32> {
@@ -186,22 +203,21 @@ pub(super) async fn run(cmd: PolicyCommand, socket: &Path) -> anyhow::Result<i32
         }
         PolicyCommand::Apply { paths, lab } => {
             let docs = read_files(&paths)?;
-            let nodes = agents(socket, lab.as_deref())?;
+            let mut nodes = connect_all(socket, lab.as_deref()).await?;
             if nodes.len() > 1 {
-                for (node, socket) in &nodes {
-                    let mut client = PoliciesClient::new(connect(node, socket).await?);
+                // Every node must take it before any does.
+                for (node, client) in &mut nodes {
                     client
                         .validate(docs.clone())
                         .await
-                        .map_err(|s| anyhow::anyhow!("node {node}: {}", s.message()))?;
+                        .map_err(|s| on_node(node, s))?;
                 }
             }
-            for (node, socket) in &nodes {
-                let mut client = PoliciesClient::new(connect(node, socket).await?);
+            for (node, client) in &mut nodes {
                 let result = client
                     .apply(docs.clone())
                     .await
-                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .map_err(|s| on_node(node, s))?
                     .into_inner();
                 if !node.is_empty() {
                     println!("node {node}:");
@@ -221,12 +237,31 @@ pub(super) async fn run(cmd: PolicyCommand, socket: &Path) -> anyhow::Result<i32
             if keys.is_empty() {
                 anyhow::bail!("name policies as namespace/name, or give -f FILE");
             }
-            for (node, socket) in agents(socket, lab.as_deref())? {
-                let mut client = PoliciesClient::new(connect(&node, &socket).await?);
+            let mut nodes = connect_all(socket, lab.as_deref()).await?;
+            if nodes.len() > 1 {
+                // Every node must have them before any deletes.
+                for (node, client) in &mut nodes {
+                    let list = client
+                        .list(ListRequest {})
+                        .await
+                        .map_err(|s| on_node(node, s))?
+                        .into_inner();
+                    let missing: Vec<&String> = keys
+                        .iter()
+                        .filter(|k| !list.policies.iter().any(|p| p.key == **k))
+                        .collect();
+                    if !missing.is_empty() {
+                        anyhow::bail!(
+                            "node {node}: no policy {missing:?}; nothing was deleted on any node"
+                        );
+                    }
+                }
+            }
+            for (node, client) in &mut nodes {
                 let result = client
                     .delete(DeleteRequest { keys: keys.clone() })
                     .await
-                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .map_err(|s| on_node(node, s))?
                     .into_inner();
                 if !node.is_empty() {
                     println!("node {node}:");

@@ -145,11 +145,16 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         pod("q4m9t", "api-service", "10.218.0.20", "102"),
         pod("z8w3r", "db-service", "10.218.0.30", "103"),
         pod("c5n6v", "kafka", "10.218.0.40", "104"),
-        // Host network and another node's pod (the field selector is the server's
-        // job; a host-network pod is the agent's to skip).
+        // A host-network pod (the agent's to skip) and another node's pod (a
+        // remote pod: its address gets its cluster identity, no endpoint).
         {
             let mut p = pod("h1h1h", "node-exporter", "192.0.2.1", "105");
             p["spec"]["hostNetwork"] = json!(true);
+            p
+        },
+        {
+            let mut p = pod("r3m0t", "web", "10.219.0.5", "106");
+            p["spec"]["nodeName"] = json!("lab-node-2");
             p
         },
     ];
@@ -323,7 +328,14 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(created.len(), 4, "one per label set: {created:#?}");
+    // One per label set, the other node's pod's too.
+    assert_eq!(created.len(), 5, "one per label set: {created:#?}");
+    assert!(
+        created
+            .iter()
+            .any(|o| o["securityLabels"].to_string().contains("k8s:app=web")),
+        "{created:#?}"
+    );
     for ep in &endpoints {
         let id = ep["identity"].as_u64().unwrap().to_string();
         let object = created
@@ -499,11 +511,12 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
         status.contains("nodes/kubernetes       ok        1 nodes (1 with an internal address)"),
         "{status}"
     );
-    // Three endpoints use their identities now (frontend's pod is gone); all four
-    // objects stay in the cluster until they have gone unused long enough.
+    // Three endpoints and the remote pod use their identities now (frontend's pod
+    // is gone); all five objects stay in the cluster until they have gone unused
+    // long enough.
     assert!(
-        status.contains("identities/kubernetes  ok        4 in the cluster, 4 used here")
-            || status.contains("identities/kubernetes  ok        4 in the cluster, 3 used here"),
+        status.contains("identities/kubernetes  ok        5 in the cluster, 5 used here")
+            || status.contains("identities/kubernetes  ok        5 in the cluster, 4 used here"),
         "{status}"
     );
     // An invalid object is not the node's failure: the readiness probe holds.
@@ -527,17 +540,20 @@ fn pods_from_the_api_server_are_enforced_and_followed() {
     // The source reports its state before it hands a listing on.
     let status = agent.loupe_ok(&["status"]).unwrap();
     assert!(
-        status.contains("endpoints/kubernetes   ok        3 endpoints (pods skipped: 1)"),
+        status.contains(
+            "endpoints/kubernetes   ok        3 endpoints (pods skipped: 1), 1 pods on other nodes"
+        ),
         "{status}"
     );
 
-    // What the agent asked: this node's pods only, then a watch from the list's version.
+    // What the agent asked: every pod (others' are remote pods), then a watch from
+    // the list's version.
     let requests = std::fs::read_to_string(dir.join("requests.log")).unwrap();
     assert!(
         requests
             .lines()
             .filter(|l| l.starts_with("/api/v1/pods"))
-            .all(|l| l.contains(&format!("fieldSelector=spec.nodeName%3D{NODE}"))),
+            .all(|l| !l.contains("fieldSelector")),
         "{requests}"
     );
     for path in [

@@ -1,9 +1,13 @@
-//! Kubernetes as an endpoint source: the pods scheduled on this node (a watch with
-//! `spec.nodeName=<node>`) and every namespace (their labels select pods in
-//! policies), kept in kube-rs reflectors. After each change the full listing goes
-//! to the registry, as the lab source sends its own: relists after `410 Gone`,
+//! Kubernetes as an endpoint source: every pod of the cluster and every
+//! namespace (their labels select pods in policies), kept in kube-rs reflectors.
+//! The pods scheduled on this node (`spec.nodeName`) are its endpoints; the
+//! others, with their addresses and labels, are remote pods: the ipcache gives
+//! their addresses their cluster-wide identities, so a policy here names a client
+//! on another node by its labels. After each change the full listing goes to the
+//! control plane, as the lab source sends its own: relists after `410 Gone`,
 //! reconnects and backoff are kube-rs's watcher's; a pod missing from a relist
-//! leaves the listing.
+//! leaves the listing. (Every pod is held in memory, about 2 KiB each: Cilium
+//! reads the same from its CiliumEndpoint objects.)
 //!
 //! Loupe is not the CNI here (chaining mode): a pod's host-side interface is the
 //! one the node routes its address through (`ip route get`), which covers routed
@@ -35,13 +39,14 @@ pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
 /// Finds the host-side interface (name, index) a pod address is reached through.
 pub type Resolver = Arc<dyn Fn(IpAddr) -> Option<(String, u32)> + Send + Sync>;
 
-/// What the Kubernetes watches count, for `/metrics`: API errors by watch, and
-/// this node's pods that are endpoints or skipped.
+/// What the Kubernetes watches count, for `/metrics`: API errors by watch, this
+/// node's pods that are endpoints or skipped, and other nodes' pods.
 #[derive(Debug, Default)]
 pub struct KubernetesStats {
     api_errors: std::sync::Mutex<BTreeMap<&'static str, u64>>,
     endpoints: AtomicU64,
     skipped: AtomicU64,
+    remote: AtomicU64,
 }
 
 impl KubernetesStats {
@@ -55,9 +60,13 @@ impl KubernetesStats {
             .or_default() += 1;
     }
 
-    fn listing(&self, endpoints: usize, skipped: usize) {
-        self.endpoints.store(endpoints as u64, Ordering::Relaxed);
-        self.skipped.store(skipped as u64, Ordering::Relaxed);
+    fn listing(&self, listing: &PodListing) {
+        let n = |v: usize| v as u64;
+        self.endpoints
+            .store(n(listing.listing.local.len()), Ordering::Relaxed);
+        self.skipped.store(n(listing.skipped), Ordering::Relaxed);
+        self.remote
+            .store(n(listing.listing.remote.len()), Ordering::Relaxed);
     }
 
     /// `loupe_kubernetes_api_errors_total{watch}` and `loupe_kubernetes_pods{state}`.
@@ -77,7 +86,7 @@ impl KubernetesStats {
         }
         let pods = MetricFamily::new(
             "loupe_kubernetes_pods",
-            "This node's pods: endpoints, and skipped (host network, no address or interface yet).",
+            "Pods: this node's endpoints, this node's skipped (host network, no address or interface yet), and other nodes' (remote).",
             MetricKind::Gauge,
         )
         .value(
@@ -87,6 +96,10 @@ impl KubernetesStats {
         .value(
             &[("state", "skipped")],
             self.skipped.load(Ordering::Relaxed) as f64,
+        )
+        .value(
+            &[("state", "remote")],
+            self.remote.load(Ordering::Relaxed) as f64,
         );
         vec![errors, pods]
     }
@@ -162,8 +175,7 @@ pub async fn watch(
     );
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (namespaces, ns_writer) = reflector::store::<Namespace>();
-    let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), on_node)
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(pod_writer)
         .map(|e| e.map(|e| (Kind::Pod, Step::of(&e))));
@@ -173,7 +185,7 @@ pub async fn watch(
         .map(|e| e.map(|e| (Kind::Namespace, Step::of(&e))));
     let mut events = std::pin::pin!(futures::stream::select(pod_events, ns_events));
     let (mut pods_listed, mut namespaces_listed) = (false, false);
-    let mut last: Option<Vec<EndpointSpec>> = None;
+    let mut last: Option<Listing> = None;
     while let Some(event) = events.next().await {
         match event {
             // A (re)list starting changes nothing yet: the last error or
@@ -206,18 +218,23 @@ pub async fn watch(
             );
             continue;
         }
-        let (now, skipped) = listing(&pods, &namespaces, resolve.as_ref());
-        stats.listing(now.len(), skipped);
+        let now = listing(&pods, &namespaces, &node, resolve.as_ref());
+        stats.listing(&now);
         health.set(
             HEALTH_COMPONENT,
             ComponentState::Ok,
-            format!("{} endpoints (pods skipped: {skipped})", now.len()),
+            format!(
+                "{} endpoints (pods skipped: {}), {} pods on other nodes",
+                now.listing.local.len(),
+                now.skipped,
+                now.listing.remote.len()
+            ),
         );
-        if last.as_ref() != Some(&now) {
-            if tx.send(Listing::local(now.clone())).await.is_err() {
+        if last.as_ref() != Some(&now.listing) {
+            if tx.send(now.listing.clone()).await.is_err() {
                 return;
             }
-            last = Some(now);
+            last = Some(now.listing);
         }
     }
 }
@@ -249,13 +266,24 @@ impl Step {
     }
 }
 
-/// The endpoints of the pods in `pods` (sorted by namespace and name), and how
-/// many pods were left out.
+/// What the pods of the cluster are to this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodListing {
+    /// This node's endpoints and the other nodes' pods, each sorted by
+    /// namespace and name.
+    pub listing: Listing,
+    /// This node's pods left out (host network, done, no address or interface).
+    pub skipped: usize,
+}
+
+/// The pods in `pods` as node `node` sees them: its own as endpoints (their
+/// interfaces found by `resolve`), the others' as remote pods.
 pub fn listing(
     pods: &Store<Pod>,
     namespaces: &Store<Namespace>,
+    node: &str,
     resolve: &(dyn Fn(IpAddr) -> Option<(String, u32)> + Send + Sync),
-) -> (Vec<EndpointSpec>, usize) {
+) -> PodListing {
     let ns_labels: BTreeMap<String, BTreeMap<String, String>> = namespaces
         .state()
         .iter()
@@ -264,16 +292,25 @@ pub fn listing(
             Some((name, ns.metadata.labels.clone().unwrap_or_default()))
         })
         .collect();
-    let mut out = Vec::new();
-    let mut skipped = 0;
+    let mut out = PodListing {
+        listing: Listing::default(),
+        skipped: 0,
+    };
+    let no_interface = |_: IpAddr| Some((String::new(), 0));
     for pod in pods.state() {
-        match endpoint(&pod, &ns_labels, resolve) {
-            Some(spec) => out.push(spec),
-            None => skipped += 1,
+        let on_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+        if on_node {
+            match endpoint(&pod, &ns_labels, resolve) {
+                Some(spec) => out.listing.local.push(spec),
+                None => out.skipped += 1,
+            }
+        } else if let Some(spec) = endpoint(&pod, &ns_labels, &no_interface) {
+            out.listing.remote.push(spec);
         }
     }
-    out.sort_by_key(EndpointSpec::key);
-    (out, skipped)
+    out.listing.local.sort_by_key(EndpointSpec::key);
+    out.listing.remote.sort_by_key(EndpointSpec::key);
+    out
 }
 
 /// A pod as an endpoint: `None` for host-network pods, pods that are done, and

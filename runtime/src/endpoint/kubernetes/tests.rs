@@ -128,7 +128,7 @@ fn workloads_are_named_as_hubble_names_them() {
 
 /// Reads listings until one is `expected` (events of the two watches interleave,
 /// so intermediate listings may differ); panics after a minute of test time.
-async fn wait_for(rx: &mut mpsc::Receiver<Listing>, expected: &[&str]) {
+async fn wait_for(rx: &mut mpsc::Receiver<Listing>, expected: &[&str]) -> Listing {
     let mut seen = Vec::new();
     loop {
         let listing = tokio::time::timeout(Duration::from_secs(60), rx.recv())
@@ -137,7 +137,7 @@ async fn wait_for(rx: &mut mpsc::Receiver<Listing>, expected: &[&str]) {
             .expect("source ended");
         let keys: Vec<String> = listing.local.iter().map(EndpointSpec::key).collect();
         if keys == expected {
-            return;
+            return listing;
         }
         seen.push(keys);
     }
@@ -154,6 +154,12 @@ async fn watches_this_nodes_pods_and_relists_after_410_gone() {
                 "node-exporter-b",
                 "192.168.1.5",
                 json!({"spec": {"hostNetwork": true}}),
+            ),
+            // On another node: a remote pod, not this node's endpoint.
+            pod(
+                "web-7d9f8b6c5-r",
+                "10.0.1.5",
+                json!({"spec": {"nodeName": "node-b"}, "metadata": {"labels": {"app": "web"}}}),
             ),
         ],
     );
@@ -208,7 +214,7 @@ async fn watches_this_nodes_pods_and_relists_after_410_gone() {
     ));
 
     // The list (the host-network pod is skipped), then the watch adds frontend…
-    wait_for(
+    let first = wait_for(
         &mut rx,
         &[
             "demo-app/api-service-7d9f8b6c5-a",
@@ -216,6 +222,36 @@ async fn watches_this_nodes_pods_and_relists_after_410_gone() {
         ],
     )
     .await;
+    // …with node-b's pod as a remote pod: its address and labels, no interface.
+    let remote: Vec<(
+        String,
+        Option<std::net::Ipv4Addr>,
+        String,
+        u32,
+        Option<&String>,
+    )> = first
+        .remote
+        .iter()
+        .map(|e| {
+            (
+                e.key(),
+                e.ipv4,
+                e.interface.clone(),
+                e.ifindex,
+                e.labels.get("app"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        remote,
+        vec![(
+            "demo-app/web-7d9f8b6c5-r".to_string(),
+            Some("10.0.1.5".parse().unwrap()),
+            String::new(),
+            0,
+            Some(&"web".to_string())
+        )]
+    );
     // …then expires: the relist replaces the store whole.
     wait_for(&mut rx, &["demo-app/db-service-7d9f8b6c5-c"]).await;
     let status = health
@@ -227,17 +263,16 @@ async fn watches_this_nodes_pods_and_relists_after_410_gone() {
         status,
         Some(ComponentStatus {
             state: ComponentState::Ok,
-            detail: "1 endpoints (pods skipped: 0)".into()
+            detail: "1 endpoints (pods skipped: 0), 0 pods on other nodes".into()
         })
     );
 
-    // Requests as kube-rs sends them: this node's pods only, bookmarks on.
+    // Requests as kube-rs sends them: every pod (other nodes' are remote pods),
+    // bookmarks on.
     let uris = server.seen();
     let pod_requests: Vec<&String> = uris.iter().filter(|u| u.contains("/api/v1/pods")).collect();
     assert!(
-        pod_requests
-            .iter()
-            .all(|u| u.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+        pod_requests.iter().all(|u| !u.contains("fieldSelector")),
         "{uris:#?}"
     );
     assert!(

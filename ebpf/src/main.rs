@@ -29,7 +29,7 @@ use loupe_common::{
     COUNTER_ENTRIES, COUNTER_PAYLOAD, Counter, CtKey, CtValue, DatapathConfig, EndpointInfo,
     FlowEvent, IpcacheValue, MAX_PAYLOAD_COPY, POLICY_PREFIX_FULL, PayloadEvent, PolicyKey,
     PolicyValue, action, attribution, counter_index, ct_flags, ct_status, direction, drop_reason,
-    endpoint_flags, event_kind, identity, policy_flags, proxy, sizes,
+    endpoint_flags, event_kind, identity, monitor, policy_flags, proxy, sizes,
 };
 
 #[map(name = "LOUPE_IPCACHE")]
@@ -305,7 +305,7 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
             // client's address: local routing delivers it there, not to the client.
             ctx.set_mark(proxy::TO_PROXY);
         }
-        if first_reply || closing != 0 {
+        if reports(config.monitor, dir, pkt.proto, first_reply, closing) {
             trace(ctx, &ep, dir, pkt, ct.remote_identity, ct_status::REPLY, 0);
         }
         count(dir, drop_reason::NONE, pkt.len);
@@ -364,7 +364,7 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
                     return drop(ctx, &ep, dir, pkt, remote_identity, reason);
                 }
             }
-            if closing != 0 {
+            if reports(config.monitor, dir, pkt.proto, false, closing) {
                 trace(
                     ctx,
                     &ep,
@@ -478,6 +478,30 @@ fn process(ctx: &TcContext, dir: u8) -> i32 {
     );
     count(dir, drop_reason::NONE, pkt.len);
     TC_PASS
+}
+
+/// Whether a packet of a known connection is reported as a trace event, by the
+/// configured aggregation ([`monitor`]): `first_reply` is the connection's first
+/// packet back, `closing` the close flags it newly set. A connection's first
+/// packet (with its policy verdict) and drops are reported elsewhere, always.
+#[inline(always)]
+fn reports(config: u8, dir: u8, proto: u8, first_reply: bool, closing: u16) -> bool {
+    let level = config & monitor::LEVEL_MASK;
+    if level == monitor::NONE {
+        return true;
+    }
+    // `lowest` and above: only the hook into the endpoint (`to-endpoint`).
+    if dir != direction::INGRESS {
+        return false;
+    }
+    if level < monitor::MEDIUM {
+        return true;
+    }
+    let tcp = proto == IPPROTO_TCP;
+    (first_reply && (!tcp || config & monitor::FLAG_SYN != 0))
+        || (closing & (ct_flags::FIN_FWD | ct_flags::FIN_REV) != 0
+            && config & monitor::FLAG_FIN != 0)
+        || (closing & ct_flags::RST != 0 && config & monitor::FLAG_RST != 0)
 }
 
 /// Whether a new connection leaving an endpoint goes through the L7 proxy: a TCP

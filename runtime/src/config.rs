@@ -176,6 +176,56 @@ pub struct BpfConfig {
     pub pin_path: PathBuf,
     /// Attach the datapath (false: observe endpoints only, e.g. without BPF rights).
     pub enabled: bool,
+    /// Which trace events the datapath reports (Cilium's `bpf.monitorAggregation`):
+    /// `none`, `lowest` / `low`, `medium` (default) / `maximum`, or 0..=4.
+    pub monitor_aggregation: String,
+    /// TCP flags whose packets are always reported at `medium` and above
+    /// (Cilium's `bpf.monitorFlags`): `all`, or some of `syn fin rst`.
+    pub monitor_flags: String,
+}
+
+impl BpfConfig {
+    /// `monitorAggregation` and `monitorFlags` packed as the datapath reads them
+    /// (`loupe_common::monitor`), or what is wrong with them.
+    pub fn monitor(&self) -> Result<u8, (&'static str, String)> {
+        use loupe_common::monitor as m;
+        let level = match self
+            .monitor_aggregation
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "" | "none" | "disabled" | "0" => m::NONE,
+            "lowest" | "low" | "1" | "2" => m::LOW,
+            "medium" | "max" | "maximum" | "3" | "4" => m::MEDIUM,
+            other => {
+                return Err((
+                    "bpf.monitorAggregation",
+                    format!("{other:?} is not none, lowest, low, medium, maximum or 0..=4"),
+                ));
+            }
+        };
+        let mut flags = 0;
+        for word in self
+            .monitor_flags
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+        {
+            flags |= match word.to_ascii_lowercase().as_str() {
+                "all" => m::FLAGS_ALL,
+                "syn" => m::FLAG_SYN,
+                "fin" => m::FLAG_FIN,
+                "rst" => m::FLAG_RST,
+                other => {
+                    return Err((
+                        "bpf.monitorFlags",
+                        format!("{other:?} is not all, syn, fin or rst"),
+                    ));
+                }
+            };
+        }
+        Ok(level | flags)
+    }
 }
 
 /// `endpoints.*`: where endpoints come from.
@@ -355,6 +405,8 @@ impl Default for BpfConfig {
             policy_map_entries: 16_384,
             pin_path: PathBuf::from(loupe_common::PIN_ROOT),
             enabled: true,
+            monitor_aggregation: "medium".into(),
+            monitor_flags: "all".into(),
         }
     }
 }
@@ -447,6 +499,9 @@ impl AgentConfig {
                 "bpf.policyMapEntries",
                 format!("{} is outside 256..=1048576", self.bpf.policy_map_entries),
             ));
+        }
+        if let Err((field, message)) = self.bpf.monitor() {
+            return Err(invalid(field, message));
         }
         let l7 = &self.l7;
         if !l7.buffer_pages.is_power_of_two() || l7.buffer_pages > 1 << 16 {
@@ -655,6 +710,32 @@ mod tests {
 
     fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
         AgentConfig::parse(Path::new("loupe.yaml"), text)
+    }
+
+    #[test]
+    fn monitor_aggregation_takes_ciliums_names_and_numbers() {
+        use loupe_common::monitor as m;
+        let packed = |level: &str, flags: &str| {
+            let mut bpf = BpfConfig::default();
+            bpf.monitor_aggregation = level.into();
+            bpf.monitor_flags = flags.into();
+            bpf.monitor()
+        };
+        assert_eq!(BpfConfig::default().monitor(), Ok(m::MEDIUM | m::FLAGS_ALL));
+        assert_eq!(packed("none", "all"), Ok(m::NONE | m::FLAGS_ALL));
+        assert_eq!(packed("Lowest", ""), Ok(m::LOW));
+        assert_eq!(packed("2", "syn"), Ok(m::LOW | m::FLAG_SYN));
+        assert_eq!(
+            packed("maximum", "syn, fin"),
+            Ok(m::MEDIUM | m::FLAG_SYN | m::FLAG_FIN)
+        );
+        assert_eq!(packed("4", "rst"), Ok(m::MEDIUM | m::FLAG_RST));
+        let (field, message) = packed("5", "all").unwrap_err();
+        assert_eq!(field, "bpf.monitorAggregation");
+        assert!(message.contains("\"5\" is not none"), "{message}");
+        let (field, message) = packed("medium", "syn ack").unwrap_err();
+        assert_eq!(field, "bpf.monitorFlags");
+        assert!(message.contains("\"ack\""), "{message}");
     }
 
     #[test]

@@ -60,8 +60,8 @@ impl Cluster {
         let text = std::fs::read_to_string(root.join("cluster.yaml"))
             .unwrap()
             .replace("name: cluster\n", &format!("name: {LAB}\n"))
-            .replace("10.201.", "10.221.")
-            .replace("10.202.", "10.222.")
+            .replace("10.201.", "10.245.")
+            .replace("10.202.", "10.246.")
             .replace("{lab}/", &format!("{}/", root.display()))
             .replace(
                 "config: cluster-agent.yaml",
@@ -459,10 +459,10 @@ async fn three_nodes_enforce_the_articles_policies_and_the_relay_sees_them_all()
             .into_owned()
     };
     let lo = ip(&["addr", "show", "dev", "lo"]);
-    assert!(!lo.contains("10.222.") && !lo.contains("10.221."), "{lo}");
+    assert!(!lo.contains("10.246.") && !lo.contains("10.245."), "{lo}");
     let routes = ip(&["route"]);
     assert!(
-        !routes.contains("10.221.") && !routes.contains("10.222."),
+        !routes.contains("10.245.") && !routes.contains("10.246."),
         "{routes}"
     );
     assert!(!loupe_runtime::lab::state::lab_dir(LAB).exists());

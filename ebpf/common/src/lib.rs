@@ -357,11 +357,36 @@ pub struct DatapathConfig {
     pub policy_rev: u32,
     /// The policy generation in force (0 or 1).
     pub active_gen: u8,
-    /// Reserved, zero.
-    pub pad: u8,
+    /// Which trace events the hooks report ([`monitor`]: level and TCP flags).
+    pub monitor: u8,
     /// Port of the runtime's transparent L7 proxy (host order); 0: no redirect,
     /// L7-enforced ports are only copied to the L7 path.
     pub proxy_port: u16,
+}
+
+/// Trace event aggregation (Cilium's `bpf.monitorAggregation` and
+/// `bpf.monitorFlags`), packed in [`DatapathConfig::monitor`]: the level in the
+/// low 3 bits, the TCP flags that are always reported above them. New
+/// connections (they carry the policy verdicts) and drops are reported at every
+/// level.
+pub mod monitor {
+    /// Every packet, at both hooks.
+    pub const NONE: u8 = 0;
+    /// Every packet, at the hook into the endpoint only (`to-endpoint`).
+    pub const LOW: u8 = 1;
+    /// At the hook into the endpoint only: a connection's first reply and
+    /// packets carrying one of the flags; Cilium's default.
+    pub const MEDIUM: u8 = 3;
+    /// The level's bits.
+    pub const LEVEL_MASK: u8 = 0x07;
+    /// Report packets with SYN.
+    pub const FLAG_SYN: u8 = 0x08;
+    /// Report packets with FIN.
+    pub const FLAG_FIN: u8 = 0x10;
+    /// Report packets with RST.
+    pub const FLAG_RST: u8 = 0x20;
+    /// Every flag (`all`, the default).
+    pub const FLAGS_ALL: u8 = FLAG_SYN | FLAG_FIN | FLAG_RST;
 }
 
 /// A record on the event ring buffer.

@@ -105,6 +105,8 @@ pub struct Controller {
     policy_capacity: usize,
     /// The L7 proxy's port the datapath redirects to (`l7.proxyPort`, 0: none).
     proxy_port: u16,
+    /// Which trace events the hooks report (`bpf.monitorAggregation`, `monitorFlags`).
+    monitor: u8,
 }
 
 /// The endpoint snapshot flows are enriched from, swapped after every change.
@@ -153,6 +155,7 @@ impl Controller {
                 tables: Default::default(),
                 policy_capacity: config.bpf.policy_map_entries as usize,
                 proxy_port: config.l7.proxy_port,
+                monitor: monitor_of(config),
             },
             errors,
         ))
@@ -177,6 +180,7 @@ impl Controller {
             tables: Default::default(),
             policy_capacity: config.bpf.policy_map_entries as usize,
             proxy_port: config.l7.proxy_port,
+            monitor: monitor_of(config),
         }
     }
 
@@ -585,8 +589,9 @@ impl Controller {
 
         // 2. Endpoints and enforcement, under the generation about to become active.
         let mut config = dp.config();
-        if config.proxy_port != self.proxy_port {
+        if config.proxy_port != self.proxy_port || config.monitor != self.monitor {
             config.proxy_port = self.proxy_port;
+            config.monitor = self.monitor;
             dp.set_config(config)?;
         }
         let active = config.active_gen & 1;
@@ -659,7 +664,7 @@ impl Controller {
             dp.set_config(DatapathConfig {
                 policy_rev: config.policy_rev.wrapping_add(1),
                 active_gen: next,
-                pad: 0,
+                monitor: self.monitor,
                 proxy_port: self.proxy_port,
             })?;
             for (len, key) in dp.policy_keys() {
@@ -697,6 +702,15 @@ impl Controller {
         self.compiled = Some(compiled);
         Ok(())
     }
+}
+
+/// The configured trace aggregation (validated with the configuration; the
+/// default if it somehow is not).
+fn monitor_of(config: &AgentConfig) -> u8 {
+    config
+        .bpf
+        .monitor()
+        .unwrap_or(loupe_common::monitor::MEDIUM | loupe_common::monitor::FLAGS_ALL)
 }
 
 /// Every ipcache entry the datapath needs: endpoint addresses, this host's

@@ -716,10 +716,12 @@ mod tests {
     fn monitor_aggregation_takes_ciliums_names_and_numbers() {
         use loupe_common::monitor as m;
         let packed = |level: &str, flags: &str| {
-            let mut bpf = BpfConfig::default();
-            bpf.monitor_aggregation = level.into();
-            bpf.monitor_flags = flags.into();
-            bpf.monitor()
+            BpfConfig {
+                monitor_aggregation: level.into(),
+                monitor_flags: flags.into(),
+                ..BpfConfig::default()
+            }
+            .monitor()
         };
         assert_eq!(BpfConfig::default().monitor(), Ok(m::MEDIUM | m::FLAGS_ALL));
         assert_eq!(packed("none", "all"), Ok(m::NONE | m::FLAGS_ALL));

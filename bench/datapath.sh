@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Datapath benchmark: throughput and connection rate between two lab pods with no
-# program, with Loupe enforcing 1 / 1,000 / 10,000 rules, and with iptables rule
-# sets of the same size — interleaved rounds, medians, ratios against "none".
+# program, with Loupe enforcing 1 / 1,000 / 10,000 rules (at the default event
+# level, `medium`, and at `none`: a trace event per packet and hook), and with
+# iptables rule sets of the same size — interleaved rounds, medians, ratios
+# against "none".
 #
 # Usage (root): bench/datapath.sh [ROUNDS]     (default 3; ~6 min on 2 vCPU)
 # Prints a Markdown table (also written to bench/results/datapath.md).
@@ -15,6 +17,7 @@ lab_name=bench
 pin=/sys/fs/bpf/loupe-bench
 sock=$work/loupe.sock
 agent_pid=
+agent_level=
 
 cargo build --release --quiet --bins
 sed -e "s/^name: demo$/name: $lab_name/" -e 's/10\.200\.0\./10.230.0./g' \
@@ -37,16 +40,19 @@ stop_agent() {
     wait "$agent_pid" 2>/dev/null || true
     agent_pid=
   fi
+  agent_level=
   rm -rf "$pin/links" "$pin"
 }
 
 start_agent() {
+  agent_level=$1
   cat >"$work/agent.yaml" <<EOF
 socketPath: $sock
 stateDir: $work/state
 bpf:
   pinPath: $pin
   policyMapEntries: 65536
+  monitorAggregation: $agent_level
 endpoints:
   labNames: [$lab_name]
 EOF
@@ -114,15 +120,18 @@ ip netns exec "loupe-$lab_name-frontend" sysctl -qw net.ipv4.tcp_tw_reuse=1 \
 sleep 0.5
 for n in 1 1000 10000; do write_policy "$n"; done
 
-configs=(none loupe-1 loupe-1000 loupe-10000 iptables-1000 iptables-10000)
+configs=(none loupe-1 loupe-1000 loupe-10000 loupe-1000-everypacket iptables-1000 iptables-10000)
 declare -A results
 for ((r = 1; r <= rounds; r++)); do
   for c in "${configs[@]}"; do
     case $c in
       none) stop_agent ;;
       loupe-*)
-        [[ -z $agent_pid ]] && start_agent
-        "$loupe" --socket "$sock" policy apply -f "$work/policy-${c#loupe-}.yaml" >/dev/null ;;
+        level=medium rules=${c#loupe-}
+        if [[ $c == *-everypacket ]]; then level=none rules=${rules%-everypacket}; fi
+        [[ -n $agent_pid && $agent_level != "$level" ]] && stop_agent
+        [[ -z $agent_pid ]] && start_agent "$level"
+        "$loupe" --socket "$sock" policy apply -f "$work/policy-$rules.yaml" >/dev/null ;;
       iptables-*) stop_agent; iptables_rules "${c#iptables-}" ;;
     esac
     m=$(measure)

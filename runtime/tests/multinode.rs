@@ -127,21 +127,8 @@ fn identities(node: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-const STATUS: &str = r#"
-import sys, time
-import grpc
-sys.path.insert(0, sys.argv[1])
-from observer import observer_pb2, observer_pb2_grpc
-from flow import flow_pb2
-
-with grpc.insecure_channel(sys.argv[2]) as channel:
-    stub = observer_pb2_grpc.ObserverStub(channel)
-    deadline = time.time() + 30
-    while True:
-        status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=10)
-        if status.num_connected_nodes.value == 3 or time.time() > deadline:
-            break
-        time.sleep(0.2)
+/// What the status client does once the relay counts three nodes.
+const STATUS_BODY: &str = r#"
     print("status", status.num_connected_nodes.value, status.num_unavailable_nodes.value,
           status.max_flows)
     nodes = stub.GetNodes(observer_pb2.GetNodesRequest(), timeout=10)
@@ -352,8 +339,14 @@ async fn three_nodes_enforce_the_articles_policies_and_the_relay_sees_them_all()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let stubs = common::observer_stubs(dir.path());
-    let out =
-        common::grpcio_client(STATUS, &stubs, &relay_addr, Duration::from_secs(60), |_| {}).await;
+    let out = common::grpcio_client(
+        &common::relay_client("from flow import flow_pb2", STATUS_BODY),
+        &stubs,
+        &relay_addr,
+        Duration::from_secs(60),
+        |_| {},
+    )
+    .await;
     assert_eq!(out.line("status"), "3 0 12285", "{}", out.0);
     assert_eq!(
         out.line("nodes"),

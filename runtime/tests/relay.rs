@@ -35,22 +35,8 @@ fn flow(namespace: &str, pod: &str, seconds: i64) -> Flow {
     }
 }
 
-const CLIENT: &str = r#"
-import sys, time
-import grpc
-sys.path.insert(0, sys.argv[1])
-from observer import observer_pb2, observer_pb2_grpc
-from relay import relay_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-with grpc.insecure_channel(sys.argv[2]) as channel:
-    stub = observer_pb2_grpc.ObserverStub(channel)
-    deadline = time.time() + 30
-    while True:
-        status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=10)
-        if status.num_connected_nodes.value == 3 or time.time() > deadline:
-            break
-        time.sleep(0.2)
+/// What the grpcio client does once the relay counts three nodes.
+const CLIENT_BODY: &str = r#"
     health = health_pb2_grpc.HealthStub(channel).Check(
         health_pb2.HealthCheckRequest(service="hubble.server.Observer"), timeout=10)
     print("health", health_pb2.HealthCheckResponse.ServingStatus.Name(health.status))
@@ -100,6 +86,13 @@ with grpc.insecure_channel(sys.argv[2]) as channel:
     print("after", status.num_connected_nodes.value, status.num_unavailable_nodes.value,
           list(status.unavailable_nodes))
 "#;
+
+fn client_script() -> String {
+    common::relay_client(
+        "from relay import relay_pb2\nfrom grpc_health.v1 import health_pb2, health_pb2_grpc",
+        CLIENT_BODY,
+    )
+}
 
 /// An agent on its own runtime and thread, as a node's process would be: `kill`
 /// shuts the runtime down, dropping every task and connection at once.
@@ -195,33 +188,39 @@ async fn a_grpcio_client_sees_every_node_through_the_relay() {
     let mut restarted = None;
     let mut feeder = None;
     let target = format!("127.0.0.1:{relay_port}");
-    let out = common::grpcio_client(CLIENT, &stubs, &target, Duration::from_secs(90), |l| {
-        if l == "following" {
-            let stores = stores.clone();
-            feeder = Some(tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                // One flow a node every 100 ms, times rising across nodes.
-                for round in 0..300i64 {
-                    let now: Vec<_> = stores.lock().unwrap().clone();
-                    for (i, store) in now.iter().enumerate() {
-                        let t = 1000 + 3 * round + i as i64;
-                        store.push(flow("shop", &format!("live-{t}"), t));
+    let out = common::grpcio_client(
+        &client_script(),
+        &stubs,
+        &target,
+        Duration::from_secs(90),
+        |l| {
+            if l == "following" {
+                let stores = stores.clone();
+                feeder = Some(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    // One flow a node every 100 ms, times rising across nodes.
+                    for round in 0..300i64 {
+                        let now: Vec<_> = stores.lock().unwrap().clone();
+                        for (i, store) in now.iter().enumerate() {
+                            let t = 1000 + 3 * round + i as i64;
+                            store.push(flow("shop", &format!("live-{t}"), t));
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }));
-        }
-        if l == "halfway"
-            && let Some(mut b) = node_b.take()
-        {
-            b.kill();
-        }
-        if l == "restart" && restarted.is_none() {
-            let b = TestNode::start(dir.path(), "node-b", ports[1]);
-            stores.lock().unwrap()[1] = b.state.flows.clone();
-            restarted = Some(b);
-        }
-    })
+                }));
+            }
+            if l == "halfway"
+                && let Some(mut b) = node_b.take()
+            {
+                b.kill();
+            }
+            if l == "restart" && restarted.is_none() {
+                let b = TestNode::start(dir.path(), "node-b", ports[1]);
+                stores.lock().unwrap()[1] = b.state.flows.clone();
+                restarted = Some(b);
+            }
+        },
+    )
     .await;
     if let Some(f) = feeder {
         f.abort();

@@ -134,6 +134,31 @@ pub(crate) fn observer_stubs(dir: &std::path::Path) -> std::path::PathBuf {
     stubs
 }
 
+/// A grpcio client script for a relay over three nodes: `body` runs, indented
+/// inside `with grpc.insecure_channel(...) as channel:`, with `stub` an Observer
+/// stub, once `status` (ServerStatus) counts 3 connected nodes or 30 s have
+/// passed; `imports` adds import lines.
+pub(crate) fn relay_client(imports: &str, body: &str) -> String {
+    format!(
+        r#"
+import sys, time
+import grpc
+sys.path.insert(0, sys.argv[1])
+from observer import observer_pb2, observer_pb2_grpc
+{imports}
+
+with grpc.insecure_channel(sys.argv[2]) as channel:
+    stub = observer_pb2_grpc.ObserverStub(channel)
+    deadline = time.time() + 30
+    while True:
+        status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=10)
+        if status.num_connected_nodes.value == 3 or time.time() > deadline:
+            break
+        time.sleep(0.2)
+{body}"#
+    )
+}
+
 /// What a grpcio client script printed.
 pub(crate) struct ClientOutput(pub(crate) String);
 

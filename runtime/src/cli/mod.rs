@@ -4,6 +4,7 @@ mod endpoint;
 mod lab;
 pub mod observe;
 mod plugin;
+mod plugin_new;
 mod policy;
 pub mod print;
 pub mod replay;

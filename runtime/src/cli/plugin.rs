@@ -1,4 +1,4 @@
-//! `loupe plugin install | list | inspect | remove`.
+//! `loupe plugin install | list | inspect | remove | new`.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +38,18 @@ pub enum PluginCommand {
     Inspect {
         /// Installed name.
         name: String,
+    },
+    /// Start a plugin crate of your own (outside this repository): a working
+    /// parser skeleton, native tests, a harness test, a fuzz target, its README.
+    New {
+        /// The protocol's name (`[a-z][a-z0-9-]*`): the plugin's and `l7proto`'s.
+        name: String,
+        /// Where to create `loupe-plugin-NAME/` (default: here).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Loupe's `sdk/` directory (default: the one this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
     /// Uninstall a plugin (open connections finish on it).
     Remove {
@@ -97,6 +109,15 @@ fn read_plugin_file(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 pub(super) async fn run(cmd: PluginCommand, socket: &Path) -> anyhow::Result<i32> {
+    if let PluginCommand::New { name, dir, sdk } = cmd {
+        let made = super::plugin_new::create(&name, &dir, sdk.as_deref())?;
+        println!("created {}", made.display());
+        println!(
+            "  cd {} && cargo test && cargo build --release --target wasm32-wasip2",
+            made.display()
+        );
+        return Ok(0);
+    }
     let mut client = PluginsClient::new(client::connect(socket).await?);
     match cmd {
         PluginCommand::Install {
@@ -207,6 +228,8 @@ pub(super) async fn run(cmd: PluginCommand, socket: &Path) -> anyhow::Result<i32
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
             println!("removed {name}");
         }
+        // Made above, without an agent.
+        PluginCommand::New { .. } => {}
     }
     Ok(0)
 }

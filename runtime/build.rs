@@ -11,7 +11,13 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
         return embed_nothing();
     }
-    build_plugins()?;
+    if std::env::var_os("CARGO_FEATURE_BUNDLED_PLUGINS").is_some() {
+        build_plugins()?;
+    } else {
+        // A library build without the shipped plugins (the SDK's harness, the
+        // tests crate): editing `plugins/` then reruns nothing here.
+        embed_no_plugins()?;
+    }
     build_datapath()
 }
 
@@ -19,6 +25,12 @@ fn main() -> anyhow::Result<()> {
 fn embed_nothing() -> anyhow::Result<()> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
     std::fs::write(out.join("loupe-datapath"), b"")?;
+    embed_no_plugins()
+}
+
+/// Empty files where the plugins would be.
+fn embed_no_plugins() -> anyhow::Result<()> {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
     let plugins = out.join("no-plugins");
     std::fs::create_dir_all(&plugins)?;
     for p in ["memcached", "redis", "http", "kafka"] {

@@ -5,19 +5,27 @@
 
 use super::manager::PluginManager;
 
+#[cfg(feature = "bundled-plugins")]
 macro_rules! bundled {
     ($file:literal) => {
         include_bytes!(concat!(env!("LOUPE_BUNDLED_PLUGINS"), "/", $file))
     };
 }
 
-/// Name and component of each shipped plugin.
+/// Name and component of each shipped plugin (none without the
+/// `bundled-plugins` feature).
+#[cfg(feature = "bundled-plugins")]
 pub const BUNDLED: &[(&str, &[u8])] = &[
     ("http", bundled!("loupe_plugin_http.wasm")),
     ("redis", bundled!("loupe_plugin_redis.wasm")),
     ("kafka", bundled!("loupe_plugin_kafka.wasm")),
     ("memcached", bundled!("loupe_plugin_memcached.wasm")),
 ];
+
+/// Name and component of each shipped plugin (none without the
+/// `bundled-plugins` feature).
+#[cfg(not(feature = "bundled-plugins"))]
+pub const BUNDLED: &[(&str, &[u8])] = &[];
 
 /// Installs every shipped plugin not installed yet; returns what was installed
 /// and what failed (a failure is logged, never fatal).

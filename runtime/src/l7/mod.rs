@@ -342,22 +342,11 @@ impl Engine {
         };
         let plugin = p.plugin.clone();
         let worker = self.worker(&plugin);
-        let result = worker.feed(p.id, direction(side), bytes);
-        let failed = worker.error(p.id).cloned();
-        let messages = match result {
-            Ok(messages) => messages,
-            Err(err) => {
-                EngineStats::add(&self.stats.errors, 1);
-                out.push(flows::error_flow(
-                    ctx,
-                    key,
-                    &plugin.info,
-                    &err.to_string(),
-                    time,
-                ));
-                self.release(State::Parsing(p));
-                return State::Off;
-            }
+        // A failed feed, or a fault the plugin left after the messages it gave:
+        // either ends the connection's L7 view, below.
+        let (messages, failed) = match worker.feed(p.id, direction(side), bytes) {
+            Ok(messages) => (messages, worker.error(p.id).map(ToString::to_string)),
+            Err(err) => (Vec::new(), Some(err.to_string())),
         };
         for msg in &messages {
             match msg.kind {
@@ -417,13 +406,7 @@ impl Engine {
         }
         if let Some(err) = failed {
             EngineStats::add(&self.stats.errors, 1);
-            out.push(flows::error_flow(
-                ctx,
-                key,
-                &plugin.info,
-                &err.to_string(),
-                time,
-            ));
+            out.push(flows::error_flow(ctx, key, &plugin.info, &err, time));
             self.release(State::Parsing(p));
             return State::Off;
         }

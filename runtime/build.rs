@@ -3,6 +3,8 @@
 
 use anyhow::{Context as _, anyhow};
 
+include!("../tests/outer_cargo_env.rs");
+
 fn main() -> anyhow::Result<()> {
     // A cargo-fuzz build (`--cfg fuzzing`) exercises the runtime's parsers only: it
     // embeds empty stand-ins instead of building the guests and the eBPF object
@@ -80,17 +82,7 @@ fn build_plugins() -> anyhow::Result<()> {
     ] {
         cmd.args(["-p", p]);
     }
-    // What the outer cargo set for this build must not leak into the guests'.
-    for var in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "CARGO_PRIMARY_PACKAGE",
-    ] {
+    for var in OUTER_CARGO_ENV {
         cmd.env_remove(var);
     }
     let status = cmd

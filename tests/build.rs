@@ -22,6 +22,8 @@ const ZERO_IMPORT: &[&str] = &[
 /// the others through feature unification.
 const WITH_STD: &[&str] = &["loupe-hostile-imports-wasi"];
 
+include!("outer_cargo_env.rs");
+
 fn main() -> anyhow::Result<()> {
     let manifest =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
@@ -65,18 +67,7 @@ fn build(root: &Path, target: &Path, packages: &[&str]) -> anyhow::Result<()> {
     for p in packages {
         cmd.args(["-p", p]);
     }
-    // What the outer cargo set for *this* build must not leak into the guests'
-    // (clippy as a wrapper, host rustflags, the build script's own target).
-    for var in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "CARGO_PRIMARY_PACKAGE",
-    ] {
+    for var in OUTER_CARGO_ENV {
         cmd.env_remove(var);
     }
     let status = cmd.status().context("running cargo for the wasm guests")?;

@@ -16,6 +16,8 @@ use anyhow::{Context as _, bail};
 
 pub mod tshark;
 
+include!("../outer_cargo_env.rs");
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -192,6 +194,15 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     check()
+}
+
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
 }
 
 /// Whether a process is alive (zombies count as gone).

@@ -7,26 +7,17 @@
 use std::path::Path;
 use std::process::Command;
 
-use loupe_tests::{TestAgent, loupe_ok, root, scratch_dir};
+use loupe_tests::{OUTER_CARGO_ENV, TestAgent, loupe_ok, root, scratch_dir};
 
-/// `cargo ARGS` in `dir`, with the outer cargo's build settings removed (as
-/// `runtime/build.rs` does for the bundled plugins) and a target directory kept
-/// between runs.
+/// `cargo ARGS` in `dir`, with the outer cargo's build settings removed and a
+/// target directory kept between runs.
 fn cargo(dir: &Path, args: &[&str]) -> String {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(dir)
-        .args(args)
-        .env("CARGO_TARGET_DIR", root().join("target/plugin-template"));
-    for var in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-    ] {
+    cmd.current_dir(dir).args(args);
+    for var in OUTER_CARGO_ENV {
         cmd.env_remove(var);
     }
+    cmd.env("CARGO_TARGET_DIR", root().join("target/plugin-template"));
     let out = cmd.output().expect("running cargo");
     let text = format!(
         "{}{}",

@@ -27,16 +27,12 @@ use loupe_proto::observer::{
     observer_client::ObserverClient,
 };
 use loupe_runtime::agent::{self, AgentState};
-use loupe_runtime::config::AgentConfig;
 use loupe_runtime::flow::FlowStore;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// The integration tests' helpers (a free port).
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::free_port;
 
 /// A typical L3/L4 flow: two pod endpoints with labels, TCP.
 fn flow(i: u64) -> Flow {
@@ -89,16 +85,7 @@ fn agents(dir: &Path, n: usize) -> Agents {
     for i in 0..n {
         let port = free_port();
         let name = format!("node-{i:02}");
-        let mut config = AgentConfig {
-            socket_path: dir.join(format!("{name}.sock")),
-            node_name: Some(name.clone()),
-            ..AgentConfig::default()
-        };
-        config.endpoints.lab = false;
-        config.bpf.enabled = false;
-        config.plugins.bundled = false;
-        config.hubble.listen_address = format!("127.0.0.1:{port}");
-        config.state_dir = dir.join(&name);
+        let config = common::node_config(dir, &name, port);
         config.validate(Path::new("bench")).unwrap();
         let state = Arc::new(AgentState::new(config).unwrap());
         stores.push(state.flows.clone());

@@ -77,12 +77,7 @@ const CLIENT_BODY: &str = r#"
     print("after_back", live[back:])
     print("live", live)
     print("events", events)
-    deadline = time.time() + 30
-    while True:
-        status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=10)
-        if status.num_connected_nodes.value == 3 or time.time() > deadline:
-            break
-        time.sleep(0.2)
+    status = connected(stub)
     print("after", status.num_connected_nodes.value, status.num_unavailable_nodes.value,
           list(status.unavailable_nodes))
 "#;
@@ -107,16 +102,7 @@ impl TestNode {
     }
 
     fn start_with(dir: &Path, name: &str, port: u16, tweak: impl Fn(&mut AgentConfig)) -> Self {
-        let mut config = AgentConfig {
-            socket_path: dir.join(format!("{name}.sock")),
-            node_name: Some(name.into()),
-            ..AgentConfig::default()
-        };
-        config.endpoints.lab = false;
-        config.bpf.enabled = false;
-        config.plugins.bundled = false;
-        config.hubble.listen_address = format!("127.0.0.1:{port}");
-        config.state_dir = dir.join(name);
+        let mut config = common::node_config(dir, name, port);
         tweak(&mut config);
         config.validate(Path::new("test")).unwrap();
         let state = Arc::new(AgentState::new(config).unwrap());

@@ -13,7 +13,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use loupe_tests::{TestAgent, TestLab, client, scratch_dir, serial, tcp_ok, wait_for, write_file};
+use loupe_tests::{
+    TestAgent, TestLab, client, free_port, scratch_dir, serial, tcp_ok, wait_for, write_file,
+};
 use serde_json::{Value, json};
 
 const NODE: &str = "lab-node-1";
@@ -96,14 +98,6 @@ fn list(api_version: &str, kind: &str, items: Vec<Value>) -> String {
     json!({"apiVersion": api_version, "kind": kind,
            "metadata": {"resourceVersion": "110"}, "items": items})
     .to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `GET path` on the agent's health port: the status line and the body.

@@ -13,6 +13,26 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// An agent as a relay's node without a datapath or lab: its API socket and
+/// state under `dir`, its Observer and Peer on `127.0.0.1:port`.
+pub(crate) fn node_config(
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+) -> loupe_runtime::config::AgentConfig {
+    let mut config = loupe_runtime::config::AgentConfig {
+        socket_path: dir.join(format!("{name}.sock")),
+        node_name: Some(name.into()),
+        state_dir: dir.join(name),
+        ..loupe_runtime::config::AgentConfig::default()
+    };
+    config.endpoints.lab = false;
+    config.bpf.enabled = false;
+    config.plugins.bundled = false;
+    config.hubble.listen_address = format!("127.0.0.1:{port}");
+    config
+}
+
 /// The lab's Python (`scripts/bootstrap` installs it into `/opt/loupe/venv`), or
 /// `$LOUPE_VENV/bin/python`.
 pub(crate) fn python() -> String {
@@ -137,7 +157,7 @@ pub(crate) fn observer_stubs(dir: &std::path::Path) -> std::path::PathBuf {
 /// A grpcio client script for a relay over three nodes: `body` runs, indented
 /// inside `with grpc.insecure_channel(...) as channel:`, with `stub` an Observer
 /// stub, once `status` (ServerStatus) counts 3 connected nodes or 30 s have
-/// passed; `imports` adds import lines.
+/// passed; `connected(stub)` waits so again; `imports` adds import lines.
 pub(crate) fn relay_client(imports: &str, body: &str) -> String {
     format!(
         r#"
@@ -147,14 +167,17 @@ sys.path.insert(0, sys.argv[1])
 from observer import observer_pb2, observer_pb2_grpc
 {imports}
 
-with grpc.insecure_channel(sys.argv[2]) as channel:
-    stub = observer_pb2_grpc.ObserverStub(channel)
+def connected(stub):
     deadline = time.time() + 30
     while True:
         status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=10)
         if status.num_connected_nodes.value == 3 or time.time() > deadline:
-            break
+            return status
         time.sleep(0.2)
+
+with grpc.insecure_channel(sys.argv[2]) as channel:
+    stub = observer_pb2_grpc.ObserverStub(channel)
+    status = connected(stub)
 {body}"#
     )
 }

@@ -117,7 +117,7 @@ pub fn fuzz<P: Parser>(data: &[u8]) {
             for (d, m) in &outcome.messages {
                 if *d == direction {
                     let start = m.start as usize;
-                    let _ = P::deny_reply(&stream[start..start + m.len as usize]);
+                    let _ = loupe_sdk::deny_reply::<P>(&stream[start..start + m.len as usize]);
                 }
             }
         }

@@ -78,6 +78,11 @@ pub fn sniff<P: Parser>(direction: wit::Direction, bytes: &[u8]) -> wit::SniffVe
     }
 }
 
+/// Compile-time schema check behind [`crate::fields!`].
+pub const fn check_fields(fields: &[crate::FieldSpec]) {
+    crate::fields::check_fields(fields);
+}
+
 fn direction_from(d: wit::Direction) -> Direction {
     match d {
         wit::Direction::ToServer => Direction::ToServer,

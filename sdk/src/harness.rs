@@ -8,7 +8,7 @@
 //! #   const INFO: loupe_sdk::Info = loupe_sdk::Info { name: "x", version: "0", protocol: "x", default_ports: &[], fields: &[] };
 //! #   fn sniff(_: loupe_sdk::Direction, _: &[u8]) -> loupe_sdk::Sniff { loupe_sdk::Sniff::No }
 //! #   fn parse(&mut self, _: loupe_sdk::Direction, _: &[u8]) -> Result<Option<loupe_sdk::Frame>, loupe_sdk::ParseError> { Ok(None) }
-//! #   fn deny_reply(_: &[u8]) -> Vec<u8> { Vec::new() }
+//! #   fn deny_reply(_: &loupe_sdk::Request<'_>) -> Vec<u8> { Vec::new() }
 //! # }
 //! use loupe_sdk::{Direction::*, harness::Harness};
 //!

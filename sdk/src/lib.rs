@@ -39,7 +39,7 @@
 //!         Ok(Some(Frame::new(direction, end + 1).slice(0, 0..end)))
 //!     }
 //!
-//!     fn deny_reply(_request: &[u8]) -> Vec<u8> {
+//!     fn deny_reply(_request: &loupe_sdk::Request<'_>) -> Vec<u8> {
 //!         b"DENIED\n".to_vec()
 //!     }
 //! }
@@ -58,6 +58,11 @@
 
 extern crate alloc;
 
+#[cfg(test)]
+extern crate std;
+
+pub mod fields;
+mod reader;
 mod stream;
 mod types;
 
@@ -67,10 +72,12 @@ pub mod harness;
 #[cfg(target_arch = "wasm32")]
 mod wasm_rt;
 
+pub use fields::{Assign, BytesField, FlagField, SignedField, TextField, UnsignedField};
+pub use reader::{ReadError, Reader};
 pub use stream::{Feed, Message, Stream, StreamError};
 pub use types::{
     Correlation, Direction, Field, FieldSpec, FieldType, Frame, Info, MessageKind, ParseError,
-    Sniff, Span, Transport, Value,
+    Request, Sniff, Span, Transport, Value,
 };
 
 // Re-exported so a plugin needs no `extern crate alloc` of its own.
@@ -96,9 +103,24 @@ pub trait Parser: Default + 'static {
     /// length and fields. `buf` always starts at a message boundary.
     fn parse(&mut self, direction: Direction, buf: &[u8]) -> Result<Option<Frame>, ParseError>;
 
-    /// The reply that keeps a connection alive when policy denies `request` (one
-    /// whole request as framed by [`Parser::parse`]).
-    fn deny_reply(request: &[u8]) -> Vec<u8>;
+    /// The bytes a client gets in place of the answer to `request` when policy
+    /// denies it, so that the connection survives: a protocol error reply
+    /// (`-NOPERM …`, `HTTP/1.1 403`, Kafka's `TOPIC_AUTHORIZATION_FAILED`).
+    /// `request` holds the request's bytes and the fields a fresh parser gives
+    /// them ([`Request`]).
+    ///
+    /// An **empty reply** means "send nothing": the agent writes no bytes for
+    /// this request, so the client gets no answer to it (and times out on it,
+    /// or knows none was due); the answers to the requests around it still go
+    /// out in order. Use it when the protocol has no error reply for this
+    /// request.
+    fn deny_reply(request: &Request<'_>) -> Vec<u8>;
+}
+
+/// The reply [`Parser::deny_reply`] gives to `request`'s bytes, framed the way
+/// the exported plugin frames them: what the agent gets from `deny-reply`.
+pub fn deny_reply<P: Parser>(request: &[u8]) -> Vec<u8> {
+    P::deny_reply(&Request::parse::<P>(request))
 }
 
 /// Exports a [`Parser`] as the plugin's implementation of the contract.
@@ -113,7 +135,7 @@ pub trait Parser: Default + 'static {
 /// #     const INFO: Info = Info { name: "echo", version: "0.1.0", protocol: "echo", default_ports: &[], fields: &[] };
 /// #     fn sniff(_: Direction, _: &[u8]) -> Sniff { Sniff::Maybe }
 /// #     fn parse(&mut self, d: Direction, b: &[u8]) -> Result<Option<Frame>, ParseError> { Ok(Some(Frame::new(d, b.len()))) }
-/// #     fn deny_reply(_: &[u8]) -> Vec<u8> { Vec::new() }
+/// #     fn deny_reply(_: &Request<'_>) -> Vec<u8> { Vec::new() }
 /// # }
 /// loupe_sdk::export_parser!(Echo);
 /// ```
@@ -135,7 +157,7 @@ macro_rules! export_parser {
                     $crate::__private::sniff::<$parser>(direction, &bytes)
                 }
                 fn deny_reply(request: $crate::Vec<u8>) -> $crate::Vec<u8> {
-                    <$parser as $crate::Parser>::deny_reply(&request)
+                    $crate::deny_reply::<$parser>(&request)
                 }
             }
             $crate::__bindings::export_plugin_world!(__LoupeExport with_types_in $crate::__bindings);

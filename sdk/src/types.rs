@@ -5,6 +5,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
 
+use crate::fields::{Assign, BytesField, FlagField, SignedField, TextField, UnsignedField};
+
 /// Which way bytes flow on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
@@ -195,23 +197,156 @@ impl Frame {
         self
     }
 
-    /// Adds a field.
-    pub fn field(mut self, id: u16, value: Value) -> Self {
-        self.fields.push(Field { id, value });
+    /// Sets `field` to `value`, checked against the field's declared kind: a
+    /// range of the message or text for a [`TextField`], a range for a
+    /// [`BytesField`], `u64` / `i64` / `bool` for unsigned, signed and flag
+    /// fields (see [`crate::fields!`]).
+    pub fn set<F: Assign<V>, V>(mut self, field: F, value: V) -> Self {
+        self.fields.push(Field {
+            id: field.field_id(),
+            value: F::value(value),
+        });
         self
     }
 
-    /// Adds a field whose value is `range` of the message's bytes. Ranges that do
-    /// not fit in 32 bits are clamped (and then refused by the agent).
-    pub fn slice(self, id: u16, range: Range<usize>) -> Self {
+    /// Adds a field by raw id (untyped; prefer [`Frame::set`]).
+    pub fn field(mut self, id: impl Into<u16>, value: Value) -> Self {
+        self.fields.push(Field {
+            id: id.into(),
+            value,
+        });
+        self
+    }
+
+    /// Adds a field whose value is `range` of the message's bytes, by raw id
+    /// (untyped; prefer [`Frame::set`]). Ranges that do not fit in 32 bits are
+    /// clamped (and then refused by the agent).
+    pub fn slice(self, id: impl Into<u16>, range: Range<usize>) -> Self {
         let offset = u32::try_from(range.start).unwrap_or(u32::MAX);
         let len = u32::try_from(range.end.saturating_sub(range.start)).unwrap_or(u32::MAX);
         self.field(id, Value::Slice(Span { offset, len }))
     }
 
-    /// Adds an unsigned field.
-    pub fn unsigned(self, id: u16, value: u64) -> Self {
+    /// Adds an unsigned field by raw id (untyped; prefer [`Frame::set`]).
+    pub fn unsigned(self, id: impl Into<u16>, value: u64) -> Self {
         self.field(id, Value::Unsigned(value))
+    }
+
+    /// The first value of field `id`.
+    pub fn get(&self, id: impl Into<u16>) -> Option<&Value> {
+        let id = id.into();
+        self.fields.iter().find(|f| f.id == id).map(|f| &f.value)
+    }
+
+    /// A text field's value: its slice of `message` (this frame's bytes) as
+    /// UTF-8, or its computed text. `None` if absent, not UTF-8 or outside
+    /// `message`.
+    pub fn text_of<'a>(&'a self, field: TextField, message: &'a [u8]) -> Option<&'a str> {
+        match self.get(field)? {
+            Value::Slice(span) => core::str::from_utf8(span_of(span, message)?).ok(),
+            Value::Computed(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// A bytes field's value: its slice of `message`.
+    pub fn bytes_of<'a>(&self, field: BytesField, message: &'a [u8]) -> Option<&'a [u8]> {
+        match self.get(field)? {
+            Value::Slice(span) => span_of(span, message),
+            _ => None,
+        }
+    }
+
+    /// An unsigned field's value.
+    pub fn unsigned_of(&self, field: UnsignedField) -> Option<u64> {
+        match self.get(field)? {
+            Value::Unsigned(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// A signed field's value.
+    pub fn signed_of(&self, field: SignedField) -> Option<i64> {
+        match self.get(field)? {
+            Value::Signed(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// A flag field's value.
+    pub fn flag_of(&self, field: FlagField) -> Option<bool> {
+        match self.get(field)? {
+            Value::Flag(v) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+fn span_of<'a>(span: &Span, message: &'a [u8]) -> Option<&'a [u8]> {
+    let start = usize::try_from(span.offset).ok()?;
+    let end = start.checked_add(usize::try_from(span.len).ok()?)?;
+    message.get(start..end)
+}
+
+/// A request that policy denied, as [`crate::Parser::deny_reply`] sees it: its
+/// bytes and, when they frame as one request, the fields the parser gives it.
+///
+/// The agent hands the plugin only the request's bytes; the SDK frames them
+/// again with a fresh parser (`Default`), so the fields are those `parse`
+/// finds without the connection's earlier messages. A parser whose request
+/// fields depend on per-connection state sees that state's defaults here.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    bytes: &'a [u8],
+    frame: Option<Frame>,
+}
+
+impl<'a> Request<'a> {
+    /// `bytes` framed by a fresh `P`: the frame is kept when `parse` frames a
+    /// request from them.
+    pub fn parse<P: crate::Parser>(bytes: &'a [u8]) -> Self {
+        let frame = match P::default().parse(Direction::ToServer, bytes) {
+            Ok(Some(frame)) if frame.len <= bytes.len() && frame.kind == MessageKind::Request => {
+                Some(frame)
+            }
+            _ => None,
+        };
+        Self { bytes, frame }
+    }
+
+    /// The request's bytes, exactly as framed on the connection.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The request's frame, if its bytes framed as a request again.
+    pub fn frame(&self) -> Option<&Frame> {
+        self.frame.as_ref()
+    }
+
+    /// A text field's value (see [`Frame::text_of`]).
+    pub fn text(&self, field: TextField) -> Option<&str> {
+        self.frame.as_ref()?.text_of(field, self.bytes)
+    }
+
+    /// A bytes field's value.
+    pub fn bytes_of(&self, field: BytesField) -> Option<&'a [u8]> {
+        self.frame.as_ref()?.bytes_of(field, self.bytes)
+    }
+
+    /// An unsigned field's value.
+    pub fn unsigned(&self, field: UnsignedField) -> Option<u64> {
+        self.frame.as_ref()?.unsigned_of(field)
+    }
+
+    /// A signed field's value.
+    pub fn signed(&self, field: SignedField) -> Option<i64> {
+        self.frame.as_ref()?.signed_of(field)
+    }
+
+    /// A flag field's value.
+    pub fn flag(&self, field: FlagField) -> Option<bool> {
+        self.frame.as_ref()?.flag_of(field)
     }
 }
 

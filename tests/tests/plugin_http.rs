@@ -94,7 +94,7 @@ fn http_capture_matches_tshark() {
                 .messages
                 .iter()
                 .filter(|m| m.direction == d)
-                .filter(|m| m.fields.iter().all(|(f, _)| *f != field::BODY_BYTES))
+                .filter(|m| m.fields.iter().all(|(f, _)| *f != field::BODY_BYTES.id()))
                 .collect();
             let theirs = dissected
                 .get(&(stream.index, d))
@@ -115,14 +115,14 @@ fn http_capture_matches_tshark() {
             for (i, (m, t)) in ours.iter().zip(&theirs).enumerate() {
                 let at = format!("{at} message {i}");
                 let pairs: &[(u16, &str)] = &[
-                    (field::METHOD, "http.request.method"),
-                    (field::URL, "http.request.uri"),
-                    (field::PATH, "http.request.uri.path"),
-                    (field::HOST, "http.host"),
-                    (field::USER_AGENT, "http.user_agent"),
-                    (field::CONTENT_TYPE, "http.content_type"),
-                    (field::CONTENT_LENGTH, "http.content_length_header"),
-                    (field::STATUS, "http.response.code"),
+                    (field::METHOD.id(), "http.request.method"),
+                    (field::URL.id(), "http.request.uri"),
+                    (field::PATH.id(), "http.request.uri.path"),
+                    (field::HOST.id(), "http.host"),
+                    (field::USER_AGENT.id(), "http.user_agent"),
+                    (field::CONTENT_TYPE.id(), "http.content_type"),
+                    (field::CONTENT_LENGTH.id(), "http.content_length_header"),
+                    (field::STATUS.id(), "http.response.code"),
                 ];
                 for &(id, name) in pairs {
                     let ours = value(m, &bytes, id);
@@ -133,7 +133,7 @@ fn http_capture_matches_tshark() {
                     }
                     assert_eq!(ours, theirs, "{at}: {name}");
                 }
-                let version = value(m, &bytes, field::VERSION);
+                let version = value(m, &bytes, field::VERSION.id());
                 let theirs = t
                     .get("http.request.version")
                     .or(t.get("http.response.version"))

@@ -99,21 +99,21 @@ fn kafka_capture_matches_tshark() {
                         "{at}: {name}\n{m:?}\n{t:?}"
                     );
                 };
-                same(field::CORRELATION_ID, "kafka.correlation_id");
-                same(field::API_KEY, "kafka.api_key");
+                same(field::CORRELATION_ID.id(), "kafka.correlation_id");
+                same(field::API_KEY.id(), "kafka.api_key");
                 if d == ToServer {
-                    same(field::API_VERSION, "kafka.api_version");
-                    same(field::CLIENT_ID, "kafka.client_id");
-                    if value(m, &bytes, field::TOPIC).is_some() {
-                        same(field::TOPIC, "kafka.topic_name");
+                    same(field::API_VERSION.id(), "kafka.api_version");
+                    same(field::CLIENT_ID.id(), "kafka.client_id");
+                    if value(m, &bytes, field::TOPIC.id()).is_some() {
+                        same(field::TOPIC.id(), "kafka.topic_name");
                         topics_compared
-                            .insert(value(m, &bytes, field::API_NAME).unwrap_or_default());
+                            .insert(value(m, &bytes, field::API_NAME.id()).unwrap_or_default());
                     }
-                    if value(m, &bytes, field::ACKS).is_some() {
-                        same(field::ACKS, "kafka.required_acks");
+                    if value(m, &bytes, field::ACKS.id()).is_some() {
+                        same(field::ACKS.id(), "kafka.required_acks");
                     }
-                } else if value(m, &bytes, field::ERROR_CODE).is_some() {
-                    same(field::ERROR_CODE, "kafka.error");
+                } else if value(m, &bytes, field::ERROR_CODE.id()).is_some() {
+                    same(field::ERROR_CODE.id(), "kafka.error");
                 }
                 compared += 1;
             }
@@ -149,11 +149,11 @@ fn group_capture_frames_the_same_at_every_split_and_reads_every_topic_api() {
         assert_eq!(outcome.error, None, "stream {}", stream.index);
         for m in &outcome.messages {
             let bytes = stream.bytes(m.direction);
-            let api = value(m, &bytes, field::API_NAME).unwrap_or_default();
-            if let Some(t) = value(m, &bytes, field::TOPIC) {
+            let api = value(m, &bytes, field::API_NAME.id()).unwrap_or_default();
+            if let Some(t) = value(m, &bytes, field::TOPIC.id()) {
                 topics.insert((api.clone(), t));
             }
-            if value(m, &bytes, field::PARTITION_ERRORS).is_some() {
+            if value(m, &bytes, field::PARTITION_ERRORS.id()).is_some() {
                 responses_with_summary += 1;
             }
         }

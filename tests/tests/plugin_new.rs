@@ -41,7 +41,7 @@ fn a_new_plugin_builds_tests_and_installs() {
 
     let tests = cargo(&krate, &["test"]);
     assert!(
-        tests.contains("test result: ok. 2 passed"),
+        tests.contains("test result: ok. 3 passed"),
         "the skeleton's native tests: {tests}"
     );
     cargo(&krate, &["build", "--release", "--target", "wasm32-wasip2"]);

@@ -159,7 +159,9 @@ fn compare_with_tshark(pcap: &str) -> (usize, usize) {
                 .filter(|m| m.direction == d)
                 // Blank inline lines (`redis-cli --pipe` sends one) are framed as
                 // empty requests; tshark shows nothing for them.
-                .filter(|m| d == ToClient || m.fields.iter().any(|(f, _)| *f == field::COMMAND))
+                .filter(|m| {
+                    d == ToClient || m.fields.iter().any(|(f, _)| *f == field::COMMAND.id())
+                })
                 .collect();
             let theirs = dissected
                 .get(&(stream.index, d))
@@ -181,18 +183,18 @@ fn compare_with_tshark(pcap: &str) -> (usize, usize) {
             );
             for (i, (m, t)) in ours.iter().zip(&theirs).enumerate() {
                 let at = format!("{at} message {i}");
-                let reply_type = value(m, &bytes, field::REPLY_TYPE);
+                let reply_type = value(m, &bytes, field::REPLY_TYPE.id());
                 match t.kind.as_str() {
                     "array" if d == ToServer => {
-                        let command = value(m, &bytes, field::COMMAND).unwrap();
+                        let command = value(m, &bytes, field::COMMAND.id()).unwrap();
                         assert_eq!(
                             command,
                             String::from_utf8_lossy(&t.bulks[0]).to_ascii_uppercase(),
                             "{at}"
                         );
-                        let args = value(m, &bytes, field::ARGS).unwrap();
+                        let args = value(m, &bytes, field::ARGS.id()).unwrap();
                         assert_eq!(Some(args.parse::<i64>().unwrap() + 1), t.array_len, "{at}");
-                        if let Some(key) = value(m, &bytes, field::KEY) {
+                        if let Some(key) = value(m, &bytes, field::KEY.id()) {
                             assert!(
                                 t.bulks[1..]
                                     .iter()
@@ -221,9 +223,9 @@ fn compare_with_tshark(pcap: &str) -> (usize, usize) {
                     "integer" => assert_eq!(reply_type.as_deref(), Some("integer"), "{at}"),
                     "error" => {
                         assert_eq!(reply_type.as_deref(), Some("error"), "{at}");
-                        let error = value(m, &bytes, field::ERROR).unwrap();
+                        let error = value(m, &bytes, field::ERROR.id()).unwrap();
                         assert_eq!(error, t.show, "{at}");
-                        let code = value(m, &bytes, field::ERROR_CODE).unwrap();
+                        let code = value(m, &bytes, field::ERROR_CODE.id()).unwrap();
                         assert!(t.show.starts_with(&code), "{at}");
                     }
                     other => panic!("{at}: {other}"),

@@ -176,25 +176,28 @@ fn memcached_parses_real_traffic_from_a_real_server() {
     let text = |m: &host::Message, id| {
         String::from_utf8(m.slice(m.field(id).unwrap()).unwrap().to_vec()).unwrap()
     };
-    assert_eq!(text(&requests_seen[0], field::COMMAND), "set");
-    assert_eq!(text(&requests_seen[0], field::KEY), "big");
-    assert_eq!(text(&responses_seen[0], field::STATUS), "STORED");
+    assert_eq!(text(&requests_seen[0], field::COMMAND.id()), "set");
+    assert_eq!(text(&requests_seen[0], field::KEY.id()), "big");
+    assert_eq!(text(&responses_seen[0], field::STATUS.id()), "STORED");
     assert_eq!(
-        responses_seen[1].field(field::HITS).unwrap().value,
+        responses_seen[1].field(field::HITS.id()).unwrap().value,
         host::Value::Unsigned(1)
     );
     assert_eq!(
-        responses_seen[1].field(field::VALUE_BYTES).unwrap().value,
+        responses_seen[1]
+            .field(field::VALUE_BYTES.id())
+            .unwrap()
+            .value,
         host::Value::Unsigned(3000)
     );
-    assert_eq!(text(&responses_seen[2], field::STATUS), "NOT_STORED");
-    assert_eq!(text(&responses_seen[3], field::STATUS), "NOT_FOUND");
-    assert_eq!(text(&responses_seen[4], field::STATUS), "STORED");
-    assert_eq!(text(&responses_seen[5], field::STATUS), "15");
-    assert_eq!(text(&requests_seen[7], field::COMMAND), "bogus");
-    assert_eq!(text(&responses_seen[7], field::STATUS), "ERROR");
-    assert_eq!(text(&responses_seen[8], field::STATUS), "VERSION");
-    assert_eq!(text(&responses_seen[9], field::STATUS), "STAT");
+    assert_eq!(text(&responses_seen[2], field::STATUS.id()), "NOT_STORED");
+    assert_eq!(text(&responses_seen[3], field::STATUS.id()), "NOT_FOUND");
+    assert_eq!(text(&responses_seen[4], field::STATUS.id()), "STORED");
+    assert_eq!(text(&responses_seen[5], field::STATUS.id()), "15");
+    assert_eq!(text(&requests_seen[7], field::COMMAND.id()), "bogus");
+    assert_eq!(text(&responses_seen[7], field::STATUS.id()), "ERROR");
+    assert_eq!(text(&responses_seen[8], field::STATUS.id()), "VERSION");
+    assert_eq!(text(&responses_seen[9], field::STATUS.id()), "STAT");
     // Pairing: each response carries the order number of its request.
     for (q, r) in requests_seen.iter().zip(&responses_seen) {
         assert_eq!(q.correlation, r.correlation);

@@ -22,34 +22,36 @@ extern crate alloc;
 use alloc::collections::VecDeque;
 
 use loupe_sdk::{
-    Correlation, Direction, FieldSpec, FieldType, Frame, Info, MessageKind, ParseError, Parser,
-    Sniff, Value, Vec,
+    Correlation, Direction, Frame, Info, MessageKind, ParseError, Parser, Request, Sniff, Value,
+    Vec,
 };
 
 /// Field ids: indexes into [`Http::INFO`]'s `fields`.
 pub mod field {
-    /// Request method (`GET`).
-    pub const METHOD: u16 = 0;
-    /// Request path, without the query.
-    pub const PATH: u16 = 1;
-    /// Request target as sent (path and query, or absolute URL).
-    pub const URL: u16 = 2;
-    /// `Host` header.
-    pub const HOST: u16 = 3;
-    /// Protocol version (`HTTP/1.1`).
-    pub const VERSION: u16 = 4;
-    /// Response status code.
-    pub const STATUS: u16 = 5;
-    /// `Content-Length` of the message.
-    pub const CONTENT_LENGTH: u16 = 6;
-    /// `Content-Type` header.
-    pub const CONTENT_TYPE: u16 = 7;
-    /// `User-Agent` header.
-    pub const USER_AGENT: u16 = 8;
-    /// Body bytes in a body piece (events only).
-    pub const BODY_BYTES: u16 = 9;
-    /// The body is chunked.
-    pub const CHUNKED: u16 = 10;
+    loupe_sdk::fields! {
+        /// Request method (`GET`).
+        METHOD: Text = "method", "request method (GET, POST…)";
+        /// Request path, without the query.
+        PATH: Text = "path", "request path, without the query";
+        /// Request target as sent (path and query, or absolute URL).
+        URL: Text = "url", "request target as sent";
+        /// `Host` header.
+        HOST: Text = "host", "Host header";
+        /// Protocol version (`HTTP/1.1`).
+        VERSION: Text = "version", "protocol version (HTTP/1.1)";
+        /// Response status code.
+        STATUS: Unsigned = "status", "response status code";
+        /// `Content-Length` of the message.
+        CONTENT_LENGTH: Unsigned = "content-length", "Content-Length of the message";
+        /// `Content-Type` header.
+        CONTENT_TYPE: Text = "content-type", "Content-Type header";
+        /// `User-Agent` header.
+        USER_AGENT: Text = "user-agent", "User-Agent header";
+        /// Body bytes in a body piece (events only).
+        BODY_BYTES: Unsigned = "body-bytes", "body bytes in a body piece (events)";
+        /// The body is chunked.
+        CHUNKED: Flag = "chunked", "the body uses chunked transfer coding";
+    }
 }
 
 /// Longest head (start line and headers) accepted.
@@ -102,63 +104,7 @@ impl Parser for Http {
         version: "0.1.0",
         protocol: "http",
         default_ports: &[80],
-        fields: &[
-            FieldSpec {
-                name: "method",
-                ty: FieldType::Text,
-                description: "request method (GET, POST…)",
-            },
-            FieldSpec {
-                name: "path",
-                ty: FieldType::Text,
-                description: "request path, without the query",
-            },
-            FieldSpec {
-                name: "url",
-                ty: FieldType::Text,
-                description: "request target as sent",
-            },
-            FieldSpec {
-                name: "host",
-                ty: FieldType::Text,
-                description: "Host header",
-            },
-            FieldSpec {
-                name: "version",
-                ty: FieldType::Text,
-                description: "protocol version (HTTP/1.1)",
-            },
-            FieldSpec {
-                name: "status",
-                ty: FieldType::Unsigned,
-                description: "response status code",
-            },
-            FieldSpec {
-                name: "content-length",
-                ty: FieldType::Unsigned,
-                description: "Content-Length of the message",
-            },
-            FieldSpec {
-                name: "content-type",
-                ty: FieldType::Text,
-                description: "Content-Type header",
-            },
-            FieldSpec {
-                name: "user-agent",
-                ty: FieldType::Text,
-                description: "User-Agent header",
-            },
-            FieldSpec {
-                name: "body-bytes",
-                ty: FieldType::Unsigned,
-                description: "body bytes in a body piece (events)",
-            },
-            FieldSpec {
-                name: "chunked",
-                ty: FieldType::Flag,
-                description: "the body uses chunked transfer coding",
-            },
-        ],
+        fields: field::FIELDS,
     };
 
     fn sniff(direction: Direction, bytes: &[u8]) -> Sniff {
@@ -237,7 +183,7 @@ impl Parser for Http {
         }
     }
 
-    fn deny_reply(_request: &[u8]) -> Vec<u8> {
+    fn deny_reply(_request: &Request<'_>) -> Vec<u8> {
         b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nAccess denied"
             .to_vec()
     }

@@ -49,12 +49,12 @@ HEAD / HTTP/1.0\r\n\r\n";
         Direction::ToServer,
         req,
         &[
-            field::METHOD,
-            field::PATH,
-            field::URL,
-            field::HOST,
-            field::CONTENT_LENGTH,
-            field::BODY_BYTES,
+            field::METHOD.id(),
+            field::PATH.id(),
+            field::URL.id(),
+            field::HOST.id(),
+            field::CONTENT_LENGTH.id(),
+            field::BODY_BYTES.id(),
         ],
     );
     assert_eq!(
@@ -78,7 +78,7 @@ HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\n";
         &mut s,
         Direction::ToClient,
         resp,
-        &[field::STATUS, field::BODY_BYTES],
+        &[field::STATUS.id(), field::BODY_BYTES.id()],
     );
     assert_eq!(
         got,
@@ -154,7 +154,7 @@ fn hostile_input_is_an_error() {
 
 #[test]
 fn deny_reply_is_a_403() {
-    let reply = Http::deny_reply(b"GET / HTTP/1.1\r\n\r\n");
+    let reply = loupe_sdk::deny_reply::<Http>(b"GET / HTTP/1.1\r\n\r\n");
     assert!(reply.starts_with(b"HTTP/1.1 403 Forbidden\r\n"));
     assert!(reply.ends_with(b"\r\n\r\nAccess denied"));
 }

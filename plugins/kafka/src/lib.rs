@@ -27,37 +27,39 @@ mod response;
 mod wire;
 
 use loupe_sdk::{
-    Correlation, Direction, FieldSpec, FieldType, Frame, Info, MessageKind, ParseError, Parser,
-    Sniff, String, Value, Vec,
+    Correlation, Direction, Frame, Info, MessageKind, ParseError, Parser, Request, Sniff, String,
+    Value, Vec,
 };
 
 use wire::Reader;
 
 /// Field ids: indexes into [`Kafka::INFO`]'s `fields`.
 pub mod field {
-    /// API key (0 Produce, 1 Fetch, 3 Metadata…).
-    pub const API_KEY: u16 = 0;
-    /// API name (`Produce`).
-    pub const API_NAME: u16 = 1;
-    /// API version.
-    pub const API_VERSION: u16 = 2;
-    /// Correlation id.
-    pub const CORRELATION_ID: u16 = 3;
-    /// Client id.
-    pub const CLIENT_ID: u16 = 4;
-    /// First topic of the request.
-    pub const TOPIC: u16 = 5;
-    /// Number of topics in the request.
-    pub const TOPICS: u16 = 6;
-    /// Produce `acks`.
-    pub const ACKS: u16 = 7;
-    /// Top-level error code of a response.
-    pub const ERROR_CODE: u16 = 8;
-    /// Number of partitions (topics, groups) of a response with a non-zero
-    /// error code.
-    pub const PARTITION_ERRORS: u16 = 9;
-    /// The first non-zero error code among them.
-    pub const PARTITION_ERROR_CODE: u16 = 10;
+    loupe_sdk::fields! {
+        /// API key (0 Produce, 1 Fetch, 3 Metadata…).
+        API_KEY: Unsigned = "api-key", "API key (0 Produce, 1 Fetch, 3 Metadata…)";
+        /// API name (`Produce`).
+        API_NAME: Text = "api-name", "API name (Produce, Fetch, Metadata…)";
+        /// API version.
+        API_VERSION: Unsigned = "api-version", "API version";
+        /// Correlation id.
+        CORRELATION_ID: Signed = "correlation-id", "correlation id pairing a request and its response";
+        /// Client id.
+        CLIENT_ID: Text = "client-id", "client id of the request";
+        /// First topic of the request.
+        TOPIC: Text = "topic", "first topic of a Produce, Fetch, ListOffsets, Metadata, OffsetCommit, OffsetFetch, CreateTopics or DeleteTopics request";
+        /// Number of topics in the request.
+        TOPICS: Unsigned = "topics", "number of topics in the request";
+        /// Produce `acks`.
+        ACKS: Signed = "acks", "acks of a Produce request";
+        /// Top-level error code of a response.
+        ERROR_CODE: Signed = "error-code", "top-level error code of a response (ApiVersions, Fetch v7+, OffsetFetch v2+, group and transaction APIs)";
+        /// Number of partitions (topics, groups) of a response with a non-zero
+        /// error code.
+        PARTITION_ERRORS: Unsigned = "partition-errors", "partitions of a response with a non-zero error code (topics for Metadata, CreateTopics, DeleteTopics; groups for DeleteGroups)";
+        /// The first non-zero error code among them.
+        PARTITION_ERROR_CODE: Signed = "partition-error-code", "the first non-zero partition (topic, group) error code of a response";
+    }
 }
 
 /// Largest message accepted (the SDK buffers a message until it is whole).
@@ -78,63 +80,7 @@ impl Parser for Kafka {
         version: "0.1.0",
         protocol: "kafka",
         default_ports: &[9092],
-        fields: &[
-            FieldSpec {
-                name: "api-key",
-                ty: FieldType::Unsigned,
-                description: "API key (0 Produce, 1 Fetch, 3 Metadata…)",
-            },
-            FieldSpec {
-                name: "api-name",
-                ty: FieldType::Text,
-                description: "API name (Produce, Fetch, Metadata…)",
-            },
-            FieldSpec {
-                name: "api-version",
-                ty: FieldType::Unsigned,
-                description: "API version",
-            },
-            FieldSpec {
-                name: "correlation-id",
-                ty: FieldType::Signed,
-                description: "correlation id pairing a request and its response",
-            },
-            FieldSpec {
-                name: "client-id",
-                ty: FieldType::Text,
-                description: "client id of the request",
-            },
-            FieldSpec {
-                name: "topic",
-                ty: FieldType::Text,
-                description: "first topic of a Produce, Fetch, ListOffsets, Metadata, OffsetCommit, OffsetFetch, CreateTopics or DeleteTopics request",
-            },
-            FieldSpec {
-                name: "topics",
-                ty: FieldType::Unsigned,
-                description: "number of topics in the request",
-            },
-            FieldSpec {
-                name: "acks",
-                ty: FieldType::Signed,
-                description: "acks of a Produce request",
-            },
-            FieldSpec {
-                name: "error-code",
-                ty: FieldType::Signed,
-                description: "top-level error code of a response (ApiVersions, Fetch v7+, OffsetFetch v2+, group and transaction APIs)",
-            },
-            FieldSpec {
-                name: "partition-errors",
-                ty: FieldType::Unsigned,
-                description: "partitions of a response with a non-zero error code (topics for Metadata, CreateTopics, DeleteTopics; groups for DeleteGroups)",
-            },
-            FieldSpec {
-                name: "partition-error-code",
-                ty: FieldType::Signed,
-                description: "the first non-zero partition (topic, group) error code of a response",
-            },
-        ],
+        fields: field::FIELDS,
     };
 
     fn sniff(direction: Direction, bytes: &[u8]) -> Sniff {
@@ -186,8 +132,8 @@ impl Parser for Kafka {
         }))
     }
 
-    fn deny_reply(request: &[u8]) -> Vec<u8> {
-        deny::reply(request)
+    fn deny_reply(request: &Request<'_>) -> Vec<u8> {
+        deny::reply(request.bytes())
     }
 }
 

@@ -70,16 +70,19 @@ fn produce_requests_classic_and_flexible_pair_by_correlation_id() {
         assert!(out.error.is_none(), "v{version}: {:?}", out.error);
         let m = &out.messages[0];
         let f = fields(m, &req);
-        assert!(f.contains(&(field::API_NAME, "Produce".into())), "{f:?}");
-        assert!(f.contains(&(field::CLIENT_ID, "cli".into())), "{f:?}");
         assert!(
-            f.contains(&(field::TOPIC, "orders".into())),
+            f.contains(&(field::API_NAME.id(), "Produce".into())),
+            "{f:?}"
+        );
+        assert!(f.contains(&(field::CLIENT_ID.id(), "cli".into())), "{f:?}");
+        assert!(
+            f.contains(&(field::TOPIC.id(), "orders".into())),
             "v{version} {f:?}"
         );
-        assert!(f.contains(&(field::ACKS, "-1".into())), "{f:?}");
+        assert!(f.contains(&(field::ACKS.id(), "-1".into())), "{f:?}");
         assert_eq!(m.correlation, Correlation::Id(42));
         // The deny reply parses as this request's response.
-        let reply = Kafka::deny_reply(&req);
+        let reply = loupe_sdk::deny_reply::<Kafka>(&req);
         assert!(!reply.is_empty());
         let out = s.feed(Direction::ToClient, &reply).unwrap();
         assert!(out.error.is_none(), "v{version}: {:?}", out.error);
@@ -109,17 +112,17 @@ fn metadata_and_api_versions() {
     let out = s.feed(Direction::ToServer, &all).unwrap();
     assert!(out.error.is_none(), "{:?}", out.error);
     assert_eq!(out.messages.len(), 3);
-    assert!(fields(&out.messages[0], &all).contains(&(field::TOPIC, "t1".into())));
-    assert!(fields(&out.messages[1], &all).contains(&(field::TOPIC, "t2".into())));
+    assert!(fields(&out.messages[0], &all).contains(&(field::TOPIC.id(), "t1".into())));
+    assert!(fields(&out.messages[1], &all).contains(&(field::TOPIC.id(), "t2".into())));
     // ApiVersions v3 response: header v0 (no tagged fields), then error_code 35.
     let mut w = Writer::default();
     w.i32(6).i32(9).i16(35);
     let out = s.feed(Direction::ToClient, &w.0).unwrap();
     assert!(out.error.is_none());
     let f = fields(&out.messages[0], &w.0);
-    assert!(f.contains(&(field::ERROR_CODE, "35".into())), "{f:?}");
+    assert!(f.contains(&(field::ERROR_CODE.id(), "35".into())), "{f:?}");
     assert!(
-        f.contains(&(field::API_NAME, "ApiVersions".into())),
+        f.contains(&(field::API_NAME.id(), "ApiVersions".into())),
         "{f:?}"
     );
 }
@@ -167,7 +170,7 @@ fn property_every_cut_frames_the_same_and_nothing_panics() {
         for cut in 1..input.len() {
             assert_eq!(run(&[&input[..cut], &input[cut..]]), whole);
         }
-        let _ = Kafka::deny_reply(&input);
+        let _ = loupe_sdk::deny_reply::<Kafka>(&input);
     }
 }
 
@@ -280,15 +283,15 @@ fn topics_of_list_offsets_offset_commit_offset_fetch_create_and_delete_topics() 
         assert!(out.error.is_none(), "key {key} v{v}: {:?}", out.error);
         let f = fields(&out.messages[0], &req);
         assert!(
-            f.contains(&(field::TOPIC, "orders".into())),
+            f.contains(&(field::TOPIC.id(), "orders".into())),
             "key {key} v{v}: {f:?}"
         );
         assert!(
-            f.contains(&(field::TOPICS, "2".into())),
+            f.contains(&(field::TOPICS.id(), "2".into())),
             "key {key} v{v}: {f:?}"
         );
         // And its deny reply reads back as its response.
-        let reply = Kafka::deny_reply(&req);
+        let reply = loupe_sdk::deny_reply::<Kafka>(&req);
         assert!(!reply.is_empty(), "key {key} v{v}");
         let out = s.feed(Direction::ToClient, &reply).unwrap();
         assert!(out.error.is_none(), "key {key} v{v}: {:?}", out.error);
@@ -322,9 +325,12 @@ fn partition_error_summary() {
     let out = s.feed(Direction::ToClient, &w.0).unwrap();
     assert!(out.error.is_none(), "{:?}", out.error);
     let f = fields(&out.messages[0], &w.0);
-    assert!(f.contains(&(field::PARTITION_ERRORS, "2".into())), "{f:?}");
     assert!(
-        f.contains(&(field::PARTITION_ERROR_CODE, "6".into())),
+        f.contains(&(field::PARTITION_ERRORS.id(), "2".into())),
+        "{f:?}"
+    );
+    assert!(
+        f.contains(&(field::PARTITION_ERROR_CODE.id(), "6".into())),
         "{f:?}"
     );
 
@@ -348,10 +354,13 @@ fn partition_error_summary() {
     let out = s.feed(Direction::ToClient, &w.0).unwrap();
     assert!(out.error.is_none(), "{:?}", out.error);
     let f = fields(&out.messages[0], &w.0);
-    assert!(f.contains(&(field::ERROR_CODE, "0".into())), "{f:?}");
-    assert!(f.contains(&(field::PARTITION_ERRORS, "1".into())), "{f:?}");
+    assert!(f.contains(&(field::ERROR_CODE.id(), "0".into())), "{f:?}");
     assert!(
-        f.contains(&(field::PARTITION_ERROR_CODE, "3".into())),
+        f.contains(&(field::PARTITION_ERRORS.id(), "1".into())),
+        "{f:?}"
+    );
+    assert!(
+        f.contains(&(field::PARTITION_ERROR_CODE.id(), "3".into())),
         "{f:?}"
     );
 
@@ -380,26 +389,26 @@ fn deny_reply_codes() {
         .string(b"t", f);
     w.array(1, f).i32(0).uvarint(1).tags(f).tags(f).tags(f);
     let req = request(0, 9, 1, b"c", &w.0);
-    let reply = Kafka::deny_reply(&req);
+    let reply = loupe_sdk::deny_reply::<Kafka>(&req);
     let mut s = Stream::<Kafka>::new();
     s.feed(Direction::ToServer, &req).unwrap();
     let out = s.feed(Direction::ToClient, &reply).unwrap();
     let fs = fields(&out.messages[0], &reply);
     assert!(
-        fs.contains(&(field::PARTITION_ERROR_CODE, "53".into())),
+        fs.contains(&(field::PARTITION_ERROR_CODE.id(), "53".into())),
         "{fs:?}"
     );
 
     let mut w = Writer::default();
     w.string(b"grp", false).i32(1).string(b"m", false);
     let req = request(12, 1, 2, b"c", &w.0);
-    let reply = Kafka::deny_reply(&req);
+    let reply = loupe_sdk::deny_reply::<Kafka>(&req);
     assert_eq!(reply, [0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 0, 0, 30]);
 
     let mut w = Writer::default();
     w.null_string(true).i32(1000).i64(-1).i16(-1).tags(true);
     let req = request(22, 4, 3, b"c", &w.0);
-    let reply = Kafka::deny_reply(&req);
+    let reply = loupe_sdk::deny_reply::<Kafka>(&req);
     // size, correlation, header tags, throttle, error 31, producer id/epoch, tags
     assert_eq!(&reply[9..15], &[0, 0, 0, 0, 0, 31]);
 
@@ -407,8 +416,8 @@ fn deny_reply_codes() {
     let mut w = Writer::default();
     w.i16(0).i32(1000).array(1, false).string(b"t", false);
     w.array(1, false).i32(0).i32(0);
-    assert!(Kafka::deny_reply(&request(0, 2, 5, b"c", &w.0)).is_empty());
+    assert!(loupe_sdk::deny_reply::<Kafka>(&request(0, 2, 5, b"c", &w.0)).is_empty());
 
     // ApiVersions is never denied with a reply (the agent closes instead).
-    assert!(Kafka::deny_reply(&request(18, 3, 4, b"c", &[0, 0, 0])).is_empty());
+    assert!(loupe_sdk::deny_reply::<Kafka>(&request(18, 3, 4, b"c", &[0, 0, 0])).is_empty());
 }

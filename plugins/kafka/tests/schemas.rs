@@ -14,7 +14,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use loupe_plugin_kafka::{Kafka, field};
-use loupe_sdk::{Correlation, Direction, Message, Parser, Stream, Value};
+use loupe_sdk::{Correlation, Direction, Message, Stream, Value};
 
 fn python() -> String {
     let venv = std::env::var("LOUPE_VENV").unwrap_or_else(|_| "/opt/loupe/venv".into());
@@ -32,7 +32,8 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-fn text(m: &Message, bytes: &[u8], id: u16) -> Option<String> {
+fn text(m: &Message, bytes: &[u8], id: impl Into<u16>) -> Option<String> {
+    let id = id.into();
     m.fields
         .iter()
         .find(|f| f.id == id)
@@ -157,7 +158,7 @@ fn every_version_reads_and_denies_as_the_schemas_say() {
             );
         }
 
-        let reply = Kafka::deny_reply(&request);
+        let reply = loupe_sdk::deny_reply::<Kafka>(&request);
         if reply.is_empty() {
             assert!(exempt(key, version), "{what}: no deny reply");
             continue;

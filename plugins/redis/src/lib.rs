@@ -31,8 +31,8 @@ use alloc::collections::VecDeque;
 use alloc::format;
 
 use loupe_sdk::{
-    Correlation, Direction, FieldSpec, FieldType, Frame, Info, MessageKind, ParseError, Parser,
-    Sniff, String, Value, Vec,
+    Correlation, Direction, Frame, Info, MessageKind, ParseError, Parser, Sniff, String, TextField,
+    Value, Vec,
 };
 
 use commands::KeyAt;
@@ -40,22 +40,24 @@ use resp::{Kind, MAX_LINE, MAX_MESSAGE, Step};
 
 /// Field ids: indexes into [`Redis::INFO`]'s `fields`.
 pub mod field {
-    /// Request command, uppercase (`GET`, `CONFIG`).
-    pub const COMMAND: u16 = 0;
-    /// Subcommand, uppercase, for commands that have one (`GET` of `CONFIG GET`).
-    pub const SUBCOMMAND: u16 = 1;
-    /// First key of a request, by the command table.
-    pub const KEY: u16 = 2;
-    /// Number of arguments after the command name.
-    pub const ARGS: u16 = 3;
-    /// Database the request runs in (tracked across `SELECT`).
-    pub const DB: u16 = 4;
-    /// Type of a reply (`simple-string`, `error`, `map`, `push`…).
-    pub const REPLY_TYPE: u16 = 5;
-    /// First word of an error reply (`ERR`, `WRONGTYPE`, `NOPERM`).
-    pub const ERROR_CODE: u16 = 6;
-    /// Whole text of an error reply.
-    pub const ERROR: u16 = 7;
+    loupe_sdk::fields! {
+        /// Request command, uppercase (`GET`, `CONFIG`).
+        COMMAND: Text = "command", "request command, uppercase (GET, SET, CONFIG…)";
+        /// Subcommand, uppercase, for commands that have one (`GET` of `CONFIG GET`).
+        SUBCOMMAND: Text = "subcommand", "subcommand, uppercase, where Redis has one (CONFIG GET, CLIENT LIST)";
+        /// First key of a request, by the command table.
+        KEY: Bytes = "key", "first key of the request (by command table)";
+        /// Number of arguments after the command name.
+        ARGS: Unsigned = "args", "number of arguments after the command name";
+        /// Database the request runs in (tracked across `SELECT`).
+        DB: Unsigned = "db", "database the request runs in (tracked across SELECT)";
+        /// Type of a reply (`simple-string`, `error`, `map`, `push`…).
+        REPLY_TYPE: Text = "reply-type", "RESP type of the reply (simple-string, error, integer, bulk-string, array, null, map, set, push…)";
+        /// First word of an error reply (`ERR`, `WRONGTYPE`, `NOPERM`).
+        ERROR_CODE: Text = "error-code", "first word of an error reply (ERR, WRONGTYPE, NOPERM…)";
+        /// Whole text of an error reply.
+        ERROR: Text = "error", "text of an error reply";
+    }
 }
 
 /// Requests awaiting a reply that the parser tracks at most (runs of plain
@@ -98,48 +100,7 @@ impl Parser for Redis {
         version: "0.1.0",
         protocol: "redis",
         default_ports: &[6379],
-        fields: &[
-            FieldSpec {
-                name: "command",
-                ty: FieldType::Text,
-                description: "request command, uppercase (GET, SET, CONFIG…)",
-            },
-            FieldSpec {
-                name: "subcommand",
-                ty: FieldType::Text,
-                description: "subcommand, uppercase, where Redis has one (CONFIG GET, CLIENT LIST)",
-            },
-            FieldSpec {
-                name: "key",
-                ty: FieldType::Bytes,
-                description: "first key of the request (by command table)",
-            },
-            FieldSpec {
-                name: "args",
-                ty: FieldType::Unsigned,
-                description: "number of arguments after the command name",
-            },
-            FieldSpec {
-                name: "db",
-                ty: FieldType::Unsigned,
-                description: "database the request runs in (tracked across SELECT)",
-            },
-            FieldSpec {
-                name: "reply-type",
-                ty: FieldType::Text,
-                description: "RESP type of the reply (simple-string, error, integer, bulk-string, array, null, map, set, push…)",
-            },
-            FieldSpec {
-                name: "error-code",
-                ty: FieldType::Text,
-                description: "first word of an error reply (ERR, WRONGTYPE, NOPERM…)",
-            },
-            FieldSpec {
-                name: "error",
-                ty: FieldType::Text,
-                description: "text of an error reply",
-            },
-        ],
+        fields: field::FIELDS,
     };
 
     fn sniff(direction: Direction, bytes: &[u8]) -> Sniff {
@@ -204,19 +165,15 @@ impl Parser for Redis {
         }
     }
 
-    fn deny_reply(request: &[u8]) -> Vec<u8> {
+    fn deny_reply(request: &loupe_sdk::Request<'_>) -> Vec<u8> {
         // A simple error reads the same in RESP2 and RESP3 (and a denied `HELLO 3`
         // leaves the connection on RESP2), so one form answers every connection.
-        let mut upper = [0u8; MAX_NAME];
-        let name = request_args(request)
-            .ok()
-            .and_then(|(args, _)| args.first().copied())
-            .and_then(|(s, e)| uppercase(&request[s..e], &mut upper));
-        match name {
-            Some(name) => {
-                let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-                format!("-NOPERM policy denies running the '{name}' command\r\n").into_bytes()
-            }
+        match request.text(field::COMMAND) {
+            Some(name) => format!(
+                "-NOPERM policy denies running the '{}' command\r\n",
+                name.to_ascii_lowercase()
+            )
+            .into_bytes(),
             None => b"-NOPERM policy denies this command\r\n".to_vec(),
         }
     }
@@ -428,14 +385,11 @@ impl Redis {
 
 /// A text field: a slice when the bytes already are the normalised form,
 /// computed otherwise.
-fn text_field(frame: Frame, id: u16, buf: &[u8], s: usize, e: usize, norm: &[u8]) -> Frame {
+fn text_field(frame: Frame, id: TextField, buf: &[u8], s: usize, e: usize, norm: &[u8]) -> Frame {
     if &buf[s..e] == norm {
-        frame.slice(id, s..e)
+        frame.set(id, s..e)
     } else {
-        frame.field(
-            id,
-            Value::Computed(String::from_utf8_lossy(norm).into_owned()),
-        )
+        frame.set(id, String::from_utf8_lossy(norm).into_owned())
     }
 }
 
@@ -552,18 +506,6 @@ fn inline(buf: &[u8]) -> Result<Step<Request>, ParseError> {
         count,
         key: keys.and_then(|k| k.key),
     }))
-}
-
-/// The argument spans of a whole request (for `deny_reply`).
-fn request_args(request: &[u8]) -> Result<(Spans, usize), ParseError> {
-    let step = match request.first() {
-        Some(b'*') => multibulk(request)?,
-        _ => inline(request)?,
-    };
-    match step {
-        Step::Done(r) => Ok((r.first, r.count)),
-        Step::Need(_) => Err(ParseError::new(0, "incomplete request")),
-    }
 }
 
 #[cfg(test)]

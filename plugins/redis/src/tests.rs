@@ -61,11 +61,11 @@ fn rows(rows: &[&[&str]]) -> Vec<Vec<String>> {
 fn requests_carry_command_subcommand_key_args_and_db() {
     let mut s = Stream::<Redis>::new();
     let ids = [
-        field::COMMAND,
-        field::SUBCOMMAND,
-        field::KEY,
-        field::ARGS,
-        field::DB,
+        field::COMMAND.id(),
+        field::SUBCOMMAND.id(),
+        field::KEY.id(),
+        field::ARGS.id(),
+        field::DB.id(),
     ];
     let got = feed(
         &mut s,
@@ -98,7 +98,7 @@ fn requests_carry_command_subcommand_key_args_and_db() {
 #[test]
 fn select_error_is_undone() {
     let mut s = Stream::<Redis>::new();
-    let ids = [field::COMMAND, field::DB];
+    let ids = [field::COMMAND.id(), field::DB.id()];
     feed(
         &mut s,
         Direction::ToServer,
@@ -109,7 +109,11 @@ fn select_error_is_undone() {
         &mut s,
         Direction::ToClient,
         b"-ERR DB index is out of range\r\n",
-        &[field::REPLY_TYPE, field::ERROR_CODE, field::ERROR],
+        &[
+            field::REPLY_TYPE.id(),
+            field::ERROR_CODE.id(),
+            field::ERROR.id(),
+        ],
     );
     assert_eq!(
         got,
@@ -122,7 +126,7 @@ fn select_error_is_undone() {
 #[test]
 fn resp3_replies_and_pushes() {
     let mut s = Stream::<Redis>::new();
-    let ids = [field::REPLY_TYPE, field::ERROR_CODE];
+    let ids = [field::REPLY_TYPE.id(), field::ERROR_CODE.id()];
     feed(
         &mut s,
         Direction::ToServer,
@@ -156,7 +160,7 @@ fn resp2_pubsub_pairs_first_confirmation_only() {
         &mut s,
         Direction::ToServer,
         b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n",
-        &[field::COMMAND],
+        &[field::COMMAND.id()],
     );
     assert_eq!(got, rows(&[&["SUBSCRIBE", "paired"]]));
     let got = feed(
@@ -165,7 +169,7 @@ fn resp2_pubsub_pairs_first_confirmation_only() {
         b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n\
           *3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n\
           *3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n",
-        &[field::REPLY_TYPE],
+        &[field::REPLY_TYPE.id()],
     );
     assert_eq!(
         got,
@@ -184,14 +188,14 @@ fn multi_exec_pairs_in_order() {
         &mut s,
         Direction::ToServer,
         b"MULTI\r\nINCR a\r\nINCR b\r\nEXEC\r\n",
-        &[field::COMMAND, field::KEY],
+        &[field::COMMAND.id(), field::KEY.id()],
     );
     assert_eq!(got.len(), 4);
     let got = feed(
         &mut s,
         Direction::ToClient,
         b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n:1\r\n:0\r\n",
-        &[field::REPLY_TYPE],
+        &[field::REPLY_TYPE.id()],
     );
     // The last reply has no request: an event.
     assert_eq!(
@@ -262,11 +266,11 @@ fn a_large_value_is_not_rescanned_per_segment() {
 #[test]
 fn deny_reply_names_the_command() {
     assert_eq!(
-        Redis::deny_reply(b"*2\r\n$8\r\nFLUSHALL\r\n$5\r\nASYNC\r\n"),
+        loupe_sdk::deny_reply::<Redis>(b"*2\r\n$8\r\nFLUSHALL\r\n$5\r\nASYNC\r\n"),
         b"-NOPERM policy denies running the 'flushall' command\r\n"
     );
     assert_eq!(
-        Redis::deny_reply(b"\xff\r\n"),
+        loupe_sdk::deny_reply::<Redis>(b"\xff\r\n"),
         b"-NOPERM policy denies this command\r\n"
     );
 }

@@ -8,18 +8,22 @@
 // no_std in the component (zero imports); std natively, so tests link.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
-use loupe_sdk::{Direction, FieldSpec, FieldType, Frame, Info, ParseError, Parser, Sniff, Vec};
+use loupe_sdk::{Direction, Frame, Info, ParseError, Parser, Reader, Request, Sniff, Vec};
 
-/// Field ids: indexes into [`__TYPE__::INFO`]'s `fields`.
+/// The fields, numbered in order: [`__TYPE__::INFO`]'s schema. Each is typed:
+/// `Frame::set` takes a range of the message (or text) for `Text`, a `u64` for
+/// `Unsigned`, and so on.
 pub mod field {
-    /// The request's verb.
-    pub const COMMAND: u16 = 0;
-    /// The request's first argument.
-    pub const ARGUMENT: u16 = 1;
-    /// `+` or `-`: the response's outcome.
-    pub const STATUS: u16 = 2;
-    /// The text of a `-` response.
-    pub const ERROR: u16 = 3;
+    loupe_sdk::fields! {
+        /// The request's verb.
+        COMMAND: Text = "command", "the request's verb";
+        /// The request's first argument.
+        ARGUMENT: Text = "argument", "the request's first argument";
+        /// `+` or `-`: the response's outcome.
+        STATUS: Text = "status", "+ or -: the response's outcome";
+        /// The text of a `-` response.
+        ERROR: Text = "error", "the text of a - response";
+    }
 }
 
 /// Longest line accepted: a peer cannot make the plugin buffer more.
@@ -35,28 +39,7 @@ impl Parser for __TYPE__ {
         version: "0.1.0",
         protocol: "__NAME__",
         default_ports: &[],
-        fields: &[
-            FieldSpec {
-                name: "command",
-                ty: FieldType::Text,
-                description: "the request's verb",
-            },
-            FieldSpec {
-                name: "argument",
-                ty: FieldType::Text,
-                description: "the request's first argument",
-            },
-            FieldSpec {
-                name: "status",
-                ty: FieldType::Text,
-                description: "+ or -: the response's outcome",
-            },
-            FieldSpec {
-                name: "error",
-                ty: FieldType::Text,
-                description: "the text of a - response",
-            },
-        ],
+        fields: field::FIELDS,
     };
 
     fn sniff(direction: Direction, bytes: &[u8]) -> Sniff {
@@ -75,54 +58,51 @@ impl Parser for __TYPE__ {
         }
     }
 
-    /// What a client gets when policy denies its request: here, an error line.
-    fn deny_reply(_request: &[u8]) -> Vec<u8> {
-        b"-ERR access denied\r\n".to_vec()
+    /// What a client gets when policy denies its request: here, an error line
+    /// naming the verb (`request` holds the request's bytes and its fields).
+    fn deny_reply(request: &Request<'_>) -> Vec<u8> {
+        let mut reply = b"-ERR access denied".to_vec();
+        if let Some(verb) = request.text(field::COMMAND) {
+            reply.extend_from_slice(b" to ");
+            reply.extend_from_slice(verb.as_bytes());
+        }
+        reply.extend_from_slice(b"\r\n");
+        reply
     }
 }
 
 loupe_sdk::export_parser!(__TYPE__);
 
-/// Where the line starting `buf` ends (its `\r\n`); `None` while incomplete.
-fn line_end(buf: &[u8]) -> Result<Option<usize>, ParseError> {
-    let window = &buf[..buf.len().min(MAX_LINE)];
-    match window.windows(2).position(|w| w == b"\r\n") {
-        Some(i) => Ok(Some(i)),
-        None if window.len() >= MAX_LINE => Err(ParseError::new(0, "line too long")),
-        None => Ok(None),
-    }
-}
-
+/// `VERB [ARGUMENT…]\r\n`. The reader returns "incomplete" (the SDK waits for
+/// more bytes) until the line is all here, and "malformed" past `MAX_LINE`.
 fn request(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
-    let Some(eol) = line_end(buf)? else {
-        return Ok(None);
-    };
-    let verb_end = buf[..eol].iter().position(|&b| b == b' ').unwrap_or(eol);
-    if verb_end == 0 || !buf[..verb_end].iter().all(u8::is_ascii_uppercase) {
-        return Err(ParseError::new(0, "a request starts with an upper-case verb"));
-    }
-    let mut frame = Frame::new(Direction::ToServer, eol + 2).slice(field::COMMAND, 0..verb_end);
-    if verb_end < eol {
-        let start = verb_end + 1;
-        let end = buf[start..eol]
-            .iter()
-            .position(|&b| b == b' ')
-            .map_or(eol, |i| start + i);
-        frame = frame.slice(field::ARGUMENT, start..end);
-    }
-    Ok(Some(frame))
+    Reader::frame(buf, |r| {
+        let line = r.line(MAX_LINE)?;
+        let mut words = buf[line].split(|&b| b == b' ');
+        let verb = words.next().unwrap_or_default();
+        if verb.is_empty() || !verb.iter().all(u8::is_ascii_uppercase) {
+            return Err(r.malformed_at(0, "a request starts with an upper-case verb"));
+        }
+        let mut frame = r.frame_here(Direction::ToServer).set(field::COMMAND, 0..verb.len());
+        if let Some(argument) = words.next() {
+            let start = verb.len() + 1;
+            frame = frame.set(field::ARGUMENT, start..start + argument.len());
+        }
+        Ok(frame)
+    })
 }
 
+/// `+TEXT\r\n` or `-ERROR TEXT\r\n`.
 fn response(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
-    let Some(eol) = line_end(buf)? else {
-        return Ok(None);
-    };
-    let frame = Frame::new(Direction::ToClient, eol + 2).slice(field::STATUS, 0..1);
-    match buf.first() {
-        Some(b'+') => Ok(Some(frame)),
-        Some(b'-') => Ok(Some(frame.slice(field::ERROR, 1..eol))),
-        _ => Err(ParseError::new(0, "a response starts with + or -")),
-    }
+    Reader::frame(buf, |r| {
+        let line = r.line(MAX_LINE)?;
+        let frame = r.frame_here(Direction::ToClient).set(field::STATUS, 0..1);
+        match buf.first() {
+            Some(b'+') => Ok(frame),
+            Some(b'-') => Ok(frame.set(field::ERROR, 1..line.end)),
+            _ => Err(r.malformed_at(0, "a response starts with + or -")),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -154,5 +134,11 @@ mod tests {
         assert!(out.error.is_some());
         assert_eq!(__TYPE__::sniff(Direction::ToServer, b"GET x"), Sniff::Yes);
         assert_eq!(__TYPE__::sniff(Direction::ToClient, b"HTTP/1.1"), Sniff::No);
+    }
+
+    #[test]
+    fn a_denied_request_is_answered_with_an_error_naming_its_verb() {
+        let reply = loupe_sdk::deny_reply::<__TYPE__>(b"SET greeting hello\r\n");
+        assert_eq!(reply, b"-ERR access denied to SET\r\n");
     }
 }

@@ -27,7 +27,7 @@ impl Parser for Nosy {
         Ok(Some(Frame::new(d, buf.len())))
     }
 
-    fn deny_reply(_: &[u8]) -> Vec<u8> {
+    fn deny_reply(_: &loupe_sdk::Request<'_>) -> Vec<u8> {
         Vec::new()
     }
 }

@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 /// Guests that are `no_std` and zero-import (built together).
 const ZERO_IMPORT: &[&str] = &[
     "loupe-plugin-memcached",
+    "loupe-plugin-mqtt",
     "loupe-plugin-redis",
     "loupe-plugin-http",
     "loupe-plugin-kafka",

@@ -14,13 +14,14 @@ use loupe_runtime::proxy::{
 };
 use loupe_tests::guest;
 
-/// Denies Redis FLUSHALL and HTTP paths under `/deny`.
+/// Denies Redis FLUSHALL, HTTP paths under `/deny` and MQTT topics under `admin/`.
 struct DenyFlushall;
 
 impl Decider for DenyFlushall {
     fn decide(&self, _: &ConnInfo, plugin: &PluginInfo, request: &Message) -> Verdict {
         let deny = match plugin.name.as_str() {
             "http" => field_text(plugin, request, "path").is_some_and(|p| p.starts_with("/deny")),
+            "mqtt" => field_text(plugin, request, "topic").is_some_and(|t| t.starts_with("admin/")),
             _ => field_text(plugin, request, "command")
                 .is_some_and(|c| c.eq_ignore_ascii_case("flushall")),
         };
@@ -365,4 +366,69 @@ fn fail_open_delivers_the_server_bytes_that_failed_to_parse() {
         log.iter().any(|l| l.starts_with("error closed=false")),
         "{log:?}"
     );
+}
+
+/// An MQTT packet: first byte, remaining length (< 128), body.
+fn mqtt(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first, u8::try_from(body.len()).unwrap()];
+    out.extend_from_slice(body);
+    out
+}
+
+/// An MQTT PUBLISH of `topic` at `qos` (with packet id `id` when above 0).
+fn mqtt_publish(qos: u8, id: u16, topic: &str) -> Vec<u8> {
+    let mut body = u16::try_from(topic.len()).unwrap().to_be_bytes().to_vec();
+    body.extend_from_slice(topic.as_bytes());
+    if qos > 0 {
+        body.extend_from_slice(&id.to_be_bytes());
+    }
+    body.extend_from_slice(b"payload");
+    mqtt(0x30 | qos << 1, &body)
+}
+
+#[test]
+fn a_clients_answers_to_the_server_pass_its_denied_requests() {
+    // A subscriber acknowledges the broker's QoS 1 deliveries (PUBACK 7, 8)
+    // while its own publishes to admin/ are denied: the acknowledgements belong
+    // to the broker's requests, not to the denied ones, and must reach it.
+    let plugin = load("loupe_plugin_mqtt", Limits::default());
+    let connect = mqtt(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x03sub");
+    let subscribe = mqtt(0x82, b"\x00\x01\x00\x09sensors/#\x01");
+    let puback = |id: u8| mqtt(0x40, &[0, id]);
+    let allowed = mqtt_publish(1, 3, "sensors/ok");
+    let session = [
+        mqtt_publish(1, 2, "admin/x"),
+        puback(7),
+        mqtt_publish(0, 0, "admin/y"),
+        puback(8),
+        allowed.clone(),
+    ]
+    .concat();
+    for cut in 1..session.len() {
+        let (mut insp, events) = inspector_on(plugin.clone(), false);
+        let (to_server, _, _) =
+            sides(&insp.client_bytes(&[connect.clone(), subscribe.clone()].concat()));
+        assert_eq!(to_server, [connect.clone(), subscribe.clone()].concat());
+        let suback = mqtt(0x90, &[0, 1, 1]);
+        let delivery = mqtt_publish(1, 7, "sensors/t");
+        let (_, to_client, _) = sides(
+            &insp.server_bytes(&[mqtt(0x20, &[0, 0]), suback.clone(), delivery.clone()].concat()),
+        );
+        assert_eq!(to_client, [mqtt(0x20, &[0, 0]), suback, delivery].concat());
+
+        let mut actions = insp.client_bytes(&session[..cut]);
+        actions.extend(insp.client_bytes(&session[cut..]));
+        let (to_server, to_client, reset) = sides(&actions);
+        assert_eq!(reset, None, "cut {cut}");
+        assert_eq!(
+            to_server,
+            [puback(7), puback(8), allowed.clone()].concat(),
+            "cut {cut}: the acknowledgements and the allowed publish reach the broker"
+        );
+        // The denied QoS 1 publish gets the PUBACK a refusing 3.1.1 broker gives;
+        // the QoS 0 one expects no answer.
+        assert_eq!(to_client, puback(2), "cut {cut}");
+        let log = events.log.lock().unwrap().clone();
+        assert!(!log.iter().any(|l| l.starts_with("error")), "{log:?}");
+    }
 }

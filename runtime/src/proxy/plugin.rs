@@ -373,6 +373,12 @@ impl PluginInspector {
             consumed = rel_end;
             match message.kind {
                 MessageKind::Request => self.request(message, unit, out)?,
+                // The client's answer to a request the server made (an MQTT
+                // subscriber's PUBACK) belongs to no request of the client's:
+                // it goes out even behind a denied one, in order behind held ones.
+                MessageKind::Response if !matches!(self.tail, Tail::Hold) => {
+                    out.push(Action::ToServer(unit));
+                }
                 // Body pieces follow their request.
                 MessageKind::Event | MessageKind::Response => match self.tail {
                     Tail::Forward => out.push(Action::ToServer(unit)),

@@ -124,6 +124,9 @@ pub struct L7Config {
     pub redis_protocol: bool,
     /// DNS: no plugin yet; refused when on.
     pub dns_protocol: bool,
+    /// Any installed plugin's protocol everywhere (its ports), as the switches
+    /// above do for the shipped ones: `[mqtt, memcached]`.
+    pub protocols: Vec<String>,
     /// Port of the transparent L7 proxy the datapath steers L7-enforced
     /// connections to (0: no redirect; such ports are then only observed).
     pub proxy_port: u16,
@@ -352,16 +355,23 @@ impl Default for PrometheusConfig {
 }
 
 impl L7Config {
-    /// Protocols observed everywhere (their plugins' default ports).
-    pub fn global_protocols(&self) -> Vec<&'static str> {
-        [
+    /// Protocols observed everywhere (their plugins' ports): the switches'
+    /// and `protocols`, each once.
+    pub fn global_protocols(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = [
             ("http", self.http_protocol),
             ("kafka", self.kafka_protocol),
             ("redis", self.redis_protocol),
         ]
         .into_iter()
         .filter_map(|(p, on)| on.then_some(p))
-        .collect()
+        .collect();
+        for p in &self.protocols {
+            if !out.contains(&p.as_str()) {
+                out.push(p);
+            }
+        }
+        out
     }
 
     /// The reassembly bounds.
@@ -387,6 +397,7 @@ impl Default for L7Config {
             kafka_protocol: false,
             redis_protocol: false,
             dns_protocol: false,
+            protocols: Vec::new(),
             buffer_pages: 256,
             queue_size: 65_536,
             max_connections: 65_536,
@@ -579,16 +590,20 @@ impl AgentConfig {
                 format!("{} is outside 1..=1000000", self.l7.proxy_max_connections),
             ));
         }
-        if let Some(bad) = self.l7.fail_open.iter().find(|p| {
-            p.is_empty()
-                || !p
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        let named = [
+            ("l7.failOpen", &self.l7.fail_open),
+            ("l7.protocols", &self.l7.protocols),
+        ];
+        if let Some((field, bad)) = named.iter().find_map(|(field, names)| {
+            let bad = names.iter().find(|p| {
+                p.is_empty()
+                    || !p
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+            bad.map(|b| (*field, b))
         }) {
-            return Err(invalid(
-                "l7.failOpen",
-                format!("{bad:?} is not a protocol name"),
-            ));
+            return Err(invalid(field, format!("{bad:?} is not a protocol name")));
         }
         if self.node_name.as_ref().is_some_and(String::is_empty) {
             return Err(invalid("nodeName", "must not be empty".into()));
@@ -780,6 +795,15 @@ mod tests {
             .to_string();
         assert!(
             e.contains("l7.failOpen: \"re dis\" is not a protocol name"),
+            "{e}"
+        );
+        let c = parse("l7:\n  redisProtocol: true\n  protocols: [mqtt, redis]\n").unwrap();
+        assert_eq!(c.l7.global_protocols(), ["redis", "mqtt"]);
+        let e = parse("l7:\n  protocols: [\"mq/tt\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("l7.protocols: \"mq/tt\" is not a protocol name"),
             "{e}"
         );
     }

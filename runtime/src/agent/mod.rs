@@ -457,11 +457,11 @@ async fn start_l7(state: &AgentState, map: aya::maps::Map) {
     let l7 = &state.config.l7;
     let mut global_ports = std::collections::BTreeSet::new();
     for protocol in l7.global_protocols() {
-        match state.plugins.for_protocol(protocol) {
-            Some(plugin) => global_ports.extend(plugin.info.default_ports.iter().copied()),
+        match state.plugins.ports_for_protocol(protocol) {
+            Some(ports) => global_ports.extend(ports),
             None => tracing::warn!(
                 protocol,
-                "l7.{protocol}Protocol is on but no plugin for it is installed"
+                "{protocol} is to be observed everywhere (l7.*Protocol, l7.protocols) but no plugin for it is installed"
             ),
         }
     }

@@ -284,6 +284,24 @@ impl PluginManager {
             .find(|p| p.info.protocol == protocol)
     }
 
+    /// The ports the active plugin for `protocol` is attached to (`install
+    /// --ports`, else the plugin's defaults).
+    pub fn ports_for_protocol(&self, protocol: &str) -> Option<Vec<u16>> {
+        let installed = self.read_lock();
+        let active = |e: &&Installed| e.plugin.is_some();
+        installed
+            .get(protocol)
+            .filter(active)
+            .or_else(|| {
+                installed.values().find(|e| {
+                    e.plugin
+                        .as_ref()
+                        .is_some_and(|p| p.info.protocol == protocol)
+                })
+            })
+            .map(|e| e.manifest.ports.clone())
+    }
+
     /// Every active plugin (for sniffing a stream no port or rule names).
     pub fn active_plugins(&self) -> Vec<Arc<Plugin>> {
         self.read_lock()

@@ -1,5 +1,5 @@
 //! Field declarations without hand-kept numeric ids: [`crate::fields!`] turns a
-//! list of fields into typed constants and the schema, and [`Frame::set`]
+//! list of fields into typed constants and the schema, and [`Frame::set`](crate::Frame::set)
 //! accepts only the value kind a field was declared with.
 //!
 //! ```
@@ -109,7 +109,7 @@ assign!(FlagField, bool, |v| Value::Flag(v));
 /// `Unsigned`, `Signed`, `Flag`. Names are checked when the crate compiles:
 /// lowercase `[a-z0-9][a-z0-9_-]*`, unique.
 ///
-/// See the [module documentation](crate::fields) for an example.
+/// See the [module documentation](mod@crate::fields) for an example.
 #[macro_export]
 macro_rules! fields {
     ($($(#[$meta:meta])* $konst:ident : $kind:ident = $name:literal, $description:literal;)*) => {

@@ -13,9 +13,16 @@
 //! enums). You only say how long the next message is and what is in it.
 //!
 //! ```
-//! use loupe_sdk::{Direction, FieldSpec, FieldType, Frame, Info, ParseError, Parser, Sniff};
+//! use loupe_sdk::{Direction, Frame, Info, ParseError, Parser, Reader, Request, Sniff};
 //!
-//! /// "PING\n" / "PONG\n", one message per line.
+//! /// The fields, numbered in order (typed: `set` takes what each is declared as).
+//! pub mod field {
+//!     loupe_sdk::fields! {
+//!         WORD: Text = "word", "the word";
+//!     }
+//! }
+//!
+//! /// "PING\r\n" / "PONG\r\n", one message per line.
 //! #[derive(Default)]
 //! pub struct Ping;
 //!
@@ -25,7 +32,7 @@
 //!         version: "0.1.0",
 //!         protocol: "ping",
 //!         default_ports: &[7777],
-//!         fields: &[FieldSpec { name: "word", ty: FieldType::Text, description: "the word" }],
+//!         fields: field::FIELDS,
 //!     };
 //!
 //!     fn sniff(_: Direction, bytes: &[u8]) -> Sniff {
@@ -33,14 +40,15 @@
 //!     }
 //!
 //!     fn parse(&mut self, direction: Direction, buf: &[u8]) -> Result<Option<Frame>, ParseError> {
-//!         let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-//!             return Ok(None); // need more bytes
-//!         };
-//!         Ok(Some(Frame::new(direction, end + 1).slice(0, 0..end)))
+//!         // Incomplete (no CRLF yet) becomes Ok(None): the SDK calls again with more.
+//!         Reader::frame(buf, |r| {
+//!             let word = r.line(64)?;
+//!             Ok(r.frame_here(direction).set(field::WORD, word))
+//!         })
 //!     }
 //!
-//!     fn deny_reply(_request: &loupe_sdk::Request<'_>) -> Vec<u8> {
-//!         b"DENIED\n".to_vec()
+//!     fn deny_reply(_request: &Request<'_>) -> Vec<u8> {
+//!         b"DENIED\r\n".to_vec()
 //!     }
 //! }
 //!
@@ -48,7 +56,7 @@
 //!
 //! // Natively the same parser runs through the SDK's framing, as in tests:
 //! let mut stream = loupe_sdk::Stream::<Ping>::new();
-//! let out = stream.feed(Direction::ToServer, b"PING\nPI").unwrap();
+//! let out = stream.feed(Direction::ToServer, b"PING\r\nPI").unwrap();
 //! assert_eq!(out.messages.len(), 1);
 //! assert_eq!(out.pending, 2);
 //! assert!(out.error.is_none());

@@ -13,13 +13,15 @@
 //!   the connection's parse error.
 //!
 //! ```
-//! use loupe_sdk::{Direction, Frame, ParseError, Reader};
+//! use loupe_sdk::{Direction, Frame, ParseError, Reader, TextField};
+//!
+//! const NAME: TextField = TextField::new(0);
 //!
 //! /// A u16 big-endian length, then that many bytes of UTF-8 name.
 //! fn parse(direction: Direction, buf: &[u8]) -> Result<Option<Frame>, ParseError> {
 //!     Reader::frame(buf, |r| {
-//!         let name = r.prefixed_u16_be(64)?; // at most 64 bytes, else malformed
-//!         Ok(Frame::new(direction, r.pos()).slice(0, name))
+//!         let name = r.utf8_u16_be(64)?; // at most 64 bytes, else malformed
+//!         Ok(r.frame_here(direction).set(NAME, name))
 //!     })
 //! }
 //!

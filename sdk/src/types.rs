@@ -210,25 +210,22 @@ impl Frame {
     }
 
     /// Adds a field by raw id (untyped; prefer [`Frame::set`]).
-    pub fn field(mut self, id: impl Into<u16>, value: Value) -> Self {
-        self.fields.push(Field {
-            id: id.into(),
-            value,
-        });
+    pub fn field(mut self, id: u16, value: Value) -> Self {
+        self.fields.push(Field { id, value });
         self
     }
 
     /// Adds a field whose value is `range` of the message's bytes, by raw id
     /// (untyped; prefer [`Frame::set`]). Ranges that do not fit in 32 bits are
     /// clamped (and then refused by the agent).
-    pub fn slice(self, id: impl Into<u16>, range: Range<usize>) -> Self {
+    pub fn slice(self, id: u16, range: Range<usize>) -> Self {
         let offset = u32::try_from(range.start).unwrap_or(u32::MAX);
         let len = u32::try_from(range.end.saturating_sub(range.start)).unwrap_or(u32::MAX);
         self.field(id, Value::Slice(Span { offset, len }))
     }
 
     /// Adds an unsigned field by raw id (untyped; prefer [`Frame::set`]).
-    pub fn unsigned(self, id: impl Into<u16>, value: u64) -> Self {
+    pub fn unsigned(self, id: u16, value: u64) -> Self {
         self.field(id, Value::Unsigned(value))
     }
 

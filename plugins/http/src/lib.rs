@@ -22,8 +22,7 @@ extern crate alloc;
 use alloc::collections::VecDeque;
 
 use loupe_sdk::{
-    Correlation, Direction, Frame, Info, MessageKind, ParseError, Parser, Request, Sniff, Value,
-    Vec,
+    Correlation, Direction, Frame, Info, MessageKind, ParseError, Parser, Request, Sniff, Vec,
 };
 
 /// Field ids: indexes into [`Http::INFO`]'s `fields`.
@@ -196,7 +195,7 @@ fn piece(direction: Direction, len: usize, data: usize) -> Frame {
     Frame::new(direction, len)
         .kind(MessageKind::Event)
         .correlation(Correlation::None)
-        .unsigned(field::BODY_BYTES, data as u64)
+        .set(field::BODY_BYTES, data as u64)
 }
 
 /// The end of the head at the start of `buf` (index after its blank line).
@@ -280,11 +279,11 @@ fn headers(
         let value = &buf[vs..ve];
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         if is(b"host") {
-            frame = frame.slice(field::HOST, vs..ve);
+            frame = frame.set(field::HOST, vs..ve);
         } else if is(b"content-type") {
-            frame = frame.slice(field::CONTENT_TYPE, vs..ve);
+            frame = frame.set(field::CONTENT_TYPE, vs..ve);
         } else if is(b"user-agent") {
-            frame = frame.slice(field::USER_AGENT, vs..ve);
+            frame = frame.set(field::USER_AGENT, vs..ve);
         } else if is(b"content-length") {
             let n = number(value, vs, 10)?;
             if h.content_length.is_some_and(|m| m != n) {
@@ -300,9 +299,9 @@ fn headers(
     }
     if h.chunked {
         // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
-        frame = frame.field(field::CHUNKED, Value::Flag(true));
+        frame = frame.set(field::CHUNKED, true);
     } else if let Some(n) = h.content_length {
-        frame = frame.unsigned(field::CONTENT_LENGTH, n);
+        frame = frame.set(field::CONTENT_LENGTH, n);
     }
     Ok((frame, h))
 }
@@ -351,10 +350,10 @@ impl Http {
             .position(|&b| b == b'?' || b == b'#')
             .unwrap_or(target.len());
         let frame = Frame::new(Direction::ToServer, end)
-            .slice(field::METHOD, 0..method.len())
-            .slice(field::PATH, t..t + path_len)
-            .slice(field::URL, t..t + target.len())
-            .slice(field::VERSION, v..v + ver.len());
+            .set(field::METHOD, 0..method.len())
+            .set(field::PATH, t..t + path_len)
+            .set(field::URL, t..t + target.len())
+            .set(field::VERSION, v..v + ver.len());
         let (frame, h) = headers(buf, line_end + 2, end, frame)?;
         if self.awaiting.len() >= MAX_AWAITING {
             return Err(ParseError::new(0, "too many requests awaiting responses"));
@@ -397,8 +396,8 @@ impl Http {
             return Err(ParseError::new(9, "invalid status code"));
         }
         let frame = Frame::new(Direction::ToClient, end)
-            .slice(field::VERSION, 0..8)
-            .unsigned(field::STATUS, status);
+            .set(field::VERSION, 0..8)
+            .set(field::STATUS, status);
         let (mut frame, h) = headers(buf, line_end + 2, end, frame)?;
         if (100..200).contains(&status) && status != 101 {
             // Interim: the final response answers the request.

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use loupe_sdk::{Message, Stream};
+use loupe_sdk::{Message, Stream, Value};
 
 fn field_text(bytes: &[u8], m: &Message, id: u16) -> String {
     let Some(f) = m.fields.iter().find(|f| f.id == id) else {

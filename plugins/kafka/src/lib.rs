@@ -28,7 +28,7 @@ mod wire;
 
 use loupe_sdk::{
     Correlation, Direction, Frame, Info, MessageKind, ParseError, Parser, Request, Sniff, String,
-    Value, Vec,
+    Vec,
 };
 
 use wire::Reader;
@@ -178,30 +178,27 @@ impl Kafka {
     fn request(&mut self, r: &mut Reader<'_>) -> Result<Frame, ParseError> {
         let h = request_header(r)?;
         let mut frame = Frame::new(Direction::ToServer, 0)
-            .unsigned(field::API_KEY, h.key as u64)
-            .field(
+            .set(field::API_KEY, h.key as u64)
+            .set(
                 field::API_NAME,
-                Value::Computed(String::from(apis::name(h.key).unwrap_or("?"))),
+                String::from(apis::name(h.key).unwrap_or("?")),
             )
-            .unsigned(field::API_VERSION, h.version as u64)
-            .field(
-                field::CORRELATION_ID,
-                Value::Signed(i64::from(h.correlation)),
-            )
+            .set(field::API_VERSION, h.version as u64)
+            .set(field::CORRELATION_ID, i64::from(h.correlation))
             .correlation(Correlation::Id(h.correlation as u32 as u64));
         if let Some((s, e)) = h.client_id {
-            frame = frame.slice(field::CLIENT_ID, 4 + s..4 + e);
+            frame = frame.set(field::CLIENT_ID, 4 + s..4 + e);
         }
         let prefix = request::to_topics(h.key, h.version, h.flexible, r)?;
         let acks = prefix.and_then(|p| p.acks);
         if let Some(a) = acks {
-            frame = frame.field(field::ACKS, Value::Signed(i64::from(a)));
+            frame = frame.set(field::ACKS, i64::from(a));
         }
         if let Some(p) = prefix {
             let (count, name) = request::first_topic(p.list, h.flexible, r)?;
-            frame = frame.unsigned(field::TOPICS, count as u64);
+            frame = frame.set(field::TOPICS, count as u64);
             if let Some((s, e)) = name {
-                frame = frame.slice(field::TOPIC, 4 + s..4 + e);
+                frame = frame.set(field::TOPIC, 4 + s..4 + e);
             }
         }
         if acks == Some(0) {
@@ -218,7 +215,7 @@ impl Kafka {
     fn response(&mut self, r: &mut Reader<'_>) -> Result<Frame, ParseError> {
         let correlation = r.i32()?;
         let mut frame = Frame::new(Direction::ToClient, 0)
-            .field(field::CORRELATION_ID, Value::Signed(i64::from(correlation)))
+            .set(field::CORRELATION_ID, i64::from(correlation))
             .correlation(Correlation::Id(correlation as u32 as u64));
         let Some(i) = self.awaiting.iter().position(|a| a.0 == correlation) else {
             // Nothing asked for it (the capture started mid-connection).
@@ -228,27 +225,24 @@ impl Kafka {
         };
         let (_, key, version) = self.awaiting.remove(i);
         frame = frame
-            .unsigned(field::API_KEY, key as u64)
-            .field(
+            .set(field::API_KEY, key as u64)
+            .set(
                 field::API_NAME,
-                Value::Computed(String::from(apis::name(key).unwrap_or("?"))),
+                String::from(apis::name(key).unwrap_or("?")),
             )
-            .unsigned(field::API_VERSION, version as u64);
+            .set(field::API_VERSION, version as u64);
         let flexible = apis::flexible(key, version);
         if flexible && key != apis::API_VERSIONS {
             r.tagged_fields()?;
         }
         let summary = response::summary(key, version, flexible, r)?;
         if let Some(e) = summary.error {
-            frame = frame.field(field::ERROR_CODE, Value::Signed(i64::from(e)));
+            frame = frame.set(field::ERROR_CODE, i64::from(e));
         }
         if let Some(e) = summary.entries {
-            frame = frame.unsigned(field::PARTITION_ERRORS, u64::from(e.count));
+            frame = frame.set(field::PARTITION_ERRORS, u64::from(e.count));
             if e.count > 0 {
-                frame = frame.field(
-                    field::PARTITION_ERROR_CODE,
-                    Value::Signed(i64::from(e.first)),
-                );
+                frame = frame.set(field::PARTITION_ERROR_CODE, i64::from(e.first));
             }
         }
         Ok(frame)

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::wire::Writer;
-use loupe_sdk::Stream;
+use loupe_sdk::{Stream, Value};
 
 /// A request: header v1 (v2 when flexible) and `body`.
 fn request(key: i16, version: i16, correlation: i32, client: &[u8], body: &[u8]) -> Vec<u8> {

@@ -32,7 +32,7 @@ use alloc::format;
 
 use loupe_sdk::{
     Correlation, Direction, Frame, Info, MessageKind, ParseError, Parser, Sniff, String, TextField,
-    Value, Vec,
+    Vec,
 };
 
 use commands::KeyAt;
@@ -233,10 +233,10 @@ impl Redis {
             }
         }
         if let Some((s, e)) = req.key {
-            frame = frame.slice(field::KEY, s..e);
+            frame = frame.set(field::KEY, s..e);
         }
         let arg1 = req.first.get(1).map(|&(s, e)| &buf[s..e]);
-        frame = frame.unsigned(field::ARGS, (req.count - 1) as u64);
+        frame = frame.set(field::ARGS, (req.count - 1) as u64);
         let awaiting = match cmd {
             b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
             | b"SUNSUBSCRIBE" => {
@@ -245,7 +245,7 @@ impl Redis {
                 }
                 if self.resp3 {
                     // Confirmations come as pushes.
-                    frame = frame.unsigned(field::DB, self.db);
+                    frame = frame.set(field::DB, self.db);
                     return Ok(Step::Done(frame.correlation(Correlation::None)));
                 }
                 Awaiting::Subscribe
@@ -274,7 +274,7 @@ impl Redis {
             }
             _ => Awaiting::Plain(1),
         };
-        frame = frame.unsigned(field::DB, self.db);
+        frame = frame.set(field::DB, self.db);
         self.wait_for(awaiting)?;
         Ok(Step::Done(frame))
     }
@@ -308,10 +308,8 @@ impl Redis {
     }
 
     fn reply(&mut self, buf: &[u8], v: &resp::Scanned) -> Frame {
-        let mut frame = Frame::new(Direction::ToClient, v.end).field(
-            field::REPLY_TYPE,
-            Value::Computed(String::from(v.kind.name())),
-        );
+        let mut frame = Frame::new(Direction::ToClient, v.end)
+            .set(field::REPLY_TYPE, String::from(v.kind.name()));
         let is_error = matches!(v.kind, Kind::Error | Kind::BulkError);
         if is_error && let Some((s, e)) = v.text {
             let code_end = buf[s..e]
@@ -319,8 +317,8 @@ impl Redis {
                 .position(|&b| b == b' ')
                 .map_or(e, |i| s + i);
             frame = frame
-                .slice(field::ERROR_CODE, s..code_end)
-                .slice(field::ERROR, s..e);
+                .set(field::ERROR_CODE, s..code_end)
+                .set(field::ERROR, s..e);
         }
         let event = |frame: Frame| {
             frame

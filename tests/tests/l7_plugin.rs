@@ -183,7 +183,11 @@ fn an_installed_plugin_is_observed_everywhere_and_enforced() {
             .loupe_ok(&["status"])
             .is_ok_and(|s| s.contains("{1883} everywhere"))
     });
-    assert!(visible, "{}", agent.loupe_ok(&["status"]).unwrap_or_default());
+    assert!(
+        visible,
+        "{}",
+        agent.loupe_ok(&["status"]).unwrap_or_default()
+    );
 
     // Observed with no policy: a subscriber in api-service, two publishes from
     // frontend, at QoS 1 and 0.
@@ -303,8 +307,17 @@ fn an_installed_plugin_is_observed_everywhere_and_enforced() {
             "no flow of the denied publish; paho: {}{}\nflows: {:#?}\nagent: {}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
-            mqtt_flows(&agent).iter().map(|f| f["Summary"].to_string()).collect::<Vec<_>>(),
-            agent.log().lines().rev().take(25).collect::<Vec<_>>().join("\n")
+            mqtt_flows(&agent)
+                .iter()
+                .map(|f| f["Summary"].to_string())
+                .collect::<Vec<_>>(),
+            agent
+                .log()
+                .lines()
+                .rev()
+                .take(25)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     // A watcher of admin/ (allowed to subscribe) proves nothing denied reaches the broker.

@@ -28,7 +28,7 @@ use crate::datapath::{self, Datapath, controller::Controller, metrics::DatapathC
 use crate::endpoint::{self, SourceKind};
 use crate::flow::FlowStore;
 use crate::health::{ComponentState, Health};
-use crate::l7::live::{self, LiveCollector, LiveConfig};
+use crate::l7::live::{self, GlobalPorts, LiveCollector, LiveConfig};
 use crate::metrics::MetricsRegistry;
 use crate::plugin::{InstallError, PluginManager, bundled};
 
@@ -452,27 +452,18 @@ impl Drop for Tasks {
 }
 
 /// Starts the live L7 path on the datapath's payload copies, after making the
-/// protocol switches' ports visible.
+/// protocol switches' ports visible; follows plugin installs and removals, which
+/// change those ports.
 async fn start_l7(state: &AgentState, map: aya::maps::Map) {
     let l7 = &state.config.l7;
-    let mut global_ports = std::collections::BTreeSet::new();
-    for protocol in l7.global_protocols() {
-        match state.plugins.ports_for_protocol(protocol) {
-            Some(ports) => global_ports.extend(ports),
-            None => tracing::warn!(
-                protocol,
-                "{protocol} is to be observed everywhere (l7.*Protocol, l7.protocols) but no plugin for it is installed"
-            ),
-        }
-    }
-    if let Err(e) = state.control.set_l7_ports(&global_ports).await {
-        tracing::error!(error = %e, "could not set the globally visible L7 ports");
-    }
+    let global = GlobalPorts::default();
+    let ports = global_l7_ports(l7, &state.plugins, true);
+    set_global_l7_ports(&state.control, &global, ports.clone()).await;
     let config = LiveConfig {
         buffer_pages: l7.buffer_pages as usize,
         queue: l7.queue_size as usize,
         reassembly: l7.reassembly(),
-        global_ports: global_ports.clone(),
+        global_ports: global.clone(),
     };
     match live::start(
         map,
@@ -484,16 +475,83 @@ async fn start_l7(state: &AgentState, map: aya::maps::Map) {
     ) {
         Ok(stats) => {
             state.metrics.register("l7", Arc::new(LiveCollector(stats)));
-            let detail = if global_ports.is_empty() {
-                "ports with L7 policy".to_string()
-            } else {
-                format!("ports with L7 policy, and {global_ports:?} everywhere")
-            };
-            state.health.set("l7", ComponentState::Ok, detail);
+            state
+                .health
+                .set("l7", ComponentState::Ok, l7_detail(&ports));
+            tokio::spawn(follow_plugins(
+                l7.clone(),
+                state.plugins.clone(),
+                state.control.clone(),
+                state.health.clone(),
+                global,
+            ));
         }
         Err(e) => {
             tracing::error!(error = %e, "L7 path not started");
             state.health.set("l7", ComponentState::Error, e.to_string());
+        }
+    }
+}
+
+/// The ports of the protocols observed everywhere (`l7.*Protocol`,
+/// `l7.protocols`): those their installed plugins are attached to.
+fn global_l7_ports(
+    l7: &crate::config::L7Config,
+    plugins: &PluginManager,
+    warn: bool,
+) -> std::collections::BTreeSet<u16> {
+    let mut ports = std::collections::BTreeSet::new();
+    for protocol in l7.global_protocols() {
+        match plugins.ports_for_protocol(protocol) {
+            Some(p) => ports.extend(p),
+            None if warn => tracing::warn!(
+                protocol,
+                "{protocol} is to be observed everywhere (l7.*Protocol, l7.protocols) but no plugin for it is installed yet"
+            ),
+            None => {}
+        }
+    }
+    ports
+}
+
+async fn set_global_l7_ports(
+    control: &ControlPlane,
+    global: &GlobalPorts,
+    ports: std::collections::BTreeSet<u16>,
+) {
+    if let Err(e) = control.set_l7_ports(&ports).await {
+        tracing::error!(error = %e, "could not set the globally visible L7 ports");
+    }
+    global.store(ports);
+}
+
+fn l7_detail(ports: &std::collections::BTreeSet<u16>) -> String {
+    if ports.is_empty() {
+        "ports with L7 policy".to_string()
+    } else {
+        format!("ports with L7 policy, and {ports:?} everywhere")
+    }
+}
+
+/// Re-reads the globally observed ports after every plugin install and
+/// removal: a plugin listed in `l7.protocols` is observed from its install on.
+async fn follow_plugins(
+    l7: crate::config::L7Config,
+    plugins: Arc<PluginManager>,
+    control: Arc<ControlPlane>,
+    health: Arc<Health>,
+    global: GlobalPorts,
+) {
+    let mut changes = plugins.changes();
+    while changes.changed().await.is_ok() {
+        let ports = global_l7_ports(&l7, &plugins, false);
+        if *global.load() != ports {
+            tracing::info!(
+                ?ports,
+                "ports observed everywhere changed with the installed plugins"
+            );
+            set_global_l7_ports(&control, &global, ports.clone()).await;
+            health.set("l7", ComponentState::Ok, l7_detail(&ports));
         }
     }
 }

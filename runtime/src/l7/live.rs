@@ -52,7 +52,25 @@ pub struct LiveConfig {
     /// Reassembly bounds.
     pub reassembly: crate::reassembly::Limits,
     /// Ports observed without policy (the protocol switches).
-    pub global_ports: BTreeSet<u16>,
+    pub global_ports: GlobalPorts,
+}
+
+/// The ports observed without policy, shared with the agent, which changes
+/// them as plugins are installed and removed; read once per batch.
+#[derive(Debug, Clone, Default)]
+pub struct GlobalPorts(Arc<std::sync::RwLock<Arc<BTreeSet<u16>>>>);
+
+impl GlobalPorts {
+    /// The current set.
+    pub fn load(&self) -> Arc<BTreeSet<u16>> {
+        // A poisoned lock only means a writer panicked; the set is whole.
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the set.
+    pub fn store(&self, ports: BTreeSet<u16>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ports);
+    }
 }
 
 /// Starts the readers and the parsing thread; flows go to `flows`.
@@ -179,6 +197,7 @@ fn run(
             .is_some_and(|Reverse(w)| ready(w, waiting.len()))
         {
             let view = View::load(&snapshot, &policy);
+            let global_ports = config.global_ports.load();
             while waiting
                 .peek()
                 .is_some_and(|Reverse(w)| ready(w, waiting.len()))
@@ -189,7 +208,7 @@ fn run(
                 process(
                     &w.packet,
                     &view,
-                    &config.global_ports,
+                    &global_ports,
                     &mut reassembler,
                     &mut engine,
                     &mut events,

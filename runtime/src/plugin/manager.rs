@@ -77,6 +77,8 @@ pub struct PluginManager {
     /// Held by installs and removals, so concurrent ones under one name never
     /// mix one's component with the other's manifest.
     changes: std::sync::Mutex<()>,
+    /// Counts installs and removals, for those who follow them.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 /// Which policies in force need a parser for each protocol (protocol →
@@ -125,7 +127,17 @@ impl PluginManager {
             cache,
             installed: RwLock::new(installed),
             changes: std::sync::Mutex::new(()),
+            generation: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Changes on every install and removal (the count of them so far).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn changed(&self) {
+        self.generation.send_modify(|g| *g += 1);
     }
 
     /// The engine.
@@ -185,6 +197,7 @@ impl PluginManager {
         tracing::info!(plugin = %name, sha256 = %entry.manifest.sha256, "plugin installed and active");
         let summary = summary(&entry);
         self.write_lock().insert(name, entry);
+        self.changed();
         Ok(summary)
     }
 
@@ -212,6 +225,7 @@ impl PluginManager {
         if self.write_lock().remove(name).is_none() {
             return Err(InstallError::NotInstalled(name.into()));
         }
+        self.changed();
         self.dir.remove(name)
     }
 

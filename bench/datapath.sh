@@ -5,6 +5,10 @@
 # iptables rule sets of the same size — interleaved rounds, medians, ratios
 # against "none".
 #
+# Loupe's rows also count the trace events the agent read during the measured
+# load, and those the datapath could not hand to it (lost: ring full), from the
+# agent's own metrics — a rate bought by dropping events would show there.
+#
 # Usage (root): bench/datapath.sh [ROUNDS]     (default 3; ~6 min on 2 vCPU)
 # Prints a Markdown table (also written to bench/results/datapath.md).
 set -euo pipefail
@@ -16,6 +20,7 @@ work=$(mktemp -d /tmp/loupe-bench.XXXXXX)
 lab_name=bench
 pin=/sys/fs/bpf/loupe-bench
 sock=$work/loupe.sock
+prom=19962
 agent_pid=
 agent_level=
 
@@ -55,6 +60,10 @@ bpf:
   monitorAggregation: $agent_level
 endpoints:
   labNames: [$lab_name]
+prometheus:
+  enabled: true
+  port: $prom
+  address: 127.0.0.1
 EOF
   "$loupe" agent --config "$work/agent.yaml" >>"$work/agent.log" 2>&1 &
   agent_pid=$!
@@ -100,8 +109,17 @@ iptables_rules() {
   } | iptables-restore --noflush
 }
 
+# The sum of a metric's samples whose line contains LABELS (e.g. 'buffer="events"').
+metric() {
+  curl -s "http://127.0.0.1:$prom/metrics" |
+    awk -v name="$1" -v labels="${2:-}" '$1 ~ "^" name "({|$)" && index($1, labels) { s += $2 } END { printf "%d\n", s }'
+}
+
 measure() {
-  local gbps cps p50
+  local gbps cps p50 seen0=0 lost0=0 seen=-1 lost=-1
+  if [[ -n $agent_pid ]]; then
+    seen0=$(metric loupe_flows_seen_total); lost0=$(metric loupe_datapath_lost_total 'buffer="events"')
+  fi
   gbps=$("$loupe" lab exec --lab $lab_name frontend -- iperf3 -c db-service -t 4 -J 2>/dev/null |
     python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
   # A new connection per request: every request pays the first-packet path.
@@ -109,7 +127,12 @@ measure() {
     python3 -c 'import csv,sys; r=list(csv.reader(sys.stdin)); print(int(float(r[1][1])))')
   p50=$("$loupe" lab exec --lab $lab_name frontend -- redis-benchmark -h db-service -c 1 -n 20000 -t ping_inline --csv 2>/dev/null |
     python3 -c 'import csv,sys; r=list(csv.reader(sys.stdin)); print(int(float(r[1][4])*1000))')
-  echo "$gbps $cps $p50"
+  if [[ -n $agent_pid ]]; then
+    sleep 1 # the agent drains its ring
+    seen=$(($(metric loupe_flows_seen_total) - seen0))
+    lost=$(($(metric loupe_datapath_lost_total 'buffer="events"') - lost0))
+  fi
+  echo "$gbps $cps $p50 $seen $lost"
 }
 
 "$loupe" lab up --file "$work/lab.yaml" >/dev/null
@@ -152,10 +175,13 @@ def med(c, i):
     vals = [float(x.split()[i]) for x in raw[c].strip(";").split(";")]
     return statistics.median(vals), min(vals), max(vals)
 base = [med("none", i)[0] for i in range(3)]
-print(f"| config | iperf3 Gbit/s | ratio | conn/s (redis -k 0) | ratio | p50 µs (redis -c 1) |")
-print("|---|---|---|---|---|---|")
+def total(c, i):
+    vals = [int(x.split()[i]) for x in raw[c].strip(";").split(";")]
+    return "—" if min(vals) < 0 else f"{sum(vals):,}"
+print(f"| config | iperf3 Gbit/s | ratio | conn/s (redis -k 0) | ratio | p50 µs (redis -c 1) | events read | events lost |")
+print("|---|---|---|---|---|---|---|---|")
 for c in configs:
     g, c_, p = med(c, 0), med(c, 1), med(c, 2)
-    print(f"| {c} | {g[0]:.2f} [{g[1]:.2f}–{g[2]:.2f}] | {g[0]/base[0]:.2f} | {c_[0]:,.0f} | {c_[0]/base[1]:.2f} | {p[0]:.0f} |")
-print(f"\n{rounds} interleaved rounds, medians [min–max]; 2 vCPU shared by client, server and datapath.")
+    print(f"| {c} | {g[0]:.2f} [{g[1]:.2f}–{g[2]:.2f}] | {g[0]/base[0]:.2f} | {c_[0]:,.0f} | {c_[0]/base[1]:.2f} | {p[0]:.0f} | {total(c, 3)} | {total(c, 4)} |")
+print(f"\n{rounds} interleaved rounds, medians [min–max]; events summed over the rounds' measured loads; 2 vCPU shared by client, server and datapath.")
 EOF

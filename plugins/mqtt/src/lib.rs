@@ -9,8 +9,8 @@
 //!   with the direction that asked (each side numbers its own packets);
 //! - **messages that expect no answer**: QoS 0 publishes (a request policy
 //!   decides when the client sends it, an event when the broker delivers it);
-//! - **a request naming several items**: a `SUBSCRIBE`'s topic filters
-//!   (`topic` is the first, `topics` counts them).
+//! - **a request naming several items**: a `SUBSCRIBE`'s topic filters, each a
+//!   value of `topic` (flows show a list; a policy rule must match every one).
 //!
 //! MQTT 5 (protocol level 5) adds properties to most packets; a `CONNECT` asking
 //! for it ends the connection's L7 view with a clear error.
@@ -30,12 +30,12 @@ pub mod field {
         CLIENT_ID: Text = "client-id", "client identifier of a CONNECT";
         /// User name of a `CONNECT`.
         USERNAME: Text = "username", "user name of a CONNECT";
-        /// Topic of a `PUBLISH`; first filter of a `SUBSCRIBE` / `UNSUBSCRIBE`.
-        TOPIC: Text = "topic", "topic of a PUBLISH; first topic filter of a SUBSCRIBE or UNSUBSCRIBE";
+        /// Topic of a `PUBLISH`; each filter of a `SUBSCRIBE` / `UNSUBSCRIBE`.
+        TOPIC: Text = "topic", "topic of a PUBLISH; every topic filter of a SUBSCRIBE or UNSUBSCRIBE (a list)";
         /// Topic filters of a `SUBSCRIBE` / `UNSUBSCRIBE`.
         TOPICS: Unsigned = "topics", "number of topic filters of a SUBSCRIBE or UNSUBSCRIBE";
-        /// QoS of a `PUBLISH`; requested QoS of a `SUBSCRIBE`'s first filter.
-        QOS: Unsigned = "qos", "QoS of a PUBLISH; requested QoS of a SUBSCRIBE's first filter";
+        /// QoS of a `PUBLISH`; requested QoS of each of a `SUBSCRIBE`'s filters.
+        QOS: Unsigned = "qos", "QoS of a PUBLISH; requested QoS of each filter of a SUBSCRIBE (a list)";
         /// The `PUBLISH` is retained.
         RETAIN: Flag = "retain", "the PUBLISH is to be retained";
         /// The `PUBLISH` is a redelivery.
@@ -123,7 +123,8 @@ impl Parser for Mqtt {
             // but QoS 3, the others 0000: checked before waiting for the body.
             let ok = match (first >> 4, first & 0x0f) {
                 (3, flags) => flags & 0b0110 != 0b0110,
-                (6 | 8 | 10, flags) => flags == 0b0010,
+                // MQTT 3.1 clients may set DUP on their retries.
+                (6 | 8 | 10, flags) => flags & !0b1000 == 0b0010,
                 (_, flags) => flags == 0,
             };
             r.ensure(ok, "invalid header flags for the packet type")?;
@@ -232,15 +233,12 @@ fn packet(d: Direction, first: u8, p: &mut Reader<'_>) -> Result<Frame, ReadErro
         (8 | 10, true) => {
             let id = p.u16_be()?;
             let mut f = frame(Request, by_id(d, id)).set(field::PACKET_ID, u64::from(id));
+            // Every filter: a policy rule on `topic` must match each of them.
             let mut topics = 0u64;
             while !p.is_empty() {
-                let topic = p.utf8_u16_be(MAX_STRING)?;
-                let qos = if kind == 8 { Some(p.u8()?) } else { None };
-                if topics == 0 {
-                    f = f.set(field::TOPIC, topic);
-                    if let Some(qos) = qos {
-                        f = f.set(field::QOS, u64::from(qos & 3));
-                    }
+                f = f.set(field::TOPIC, p.utf8_u16_be(MAX_STRING)?);
+                if kind == 8 {
+                    f = f.set(field::QOS, u64::from(p.u8()?));
                 }
                 topics += 1;
             }

@@ -96,7 +96,7 @@ fn a_subscriber_session_pairs_both_ways() {
         shown,
         [
             "Request packet-type=CONNECT client-id=sub-1 username=alice",
-            "Request packet-type=SUBSCRIBE packet-id=1 topic=sensors/# qos=1 topics=2",
+            "Request packet-type=SUBSCRIBE packet-id=1 topic=sensors/# qos=1 topic=alerts qos=0 topics=2",
             "Response packet-type=PUBACK packet-id=7",
             "Request packet-type=PUBLISH topic=sensors/t qos=0 retain=false dup=false payload-bytes=2",
             "Request packet-type=PINGREQ",
@@ -140,6 +140,23 @@ fn a_subscriber_session_pairs_both_ways() {
             Correlation::None,
             Correlation::InOrder,
         ]
+    );
+}
+
+#[test]
+fn connect_with_a_will_and_credentials() {
+    let mut body = string("MQIsdp");
+    // MQTT 3.1, flags: user name, password, will (QoS 1), clean session.
+    body.extend_from_slice(&[3, 0xce, 0, 30]);
+    for s in ["dev-7", "dev/7/status", "offline", "bob", "secret"] {
+        body.extend(string(s));
+    }
+    let c = packet(0x10, &body);
+    let out = Stream::<Mqtt>::new().feed(ToServer, &c).unwrap();
+    assert_eq!(out.error, None);
+    assert_eq!(
+        show(&out.messages[0], &c),
+        "Request packet-type=CONNECT client-id=dev-7 username=bob"
     );
 }
 
@@ -198,14 +215,19 @@ fn refuses_what_it_does_not_parse() {
     );
     // HTTP.
     assert!(refuse(ToServer, b"GET / HTTP/1.1\r\n\r\n").is_some());
-    // A SUBSCRIBE without its 0010 flags, or without a filter.
+    // A SUBSCRIBE without its 0010 flags (DUP aside, which 3.1 clients set on
+    // retries), or without a filter.
     assert!(refuse(ToServer, &packet(0x80, &[0, 1, 0, 1, b'a', 0])).is_some());
+    assert_eq!(
+        refuse(ToServer, &packet(0x8a, &[0, 1, 0, 1, b'a', 0])),
+        None
+    );
     assert!(refuse(ToServer, &packet(0x82, &[0, 1])).is_some());
     // A topic that runs past its packet.
     assert!(refuse(ToServer, &packet(0x30, &[0, 9, b'a'])).is_some());
     // A CONNACK sent by the client.
     assert!(refuse(ToServer, &packet(0x20, &[0, 0])).is_some());
-    // A remaining length over five bytes.
+    // A remaining length in five bytes (four at most).
     assert!(refuse(ToServer, &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]).is_some());
 }
 

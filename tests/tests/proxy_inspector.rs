@@ -432,3 +432,48 @@ fn a_clients_answers_to_the_server_pass_its_denied_requests() {
         assert!(!log.iter().any(|l| l.starts_with("error")), "{log:?}");
     }
 }
+
+#[test]
+fn a_clients_answer_is_not_held_behind_a_pending_deny_reply() {
+    // The broker has not answered the client's PINGREQ yet, so the reply to the
+    // denied publish waits, and the allowed publish after it is held. The
+    // client's PUBACK of the broker's delivery goes out at once: the broker may
+    // wait for it before it answers anything.
+    let plugin = load("loupe_plugin_mqtt", Limits::default());
+    let allowed = mqtt_publish(1, 4, "sensors/ok");
+    let puback = mqtt(0x40, &[0, 9]);
+    let session = [
+        mqtt_publish(1, 3, "admin/x"),
+        allowed.clone(),
+        puback.clone(),
+    ]
+    .concat();
+    for cut in 1..session.len() {
+        let (mut insp2, _) = inspector_on(plugin.clone(), false);
+        let opening = mqtt(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x03sub");
+        let ping = mqtt(0xc0, &[]);
+        let (to_server, _, _) =
+            sides(&insp2.client_bytes(&[opening.clone(), ping.clone()].concat()));
+        assert_eq!(to_server, [opening, ping].concat());
+        let delivery = [mqtt(0x20, &[0, 0]), mqtt_publish(1, 9, "sensors/t")].concat();
+        let (_, to_client, _) = sides(&insp2.server_bytes(&delivery));
+        assert_eq!(to_client, delivery);
+        let mut actions = insp2.client_bytes(&session[..cut]);
+        actions.extend(insp2.client_bytes(&session[cut..]));
+        let (to_server, to_client, reset) = sides(&actions);
+        assert_eq!(reset, None, "cut {cut}");
+        assert_eq!(to_server, puback, "cut {cut}: only the PUBACK, at once");
+        assert_eq!(
+            to_client, b"",
+            "cut {cut}: the deny reply waits for PINGRESP"
+        );
+        // PINGRESP: the deny reply goes, then the held publish.
+        let (to_server, to_client, _) = sides(&insp2.server_bytes(&mqtt(0xd0, &[])));
+        assert_eq!(
+            to_client,
+            [mqtt(0xd0, &[]), mqtt(0x40, &[0, 3])].concat(),
+            "cut {cut}"
+        );
+        assert_eq!(to_server, allowed, "cut {cut}");
+    }
+}

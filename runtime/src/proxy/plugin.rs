@@ -18,6 +18,10 @@
 //! Pipelines without denials never wait; one with a denial in the middle
 //! waits one round trip. Unpaired requests (Kafka `acks=0`) take no slot of
 //! their own and a denied one gets no reply, since the client expects none.
+//! The one exception to "nothing behind a pending deny reply": a client's
+//! answer to a request the server made (an MQTT subscriber's `PUBACK`) is no
+//! request of the client's, needs no decision and goes out at once — a server
+//! may well wait for it before answering what comes before the denial.
 //!
 //! Bytes held are bounded: unframed ones by the plugin's per-direction limit
 //! (`plugins.maxMessageKib`: the host refuses to buffer more without a message
@@ -375,12 +379,10 @@ impl PluginInspector {
                 MessageKind::Request => self.request(message, unit, out)?,
                 // The client's answer to a request the server made (an MQTT
                 // subscriber's PUBACK) belongs to no request of the client's:
-                // it goes out even behind a denied one, in order behind held ones.
-                MessageKind::Response if !matches!(self.tail, Tail::Hold) => {
-                    out.push(Action::ToServer(unit));
-                }
+                // it goes out at once, whatever is denied or held before it.
+                MessageKind::Response => out.push(Action::ToServer(unit)),
                 // Body pieces follow their request.
-                MessageKind::Event | MessageKind::Response => match self.tail {
+                MessageKind::Event => match self.tail {
                     Tail::Forward => out.push(Action::ToServer(unit)),
                     Tail::Hold => {
                         if let Some(Slot::Held { bytes, .. }) = self.slots.back_mut() {

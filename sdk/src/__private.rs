@@ -83,6 +83,11 @@ pub const fn check_fields(fields: &[crate::FieldSpec]) {
     crate::fields::check_fields(fields);
 }
 
+/// A field's id by name, behind [`crate::fields!`].
+pub const fn field_index(fields: &[crate::FieldSpec], name: &str) -> u16 {
+    crate::fields::field_index(fields, name)
+}
+
 fn direction_from(d: wit::Direction) -> Direction {
     match d {
         wit::Direction::ToServer => Direction::ToServer,

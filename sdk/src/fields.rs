@@ -106,14 +106,14 @@ assign!(FlagField, bool, |v| Value::Flag(v));
 /// Declares a plugin's fields: one typed constant per field, numbered in order,
 /// and `FIELDS`, the schema for [`crate::Info::fields`]. Each entry is
 /// `NAME: Kind = "name", "description";` with `Kind` one of `Text`, `Bytes`,
-/// `Unsigned`, `Signed`, `Flag`. Names are checked when the crate compiles:
-/// lowercase `[a-z0-9][a-z0-9_-]*`, unique.
+/// `Unsigned`, `Signed`, `Flag`. The schema is checked when the crate compiles,
+/// against the agent's own rules: names lowercase `[a-z0-9][a-z0-9_-]*`, at most
+/// 64 bytes, unique; at most 256 fields.
 ///
 /// See the [module documentation](mod@crate::fields) for an example.
 #[macro_export]
 macro_rules! fields {
     ($($(#[$meta:meta])* $konst:ident : $kind:ident = $name:literal, $description:literal;)*) => {
-        $crate::fields!(@ids 0u16; $($(#[$meta])* $konst : $kind;)*);
         /// The field schema, in id order.
         pub const FIELDS: &[$crate::FieldSpec] = &[
             $($crate::FieldSpec {
@@ -123,13 +123,12 @@ macro_rules! fields {
             },)*
         ];
         const _: () = $crate::__private::check_fields(FIELDS);
+        $(
+            $(#[$meta])*
+            pub const $konst: $crate::fields!(@field $kind) =
+                <$crate::fields!(@field $kind)>::new($crate::__private::field_index(FIELDS, $name));
+        )*
     };
-    (@ids $n:expr; $(#[$meta:meta])* $konst:ident : $kind:ident; $($rest:tt)*) => {
-        $(#[$meta])*
-        pub const $konst: $crate::fields!(@field $kind) = <$crate::fields!(@field $kind)>::new($n);
-        $crate::fields!(@ids $n + 1; $($rest)*);
-    };
-    (@ids $n:expr;) => {};
     (@field Text) => { $crate::TextField };
     (@field Bytes) => { $crate::BytesField };
     (@field Unsigned) => { $crate::UnsignedField };
@@ -142,13 +141,27 @@ macro_rules! fields {
     (@ty Flag) => { $crate::FieldType::Flag };
 }
 
+/// The id of the field named `name` (names are unique: [`check_fields`]).
+pub(crate) const fn field_index(fields: &[FieldSpec], name: &str) -> u16 {
+    let mut i = 0;
+    while i < fields.len() {
+        if eq(fields[i].name.as_bytes(), name.as_bytes()) {
+            return i as u16;
+        }
+        i += 1;
+    }
+    panic!("no such field")
+}
+
 /// Checks a schema at compile time (used by [`crate::fields!`]).
 pub(crate) const fn check_fields(fields: &[FieldSpec]) {
-    assert!(fields.len() <= u16::MAX as usize, "too many fields");
+    // The agent's limits (a plugin that breaks them does not install).
+    assert!(fields.len() <= 256, "more than 256 fields");
     let mut i = 0;
     while i < fields.len() {
         let name = fields[i].name.as_bytes();
         assert!(!name.is_empty(), "a field name is empty");
+        assert!(name.len() <= 64, "a field name is longer than 64 bytes");
         assert!(
             name[0].is_ascii_lowercase() || name[0].is_ascii_digit(),
             "a field name must start with [a-z0-9]"
@@ -269,5 +282,12 @@ mod tests {
         assert!(!check(vec![spec("Upper")]));
         assert!(!check(vec![spec("")]));
         assert!(!check(vec![spec("a b")]));
+        let long: &'static str = std::string::String::leak("x".repeat(65));
+        assert!(!check(vec![spec(long)]));
+        let many: Vec<FieldSpec> = (0..257)
+            .map(|i| spec(std::string::String::leak(std::format!("f{i}"))))
+            .collect();
+        assert!(!check(many));
+        assert!(check(vec![spec(&long[..64])]));
     }
 }

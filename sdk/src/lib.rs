@@ -118,10 +118,9 @@ pub trait Parser: Default + 'static {
     /// them ([`Request`]).
     ///
     /// An **empty reply** means "send nothing": the agent writes no bytes for
-    /// this request, so the client gets no answer to it (and times out on it,
-    /// or knows none was due); the answers to the requests around it still go
-    /// out in order. Use it when the protocol has no error reply for this
-    /// request.
+    /// this request. Use it only where the client pairs answers by id or
+    /// expects none; with in-order pairing (RESP, HTTP/1.1) the client would
+    /// take the next answer for this one, so return a real refusal there.
     fn deny_reply(request: &Request<'_>) -> Vec<u8>;
 }
 

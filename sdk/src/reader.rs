@@ -110,12 +110,14 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
-    /// Bytes left before the end.
+    /// Bytes left before the end (inside a [`Reader::message`]: of the
+    /// message; over `parse`'s buffer: of the bytes so far, wherever TCP cut).
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
-    /// Whether every byte has been read.
+    /// Whether every byte has been read (meaningful inside a
+    /// [`Reader::message`]).
     pub fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
@@ -187,7 +189,8 @@ impl<'a> Reader<'a> {
         self.range(n).map(|_| ())
     }
 
-    /// The rest of the bytes, read.
+    /// The rest of the bytes, read (inside a [`Reader::message`]: the rest of
+    /// the message; over `parse`'s buffer it depends on how TCP cut the stream).
     pub fn rest(&mut self) -> Range<usize> {
         let start = self.pos;
         self.pos = self.buf.len();

@@ -152,7 +152,7 @@ fn request(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
     Reader::frame(buf, |r| {
         let line = r.line(MAX_LINE)?;
         let mut ws = words(buf, line);
-        let Some((_, verb)) = ws.next() else {
+        let Some((verb_at, verb)) = ws.next() else {
             return Err(r.malformed_at(0, "empty command line"));
         };
         // memcached answers unknown lowercase commands with ERROR: frame them;
@@ -176,7 +176,8 @@ fn request(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
             last = Some(w);
         }
         let args = &head[..count.min(head.len())];
-        let mut frame = Frame::new(Direction::ToServer, 0).set(field::COMMAND, 0..verb.len());
+        let mut frame =
+            Frame::new(Direction::ToServer, 0).set(field::COMMAND, verb_at..verb_at + verb.len());
         // gat/gats carry the exptime before the keys.
         let (keys, key_count) = match verb {
             b"gat" | b"gats" => (args.get(1..).unwrap_or(&[]), count.saturating_sub(1)),
@@ -278,6 +279,21 @@ mod tests {
         assert_eq!(out.messages.len(), 2);
         assert_eq!(out.messages[1].len, 25);
         assert_eq!(out.pending, 0);
+    }
+
+    #[test]
+    fn the_command_is_the_verb_wherever_the_line_puts_it() {
+        let req = b"  get k\r\n";
+        let out = Stream::<Memcached>::new()
+            .feed(Direction::ToServer, req)
+            .unwrap();
+        let frame = Frame {
+            kind: out.messages[0].kind,
+            len: out.messages[0].len as usize,
+            correlation: out.messages[0].correlation,
+            fields: out.messages[0].fields.clone(),
+        };
+        assert_eq!(frame.text_of(field::COMMAND, req), Some("get"));
     }
 
     #[test]

@@ -130,7 +130,7 @@ spec:
           rules:
             l7proto: mqtt
             l7:
-              - packet-type: "CONNECT|SUBSCRIBE|PINGREQ|DISCONNECT"
+              - packet-type: "CONNECT|SUBSCRIBE|UNSUBSCRIBE|PINGREQ|PUBREL|DISCONNECT"
               - packet-type: "PUBLISH"
                 topic: "sensors/.*"
 "#;
@@ -187,6 +187,21 @@ fn an_installed_plugin_is_observed_everywhere_and_enforced() {
         "{}",
         agent.loupe_ok(&["status"]).unwrap_or_default()
     );
+    // A second install of the protocol on another port adds that port; its
+    // removal takes it away again.
+    let status_has = |text: &str| {
+        wait_for(Duration::from_secs(10), || {
+            agent.loupe_ok(&["status"]).is_ok_and(|s| s.contains(text))
+        })
+    };
+    agent
+        .loupe_ok(&[
+            "plugin", "install", &wasm, "--name", "mqtt-alt", "--ports", "18830",
+        ])
+        .unwrap();
+    assert!(status_has("{1883, 18830} everywhere"));
+    agent.loupe_ok(&["plugin", "remove", "mqtt-alt"]).unwrap();
+    assert!(status_has("{1883} everywhere"));
 
     // Observed with no policy: a subscriber in api-service, two publishes from
     // frontend, at QoS 1 and 0.
@@ -319,7 +334,8 @@ fn an_installed_plugin_is_observed_everywhere_and_enforced() {
                 .join("\n")
         );
     }
-    // A watcher of admin/ (allowed to subscribe) proves nothing denied reaches the broker.
+    // A watcher of every topic proves what reaches the broker: the allowed
+    // publishes, none of the denied ones.
     let watcher = Command::new(loupe_tests::loupe_bin())
         .args(["lab", "exec", "--lab", "e2e-mqtt", "frontend", "--"])
         .args([
@@ -327,16 +343,22 @@ fn an_installed_plugin_is_observed_everywhere_and_enforced() {
             "-h",
             "db-service",
             "-t",
-            "admin/#",
+            "#",
+            "-v",
             "-W",
-            "4",
+            "6",
             "-i",
-            "admin-watch",
+            "all-watch",
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        seen("SUBSCRIBE", Some("#"), 1),
+        "the watcher did not subscribe: {:#?}",
+        mqtt_flows(&agent)
+    );
+    std::thread::sleep(Duration::from_millis(300)); // its SUBACK on the way back
     publish("admin/reboot", "1", "pub-denied"); // answered by the policy's PUBACK
     publish("sensors/a", "1", "pub-a");
     publish("sensors/b", "1", "pub-b");
@@ -354,8 +376,8 @@ fn an_installed_plugin_is_observed_everywhere_and_enforced() {
     let watched = watcher.wait_with_output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&watched.stdout),
-        "",
-        "a denied publish reached the broker"
+        "sensors/a 21\nsensors/b 21\n",
+        "what reached the broker"
     );
     let flows = mqtt_flows(&agent);
     let dropped = |s: &str| {

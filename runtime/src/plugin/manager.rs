@@ -298,22 +298,21 @@ impl PluginManager {
             .find(|p| p.info.protocol == protocol)
     }
 
-    /// The ports the active plugin for `protocol` is attached to (`install
-    /// --ports`, else the plugin's defaults).
+    /// The ports the active plugins of `protocol` (by protocol, or installed
+    /// under that name) are attached to (`install --ports`, else their
+    /// defaults); `None` when no active plugin serves it.
     pub fn ports_for_protocol(&self, protocol: &str) -> Option<Vec<u16>> {
         let installed = self.read_lock();
-        let active = |e: &&Installed| e.plugin.is_some();
-        installed
-            .get(protocol)
-            .filter(active)
-            .or_else(|| {
-                installed.values().find(|e| {
-                    e.plugin
-                        .as_ref()
-                        .is_some_and(|p| p.info.protocol == protocol)
-                })
-            })
-            .map(|e| e.manifest.ports.clone())
+        let mut ports = std::collections::BTreeSet::new();
+        let mut served = false;
+        for (name, e) in installed.iter() {
+            let Some(plugin) = &e.plugin else { continue };
+            if name == protocol || plugin.info.protocol == protocol {
+                served = true;
+                ports.extend(e.manifest.ports.iter().copied());
+            }
+        }
+        served.then(|| ports.into_iter().collect())
     }
 
     /// Every active plugin (for sniffing a stream no port or rule names).

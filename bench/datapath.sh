@@ -5,9 +5,10 @@
 # iptables rule sets of the same size — interleaved rounds, medians, ratios
 # against "none".
 #
-# Loupe's rows also count the trace events the agent read during the measured
-# load, and those the datapath could not hand to it (lost: ring full), from the
-# agent's own metrics — a rate bought by dropping events would show there.
+# Loupe's rows also count the flows the agent stored from the datapath's events
+# during the measured load, and the events the datapath could not hand to it
+# (lost: ring full), from the agent's own metrics — a rate bought by dropping
+# events would show there.
 #
 # Usage (root): bench/datapath.sh [ROUNDS]     (default 3; ~6 min on 2 vCPU)
 # Prints a Markdown table (also written to bench/results/datapath.md).
@@ -112,7 +113,7 @@ iptables_rules() {
 # The sum of a metric's samples whose line contains LABELS (e.g. 'buffer="events"').
 metric() {
   curl -s "http://127.0.0.1:$prom/metrics" |
-    awk -v name="$1" -v labels="${2:-}" '$1 ~ "^" name "({|$)" && index($1, labels) { s += $2 } END { printf "%d\n", s }'
+    awk -v name="$1" -v labels="${2:-}" '($1 == name || index($1, name "{") == 1) && index($1, labels) { s += $2 } END { printf "%d\n", s }'
 }
 
 measure() {
@@ -178,7 +179,7 @@ base = [med("none", i)[0] for i in range(3)]
 def total(c, i):
     vals = [int(x.split()[i]) for x in raw[c].strip(";").split(";")]
     return "—" if min(vals) < 0 else f"{sum(vals):,}"
-print(f"| config | iperf3 Gbit/s | ratio | conn/s (redis -k 0) | ratio | p50 µs (redis -c 1) | events read | events lost |")
+print(f"| config | iperf3 Gbit/s | ratio | conn/s (redis -k 0) | ratio | p50 µs (redis -c 1) | flows stored | events lost |")
 print("|---|---|---|---|---|---|---|---|")
 for c in configs:
     g, c_, p = med(c, 0), med(c, 1), med(c, 2)

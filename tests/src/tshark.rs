@@ -15,6 +15,14 @@ pub struct TcpStream {
 }
 
 impl TcpStream {
+    /// The chunks as the SDK harness takes a conversation.
+    pub fn conversation(&self) -> Vec<(Direction, &[u8])> {
+        self.chunks
+            .iter()
+            .map(|(d, b)| (*d, b.as_slice()))
+            .collect()
+    }
+
     /// Everything one direction sent.
     pub fn bytes(&self, d: Direction) -> Vec<u8> {
         self.chunks

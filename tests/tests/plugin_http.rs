@@ -53,11 +53,7 @@ fn http_capture_frames_the_same_at_every_split() {
     let h = harness();
     let mut messages = 0;
     for stream in streams(&fixture()) {
-        let conversation: Vec<(Direction, &[u8])> = stream
-            .chunks
-            .iter()
-            .map(|(d, b)| (*d, b.as_slice()))
-            .collect();
+        let conversation = stream.conversation();
         messages += h.check(&conversation).unwrap().messages;
     }
     println!("{messages} messages from http.pcap, native = component at every split");
@@ -80,11 +76,7 @@ fn http_capture_matches_tshark() {
     let dissected = dissect(&pcap);
     let (mut compared, mut skipped) = (0, 0);
     for stream in streams(&pcap) {
-        let conversation: Vec<(Direction, &[u8])> = stream
-            .chunks
-            .iter()
-            .map(|(d, b)| (*d, b.as_slice()))
-            .collect();
+        let conversation = stream.conversation();
         let outcome = h.component(&conversation).unwrap();
         assert_eq!(outcome.error, None, "stream {}", stream.index);
         for d in [ToServer, ToClient] {

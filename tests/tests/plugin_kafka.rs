@@ -38,20 +38,12 @@ fn group_fixture() -> String {
         .to_string()
 }
 
-fn conversation(stream: &loupe_tests::tshark::TcpStream) -> Vec<(Direction, &[u8])> {
-    stream
-        .chunks
-        .iter()
-        .map(|(d, b)| (*d, b.as_slice()))
-        .collect()
-}
-
 #[test]
 fn kafka_capture_frames_the_same_at_every_split() {
     let h = harness();
     let mut messages = 0;
     for stream in streams(&fixture()) {
-        messages += h.check(&conversation(&stream)).unwrap().messages;
+        messages += h.check(&stream.conversation()).unwrap().messages;
     }
     println!("{messages} messages from kafka.pcap, native = component at every split");
     assert!(messages >= 30);
@@ -75,7 +67,7 @@ fn kafka_capture_matches_tshark() {
     // APIs whose request topics were compared.
     let mut topics_compared = std::collections::BTreeSet::new();
     for stream in streams(&pcap) {
-        let outcome = h.component(&conversation(&stream)).unwrap();
+        let outcome = h.component(&stream.conversation()).unwrap();
         assert_eq!(outcome.error, None, "stream {}", stream.index);
         for d in [ToServer, ToClient] {
             let bytes = stream.bytes(d);
@@ -143,7 +135,7 @@ fn group_capture_frames_the_same_at_every_split_and_reads_every_topic_api() {
     let mut topics = std::collections::BTreeSet::new();
     let mut responses_with_summary = 0;
     for stream in streams(&group_fixture()) {
-        let conv = conversation(&stream);
+        let conv = stream.conversation();
         messages += h.check(&conv).unwrap().messages;
         let outcome = h.native(&conv);
         assert_eq!(outcome.error, None, "stream {}", stream.index);

@@ -10,33 +10,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use loupe_plugin_mqtt::{Mqtt, field};
+use loupe_plugin_mqtt::{Mqtt, PACKET_TYPES, field};
 use loupe_sdk::Direction::{self, ToClient, ToServer};
 use loupe_sdk::harness::{Harness, Observed};
-use loupe_tests::tshark::{Dissected, TcpStream, dissect_fields, field_text, streams};
+use loupe_tests::tshark::{Dissected, dissect_fields, field_text, streams};
 use loupe_tests::{guest, root};
 
 /// The port the fixture was captured on (`capture.sh`).
 const PORT: u16 = 18830;
-
-const TYPES: [&str; 16] = [
-    "Reserved",
-    "CONNECT",
-    "CONNACK",
-    "PUBLISH",
-    "PUBACK",
-    "PUBREC",
-    "PUBREL",
-    "PUBCOMP",
-    "SUBSCRIBE",
-    "SUBACK",
-    "UNSUBSCRIBE",
-    "UNSUBACK",
-    "PINGREQ",
-    "PINGRESP",
-    "DISCONNECT",
-    "AUTH",
-];
 
 fn harness() -> Harness<Mqtt> {
     Harness::load(guest("loupe_plugin_mqtt")).unwrap()
@@ -49,14 +30,6 @@ fn fixture() -> String {
         .to_string()
 }
 
-fn conversation(stream: &TcpStream) -> Vec<(Direction, &[u8])> {
-    stream
-        .chunks
-        .iter()
-        .map(|(d, b)| (*d, b.as_slice()))
-        .collect()
-}
-
 fn value(m: &Observed, bytes: &[u8], id: u16) -> Option<String> {
     field_text(&m.fields, m.start, bytes, id)
 }
@@ -66,7 +39,7 @@ fn mqtt_component_matches_native_at_every_split() {
     let h = harness();
     let mut messages = 0;
     for stream in streams(&fixture()) {
-        messages += h.check(&conversation(&stream)).unwrap().messages;
+        messages += h.check(&stream.conversation()).unwrap().messages;
     }
     println!("{messages} packets from mqtt.pcap, native = component at every split");
     assert!(messages >= 60, "{messages}");
@@ -80,7 +53,7 @@ fn mqtt_capture_matches_tshark() {
     let mut compared = 0;
     let mut types = BTreeSet::new();
     for stream in streams(&pcap) {
-        let outcome = h.component(&conversation(&stream)).unwrap();
+        let outcome = h.component(&stream.conversation()).unwrap();
         assert_eq!(outcome.error, None, "stream {}", stream.index);
         for d in [ToServer, ToClient] {
             let bytes = stream.bytes(d);
@@ -100,7 +73,7 @@ fn mqtt_capture_matches_tshark() {
                 let theirs = |name: &str| t.get(name).cloned();
                 let ty = value(m, &bytes, field::PACKET_TYPE.id()).unwrap();
                 let number: usize = theirs("mqtt.msgtype").unwrap().parse().unwrap();
-                assert_eq!(ty, TYPES[number], "{at}");
+                assert_eq!(ty, PACKET_TYPES[number], "{at}");
                 types.insert(ty.clone());
                 let same = |id: u16, name: &str| {
                     assert_eq!(
@@ -137,23 +110,9 @@ fn mqtt_capture_matches_tshark() {
         }
     }
     println!("{compared} packets equal to tshark's; types {types:?}");
-    for ty in [
-        "CONNECT",
-        "CONNACK",
-        "PUBLISH",
-        "PUBACK",
-        "PUBREC",
-        "PUBREL",
-        "PUBCOMP",
-        "SUBSCRIBE",
-        "SUBACK",
-        "UNSUBSCRIBE",
-        "UNSUBACK",
-        "PINGREQ",
-        "PINGRESP",
-        "DISCONNECT",
-    ] {
-        assert!(types.contains(ty), "the capture has no {ty}");
+    // Every type but the reserved ones and AUTH (MQTT 5).
+    for ty in &PACKET_TYPES[1..15] {
+        assert!(types.contains(*ty), "the capture has no {ty}");
     }
     assert!(compared >= 60, "{compared}");
 }
@@ -167,7 +126,7 @@ fn mqtt_capture_pairs_every_answer_with_its_question() {
     let h = harness();
     let (mut paired, mut server_asked) = (0, 0);
     for stream in streams(&pcap) {
-        let outcome = h.native(&conversation(&stream));
+        let outcome = h.native(&stream.conversation());
         let mut waiting: BTreeMap<String, (Direction, String)> = BTreeMap::new();
         let mut in_order: BTreeMap<Direction, Vec<String>> = BTreeMap::new();
         for m in &outcome.messages {

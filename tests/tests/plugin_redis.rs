@@ -140,11 +140,7 @@ fn compare_with_tshark(pcap: &str) -> (usize, usize) {
     let dissected = dissect(pcap);
     let (mut compared, mut skipped) = (0, 0);
     for stream in streams(pcap) {
-        let conversation: Vec<(Direction, &[u8])> = stream
-            .chunks
-            .iter()
-            .map(|(d, b)| (*d, b.as_slice()))
-            .collect();
+        let conversation = stream.conversation();
         let outcome = h.component(&conversation).unwrap();
         assert_eq!(
             outcome.error, None,
@@ -263,11 +259,7 @@ fn redis_captures_frame_the_same_at_every_split() {
     let mut messages = 0;
     for name in ["resp2.pcap", "resp3.pcap"] {
         for stream in streams(fixture(name).to_str().unwrap()) {
-            let conversation: Vec<(Direction, &[u8])> = stream
-                .chunks
-                .iter()
-                .map(|(d, b)| (*d, b.as_slice()))
-                .collect();
+            let conversation = stream.conversation();
             messages += h.check(&conversation).unwrap().messages;
         }
     }

@@ -49,7 +49,9 @@ pub mod field {
     }
 }
 
-const NAMES: [&str; 16] = [
+/// Control packet types by number (`packet-type`'s values; tshark's
+/// `mqtt.msgtype`).
+pub const PACKET_TYPES: [&str; 16] = [
     "Reserved",
     "CONNECT",
     "CONNACK",
@@ -192,7 +194,7 @@ fn packet(d: Direction, first: u8, p: &mut Reader<'_>) -> Result<Frame, ReadErro
         Frame::new(d, 0)
             .kind(k)
             .correlation(c)
-            .set(field::PACKET_TYPE, NAMES[kind])
+            .set(field::PACKET_TYPE, PACKET_TYPES[kind])
     };
     let client = d == Direction::ToServer;
     match (kind, client) {

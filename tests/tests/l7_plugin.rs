@@ -396,5 +396,20 @@ fn an_installed_plugin_is_observed_everywhere_and_enforced() {
         packets(&flows, "PUBLISH", Some("admin/reboot")),
         [dropped("frontend")]
     );
+    // Enforced connections report the broker's side too: its deliveries to the
+    // subscriber (requests it makes) and the subscriber's PUBACKs.
+    let deliveries = packets(&flows, "PUBLISH", Some("sensors/a"));
+    assert!(
+        deliveries.contains(&row("REQUEST", "db-service", "api-service")),
+        "{deliveries:?}"
+    );
+    // One from the watcher before the policy, two from paho under it.
+    let pubacks = packets(&flows, "PUBACK", None);
+    let acked = row("RESPONSE", "api-service", "db-service");
+    assert_eq!(
+        pubacks.iter().filter(|p| **p == acked).count(),
+        3,
+        "{pubacks:?}"
+    );
     drop(broker);
 }

@@ -448,7 +448,7 @@ impl Engine {
 
 /// The HTTP plugin frames bodies as pieces (so it never buffers them): they are
 /// part of their request or response, not flows of their own.
-fn is_body_piece(plugin: &Plugin, msg: &crate::plugin::Message) -> bool {
+pub(crate) fn is_body_piece(plugin: &Plugin, msg: &crate::plugin::Message) -> bool {
     plugin.info.protocol == "http"
         && msg.fields.iter().all(|f| {
             plugin

@@ -9,11 +9,13 @@ use super::inspect::ConnInfo;
 use super::plugin::{ConnEvents, ProxyEvents, Verdict};
 use crate::flow::FlowStore;
 use crate::l7::flows::{ConnContext, error_flow, message_flow, summarize_request};
+use crate::l7::is_body_piece;
 use crate::plugin::{Message, Plugin};
 use crate::reassembly::ConnKey;
 use loupe_proto::flow::{DropReason, TrafficDirection, Verdict as FlowVerdict};
 
-/// Pushes a flow per request, response and failure into the flow store.
+/// Pushes a flow per request, response, other message and failure into the
+/// flow store.
 #[derive(Debug, Clone)]
 pub struct FlowEvents {
     flows: FlowStore,
@@ -95,6 +97,20 @@ impl ConnEvents for ConnFlows {
             response,
             now,
             Some(&summary),
+        ));
+    }
+
+    fn message(&mut self, message: &Message) {
+        if is_body_piece(&self.plugin, message) {
+            return;
+        }
+        self.flows.push(message_flow(
+            &self.ctx,
+            &self.key,
+            &self.plugin.info,
+            message,
+            SystemTime::now(),
+            None,
         ));
     }
 

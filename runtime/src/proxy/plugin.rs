@@ -89,6 +89,9 @@ pub trait ConnEvents: Send {
     fn request(&mut self, request: &Message, verdict: &Verdict);
     /// A response to a forwarded request, `latency` after the request left.
     fn response(&mut self, request: &Message, response: &Message, latency: Duration);
+    /// A message that is neither a client's request nor the answer to one: a
+    /// request or event the server sends, a client's answer to the server.
+    fn message(&mut self, message: &Message);
     /// The connection's L7 view failed (`closed`: the connection was reset,
     /// fail-closed; otherwise it continues unparsed, fail-open).
     fn error(&mut self, reason: &str, closed: bool);
@@ -107,6 +110,7 @@ impl ProxyEvents for NoEvents {
 impl ConnEvents for NoEvents {
     fn request(&mut self, _: &Message, _: &Verdict) {}
     fn response(&mut self, _: &Message, _: &Message, _: Duration) {}
+    fn message(&mut self, _: &Message) {}
     fn error(&mut self, _: &str, _: bool) {}
 }
 
@@ -380,7 +384,10 @@ impl PluginInspector {
                 // The client's answer to a request the server made (an MQTT
                 // subscriber's PUBACK) belongs to no request of the client's:
                 // it goes out at once, whatever is denied or held before it.
-                MessageKind::Response => out.push(Action::ToServer(unit)),
+                MessageKind::Response => {
+                    self.events.message(&message);
+                    out.push(Action::ToServer(unit));
+                }
                 // Body pieces follow their request.
                 MessageKind::Event => match self.tail {
                     Tail::Forward => out.push(Action::ToServer(unit)),
@@ -406,8 +413,10 @@ impl PluginInspector {
         out.push(Action::ToClient(bytes.to_vec()));
         let messages = self.feed_to_client(bytes)?;
         for message in messages {
-            if message.kind == MessageKind::Response
-                && let Some(Slot::Forwarded { .. }) = self.slots.front()
+            if message.kind != MessageKind::Response {
+                // The server asks (an MQTT broker's delivery) or tells.
+                self.events.message(&message);
+            } else if let Some(Slot::Forwarded { .. }) = self.slots.front()
                 && let Some(Slot::Forwarded { request, sent }) = self.slots.pop_front()
             {
                 self.events.response(&request, &message, sent.elapsed());

@@ -219,6 +219,19 @@ fn the_articles_values_become_a_config_the_agent_accepts() {
         parsed.err()
     );
 
+    // Any installed plugin's protocol observed everywhere.
+    let protocols = write_file(&dir, "protocols.yaml", "l7Protocols: [mqtt, memcached]\n");
+    let out = render(
+        &[article.to_str().unwrap(), &protocols],
+        &dir.join("protocols"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let rendered = objects(&dir.join("protocols/loupe.yaml"));
+    let config_text = rendered["config"].as_str().unwrap();
+    let config = AgentConfig::parse(Path::new("loupe-config/loupe.yaml"), config_text)
+        .unwrap_or_else(|e| panic!("{e}\n{config_text}"));
+    assert_eq!(config.l7.global_protocols(), ["http", "mqtt", "memcached"]);
+
     // What the chart cannot do is refused by name, not rendered wrong.
     let grpc = write_file(&dir, "grpc.yaml", "grpcProtocol: true\n");
     let out = render(&[article.to_str().unwrap(), &grpc], &dir.join("grpc"));

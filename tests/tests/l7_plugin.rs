@@ -411,5 +411,18 @@ fn an_installed_plugin_is_observed_everywhere_and_enforced() {
         3,
         "{pubacks:?}"
     );
+    // Each paired with the delivery it acknowledges: it carries the latency.
+    let latencies: Vec<u64> = flows
+        .iter()
+        .filter(|f| fields(f)["packet-type"] == "PUBACK" && pod(f, "source") == "api-service")
+        .map(|f| match &f["l7"]["latency_ns"] {
+            Value::String(s) => s.parse().unwrap_or(0),
+            v => v.as_u64().unwrap_or(0),
+        })
+        .collect();
+    assert!(
+        latencies.len() == 3 && latencies.iter().all(|l| *l > 0),
+        "{latencies:?}"
+    );
     drop(broker);
 }

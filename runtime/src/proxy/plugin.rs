@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::inspect::{Action, ConnInfo, Inspector, InspectorFactory, PassThrough};
-use crate::plugin::{ConnId, Direction, Message, MessageKind, Plugin, PluginInfo, Worker};
+use crate::plugin::{
+    ConnId, Correlation, Direction, Message, MessageKind, Plugin, PluginInfo, Worker,
+};
 use crate::policy::attribution::L7Attribution;
 
 /// A decision on one request.
@@ -182,7 +184,15 @@ pub struct PluginInspector {
     held_bytes: usize,
     /// After a fail-open failure: bytes pass unparsed.
     open: Option<PassThrough>,
+    /// Requests the server made with an id (an MQTT broker's QoS 1 delivery),
+    /// awaiting the client's answer: it pairs with them for its latency.
+    server_asked: HashMap<u64, (Message, Instant)>,
 }
+
+/// Server requests awaiting the client's answer that an inspector remembers;
+/// past it they are forgotten, as the L7 path forgets its own (their answers
+/// are then reported unpaired).
+const MAX_SERVER_ASKED: usize = 1024;
 
 impl std::fmt::Debug for PluginInspector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,6 +235,7 @@ impl PluginInspector {
             denied_queued: 0,
             held_bytes: 0,
             open: None,
+            server_asked: HashMap::new(),
         }
     }
 
@@ -332,7 +343,7 @@ impl PluginInspector {
     ) -> Result<(), String> {
         let verdict = self.decider.decide(&self.conn, &self.plugin.info, &message);
         self.events.request(&message, &verdict);
-        let paired = !matches!(message.correlation, crate::plugin::Correlation::None);
+        let paired = !matches!(message.correlation, Correlation::None);
         match verdict {
             Verdict::Allow(_) if self.denied_queued > 0 => {
                 self.tail = Tail::Hold;
@@ -385,7 +396,16 @@ impl PluginInspector {
                 // subscriber's PUBACK) belongs to no request of the client's:
                 // it goes out at once, whatever is denied or held before it.
                 MessageKind::Response => {
-                    self.events.message(&message);
+                    let asked = match message.correlation {
+                        Correlation::Id(id) => self.server_asked.remove(&id),
+                        _ => None,
+                    };
+                    match asked {
+                        Some((request, sent)) => {
+                            self.events.response(&request, &message, sent.elapsed());
+                        }
+                        None => self.events.message(&message),
+                    }
                     out.push(Action::ToServer(unit));
                 }
                 // Body pieces follow their request.
@@ -416,6 +436,14 @@ impl PluginInspector {
             if message.kind != MessageKind::Response {
                 // The server asks (an MQTT broker's delivery) or tells.
                 self.events.message(&message);
+                if let (MessageKind::Request, Correlation::Id(id)) =
+                    (message.kind, message.correlation)
+                {
+                    if self.server_asked.len() >= MAX_SERVER_ASKED {
+                        self.server_asked.clear();
+                    }
+                    self.server_asked.insert(id, (message, Instant::now()));
+                }
             } else if let Some(Slot::Forwarded { .. }) = self.slots.front()
                 && let Some(Slot::Forwarded { request, sent }) = self.slots.pop_front()
             {

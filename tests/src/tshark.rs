@@ -5,6 +5,7 @@
 use std::process::Command;
 
 use loupe_sdk::Direction::{self, ToClient, ToServer};
+use loupe_sdk::harness::Observed;
 
 /// One TCP stream of a capture: its chunks in capture order, per direction.
 pub struct TcpStream {
@@ -154,14 +155,14 @@ pub fn dissect_fields(
     out
 }
 
-/// A field of a framed message as text: `fields` and `start` as the SDK harness
-/// reports them, slices (`slice OFFSET+LEN`, relative to `start`) resolved in
-/// `bytes`, the direction's stream.
-pub fn field_text(fields: &[(u16, String)], start: u64, bytes: &[u8], id: u16) -> Option<String> {
-    let (_, v) = fields.iter().find(|(f, _)| *f == id)?;
+/// A field of a message the SDK harness observed, as text: slices (`slice
+/// OFFSET+LEN`, relative to the message's start) resolved in `bytes`, the
+/// direction's stream.
+pub fn field_text(m: &Observed, bytes: &[u8], id: u16) -> Option<String> {
+    let (_, v) = m.fields.iter().find(|(f, _)| *f == id)?;
     if let Some(span) = v.strip_prefix("slice ") {
         let (o, l) = span.split_once('+')?;
-        let from = usize::try_from(start).ok()? + o.parse::<usize>().ok()?;
+        let from = usize::try_from(m.start).ok()? + o.parse::<usize>().ok()?;
         let to = from + l.parse::<usize>().ok()?;
         return Some(String::from_utf8_lossy(bytes.get(from..to)?).into_owned());
     }

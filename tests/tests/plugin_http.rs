@@ -65,10 +65,6 @@ fn dissect(pcap: &str) -> BTreeMap<(u32, Direction), Vec<Dissected>> {
     dissect_fields(pcap, "http", PORT)
 }
 
-fn value(m: &Observed, bytes: &[u8], id: u16) -> Option<String> {
-    field_text(&m.fields, m.start, bytes, id)
-}
-
 #[test]
 fn http_capture_matches_tshark() {
     let pcap = fixture();
@@ -117,7 +113,7 @@ fn http_capture_matches_tshark() {
                     (field::STATUS.id(), "http.response.code"),
                 ];
                 for &(id, name) in pairs {
-                    let ours = value(m, &bytes, id);
+                    let ours = field_text(m, &bytes, id);
                     let mut theirs = t.get(name).cloned();
                     if name == "http.request.uri.path" && theirs.is_none() {
                         // tshark names the path only when there is a query.
@@ -125,7 +121,7 @@ fn http_capture_matches_tshark() {
                     }
                     assert_eq!(ours, theirs, "{at}: {name}");
                 }
-                let version = value(m, &bytes, field::VERSION.id());
+                let version = field_text(m, &bytes, field::VERSION.id());
                 let theirs = t
                     .get("http.request.version")
                     .or(t.get("http.response.version"))

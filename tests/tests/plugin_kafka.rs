@@ -54,10 +54,6 @@ fn dissect(pcap: &str) -> BTreeMap<(u32, Direction), Vec<Dissected>> {
     dissect_fields(pcap, "kafka", PORT)
 }
 
-fn value(m: &Observed, bytes: &[u8], id: u16) -> Option<String> {
-    field_text(&m.fields, m.start, bytes, id)
-}
-
 #[test]
 fn kafka_capture_matches_tshark() {
     let pcap = fixture();
@@ -86,7 +82,7 @@ fn kafka_capture_matches_tshark() {
                 let at = format!("{at} message {i}");
                 let same = |id: u16, name: &str| {
                     assert_eq!(
-                        value(m, &bytes, id).as_deref(),
+                        field_text(m, &bytes, id).as_deref(),
                         t.get(name).map(String::as_str),
                         "{at}: {name}\n{m:?}\n{t:?}"
                     );
@@ -96,15 +92,16 @@ fn kafka_capture_matches_tshark() {
                 if d == ToServer {
                     same(field::API_VERSION.id(), "kafka.api_version");
                     same(field::CLIENT_ID.id(), "kafka.client_id");
-                    if value(m, &bytes, field::TOPIC.id()).is_some() {
+                    if field_text(m, &bytes, field::TOPIC.id()).is_some() {
                         same(field::TOPIC.id(), "kafka.topic_name");
-                        topics_compared
-                            .insert(value(m, &bytes, field::API_NAME.id()).unwrap_or_default());
+                        topics_compared.insert(
+                            field_text(m, &bytes, field::API_NAME.id()).unwrap_or_default(),
+                        );
                     }
-                    if value(m, &bytes, field::ACKS.id()).is_some() {
+                    if field_text(m, &bytes, field::ACKS.id()).is_some() {
                         same(field::ACKS.id(), "kafka.required_acks");
                     }
-                } else if value(m, &bytes, field::ERROR_CODE.id()).is_some() {
+                } else if field_text(m, &bytes, field::ERROR_CODE.id()).is_some() {
                     same(field::ERROR_CODE.id(), "kafka.error");
                 }
                 compared += 1;
@@ -141,11 +138,11 @@ fn group_capture_frames_the_same_at_every_split_and_reads_every_topic_api() {
         assert_eq!(outcome.error, None, "stream {}", stream.index);
         for m in &outcome.messages {
             let bytes = stream.bytes(m.direction);
-            let api = value(m, &bytes, field::API_NAME.id()).unwrap_or_default();
-            if let Some(t) = value(m, &bytes, field::TOPIC.id()) {
+            let api = field_text(m, &bytes, field::API_NAME.id()).unwrap_or_default();
+            if let Some(t) = field_text(m, &bytes, field::TOPIC.id()) {
                 topics.insert((api.clone(), t));
             }
-            if value(m, &bytes, field::PARTITION_ERRORS.id()).is_some() {
+            if field_text(m, &bytes, field::PARTITION_ERRORS.id()).is_some() {
                 responses_with_summary += 1;
             }
         }

@@ -30,10 +30,6 @@ fn fixture() -> String {
         .to_string()
 }
 
-fn value(m: &Observed, bytes: &[u8], id: u16) -> Option<String> {
-    field_text(&m.fields, m.start, bytes, id)
-}
-
 #[test]
 fn mqtt_component_matches_native_at_every_split() {
     let h = harness();
@@ -71,13 +67,13 @@ fn mqtt_capture_matches_tshark() {
             for (i, (m, t)) in ours.iter().zip(&theirs).enumerate() {
                 let at = format!("{at} packet {i}");
                 let theirs = |name: &str| t.get(name).cloned();
-                let ty = value(m, &bytes, field::PACKET_TYPE.id()).unwrap();
+                let ty = field_text(m, &bytes, field::PACKET_TYPE.id()).unwrap();
                 let number: usize = theirs("mqtt.msgtype").unwrap().parse().unwrap();
                 assert_eq!(ty, PACKET_TYPES[number], "{at}");
                 types.insert(ty.clone());
                 let same = |id: u16, name: &str| {
                     assert_eq!(
-                        value(m, &bytes, id),
+                        field_text(m, &bytes, id),
                         theirs(name),
                         "{at}: {name}\n{m:?}\n{t:?}"
                     );
@@ -89,7 +85,7 @@ fn mqtt_capture_matches_tshark() {
                     "PUBLISH" => {
                         same(field::TOPIC.id(), "mqtt.topic");
                         same(field::QOS.id(), "mqtt.qos");
-                        let retain = value(m, &bytes, field::RETAIN.id()).unwrap();
+                        let retain = field_text(m, &bytes, field::RETAIN.id()).unwrap();
                         assert_eq!(
                             Some(retain == "true"),
                             theirs("mqtt.retain").map(|r| r == "1" || r == "True"),
@@ -131,7 +127,7 @@ fn mqtt_capture_pairs_every_answer_with_its_question() {
         let mut in_order: BTreeMap<Direction, Vec<String>> = BTreeMap::new();
         for m in &outcome.messages {
             let bytes = stream.bytes(m.direction);
-            let ty = value(m, &bytes, field::PACKET_TYPE.id()).unwrap();
+            let ty = field_text(m, &bytes, field::PACKET_TYPE.id()).unwrap();
             let at = format!("stream {} {:?} {ty}", stream.index, m.direction);
             match (m.kind, m.correlation.split_once(' ')) {
                 ("request", Some(("id", _))) => {

@@ -129,10 +129,6 @@ fn dissect(pcap: &str) -> std::collections::BTreeMap<(u32, Direction), Vec<Disse
     out
 }
 
-fn value(m: &Observed, bytes: &[u8], id: u16) -> Option<String> {
-    field_text(&m.fields, m.start, bytes, id)
-}
-
 /// Compares the component's messages with tshark's items on every direction
 /// tshark fully understood; returns (messages compared, directions skipped).
 fn compare_with_tshark(pcap: &str) -> (usize, usize) {
@@ -179,18 +175,18 @@ fn compare_with_tshark(pcap: &str) -> (usize, usize) {
             );
             for (i, (m, t)) in ours.iter().zip(&theirs).enumerate() {
                 let at = format!("{at} message {i}");
-                let reply_type = value(m, &bytes, field::REPLY_TYPE.id());
+                let reply_type = field_text(m, &bytes, field::REPLY_TYPE.id());
                 match t.kind.as_str() {
                     "array" if d == ToServer => {
-                        let command = value(m, &bytes, field::COMMAND.id()).unwrap();
+                        let command = field_text(m, &bytes, field::COMMAND.id()).unwrap();
                         assert_eq!(
                             command,
                             String::from_utf8_lossy(&t.bulks[0]).to_ascii_uppercase(),
                             "{at}"
                         );
-                        let args = value(m, &bytes, field::ARGS.id()).unwrap();
+                        let args = field_text(m, &bytes, field::ARGS.id()).unwrap();
                         assert_eq!(Some(args.parse::<i64>().unwrap() + 1), t.array_len, "{at}");
-                        if let Some(key) = value(m, &bytes, field::KEY.id()) {
+                        if let Some(key) = field_text(m, &bytes, field::KEY.id()) {
                             assert!(
                                 t.bulks[1..]
                                     .iter()
@@ -219,9 +215,9 @@ fn compare_with_tshark(pcap: &str) -> (usize, usize) {
                     "integer" => assert_eq!(reply_type.as_deref(), Some("integer"), "{at}"),
                     "error" => {
                         assert_eq!(reply_type.as_deref(), Some("error"), "{at}");
-                        let error = value(m, &bytes, field::ERROR.id()).unwrap();
+                        let error = field_text(m, &bytes, field::ERROR.id()).unwrap();
                         assert_eq!(error, t.show, "{at}");
-                        let code = value(m, &bytes, field::ERROR_CODE.id()).unwrap();
+                        let code = field_text(m, &bytes, field::ERROR_CODE.id()).unwrap();
                         assert!(t.show.starts_with(&code), "{at}");
                     }
                     other => panic!("{at}: {other}"),

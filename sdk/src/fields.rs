@@ -76,12 +76,6 @@ pub trait Assign<V> {
     fn value(v: V) -> Value;
 }
 
-fn slice(range: Range<usize>) -> Value {
-    let offset = u32::try_from(range.start).unwrap_or(u32::MAX);
-    let len = u32::try_from(range.end.saturating_sub(range.start)).unwrap_or(u32::MAX);
-    Value::Slice(Span { offset, len })
-}
-
 macro_rules! assign {
     ($field:ty, $v:ty, |$x:ident| $value:expr) => {
         impl Assign<$v> for $field {
@@ -95,10 +89,10 @@ macro_rules! assign {
     };
 }
 
-assign!(TextField, Range<usize>, |r| slice(r));
+assign!(TextField, Range<usize>, |r| Value::Slice(Span::of(r)));
 assign!(TextField, String, |s| Value::Computed(s));
 assign!(TextField, &str, |s| Value::Computed(String::from(s)));
-assign!(BytesField, Range<usize>, |r| slice(r));
+assign!(BytesField, Range<usize>, |r| Value::Slice(Span::of(r)));
 assign!(UnsignedField, u64, |v| Value::Unsigned(v));
 assign!(SignedField, i64, |v| Value::Signed(v));
 assign!(FlagField, bool, |v| Value::Flag(v));

@@ -360,49 +360,45 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn prefixed(&mut self, len: u64, max: usize) -> Result<Range<usize>, ReadError> {
-        let n = self.bounded(len, max)?;
-        self.range(n)
+    /// A length read by `len`, then that many bytes (at most `max`); on any
+    /// error the reader is back before the length.
+    fn prefixed(
+        &mut self,
+        max: usize,
+        len: impl FnOnce(&mut Self) -> Result<u64, ReadError>,
+    ) -> Result<Range<usize>, ReadError> {
+        let start = self.pos;
+        let read = len(self).and_then(|n| {
+            let n = self.bounded(n, max)?;
+            self.range(n)
+        });
+        read.inspect_err(|_| self.pos = start)
     }
 
     /// A byte length, then that many bytes (at most `max`): their range.
     pub fn prefixed_u8(&mut self, max: usize) -> Result<Range<usize>, ReadError> {
-        let start = self.pos;
-        let len = self.u8()?;
-        self.prefixed(u64::from(len), max)
-            .inspect_err(|_| self.pos = start)
+        self.prefixed(max, |r| r.u8().map(u64::from))
     }
 
     /// A big-endian `u16` length, then that many bytes (at most `max`).
     pub fn prefixed_u16_be(&mut self, max: usize) -> Result<Range<usize>, ReadError> {
-        let start = self.pos;
-        let len = self.u16_be()?;
-        self.prefixed(u64::from(len), max)
-            .inspect_err(|_| self.pos = start)
+        self.prefixed(max, |r| r.u16_be().map(u64::from))
     }
 
     /// A big-endian `u32` length, then that many bytes (at most `max`).
     pub fn prefixed_u32_be(&mut self, max: usize) -> Result<Range<usize>, ReadError> {
-        let start = self.pos;
-        let len = self.u32_be()?;
-        self.prefixed(u64::from(len), max)
-            .inspect_err(|_| self.pos = start)
+        self.prefixed(max, |r| r.u32_be().map(u64::from))
     }
 
     /// A little-endian `u32` length, then that many bytes (at most `max`).
     pub fn prefixed_u32_le(&mut self, max: usize) -> Result<Range<usize>, ReadError> {
-        let start = self.pos;
-        let len = self.u32_le()?;
-        self.prefixed(u64::from(len), max)
-            .inspect_err(|_| self.pos = start)
+        self.prefixed(max, |r| r.u32_le().map(u64::from))
     }
 
     /// An unsigned varint length (at most 5 bytes), then that many bytes (at
     /// most `max`).
     pub fn prefixed_uvarint(&mut self, max: usize) -> Result<Range<usize>, ReadError> {
-        let start = self.pos;
-        let len = self.uvarint(5)?;
-        self.prefixed(len, max).inspect_err(|_| self.pos = start)
+        self.prefixed(max, |r| r.uvarint(5))
     }
 
     /// Like [`Reader::prefixed_u16_be`], checked to be UTF-8 (MQTT, many

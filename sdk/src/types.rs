@@ -132,6 +132,17 @@ pub struct Span {
     pub len: u32,
 }
 
+impl Span {
+    /// The span of `range` of a message. Ranges that do not fit in 32 bits are
+    /// clamped (and then refused by the agent).
+    pub fn of(range: Range<usize>) -> Self {
+        Self {
+            offset: u32::try_from(range.start).unwrap_or(u32::MAX),
+            len: u32::try_from(range.end.saturating_sub(range.start)).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 /// A field value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -219,9 +230,7 @@ impl Frame {
     /// (untyped; prefer [`Frame::set`]). Ranges that do not fit in 32 bits are
     /// clamped (and then refused by the agent).
     pub fn slice(self, id: u16, range: Range<usize>) -> Self {
-        let offset = u32::try_from(range.start).unwrap_or(u32::MAX);
-        let len = u32::try_from(range.end.saturating_sub(range.start)).unwrap_or(u32::MAX);
-        self.field(id, Value::Slice(Span { offset, len }))
+        self.field(id, Value::Slice(Span::of(range)))
     }
 
     /// Adds an unsigned field by raw id (untyped; prefer [`Frame::set`]).

@@ -17,6 +17,14 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The other way.
+    pub fn reverse(self) -> Self {
+        match self {
+            Self::ToServer => Self::ToClient,
+            Self::ToClient => Self::ToServer,
+        }
+    }
+
     /// 0 for [`Direction::ToServer`], 1 for [`Direction::ToClient`].
     pub fn index(self) -> usize {
         match self {

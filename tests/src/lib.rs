@@ -442,6 +442,15 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// An L7 flow's latency in `observe -o json` (protobuf's JSON writes a 64-bit
+/// integer as a string); 0 when absent.
+pub fn l7_latency_ns(flow: &serde_json::Value) -> u64 {
+    match &flow["l7"]["latency_ns"] {
+        serde_json::Value::String(s) => s.parse().unwrap_or(0),
+        v => v.as_u64().unwrap_or(0),
+    }
+}
+
 /// The sum of the samples of metric `name` on `127.0.0.1:port/metrics` whose
 /// labels contain every `labels` fragment (`command="SET"`); 0 when absent.
 pub fn metric(port: u16, name: &str, labels: &[&str]) -> f64 {

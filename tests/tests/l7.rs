@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use loupe_tests::{TestAgent, TestLab, client, metric, scratch_dir, serial, wait_for, write_file};
+use loupe_tests::{
+    TestAgent, TestLab, client, l7_latency_ns, metric, scratch_dir, serial, wait_for, write_file,
+};
 use serde_json::Value;
 
 const VISIBILITY: &str = r#"
@@ -103,13 +105,6 @@ fn l7_flows(agent: &TestAgent, extra: &[&str]) -> Vec<Value> {
 
 fn l7_type(f: &Value) -> &str {
     f["l7"]["type"].as_str().unwrap_or("")
-}
-
-fn latency_ns(f: &Value) -> u64 {
-    match &f["l7"]["latency_ns"] {
-        Value::String(s) => s.parse().unwrap_or(0),
-        v => v.as_u64().unwrap_or(0),
-    }
 }
 
 /// Waits until the agent has read every copy the datapath made and its message
@@ -256,7 +251,7 @@ fn l7_visibility_matches_real_clients() {
         "{sample}"
     );
     for r in &responses {
-        let ns = latency_ns(r);
+        let ns = l7_latency_ns(r);
         assert!(
             (1_000..5_000_000_000).contains(&ns),
             "implausible latency {ns} ns: {r}"
@@ -344,7 +339,7 @@ fn l7_visibility_matches_real_clients() {
             && f["l7"]["kafka"]["api_key"] == "produce"
             && f["l7"]["kafka"]["topic"] == topic
             && f["l7"]["kafka"]["error_code"].as_i64().unwrap_or(0) == 0
-            && latency_ns(f) > 0
+            && l7_latency_ns(f) > 0
     });
     assert!(produce_ok, "no successful produce response with latency");
 

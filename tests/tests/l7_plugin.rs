@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use loupe_tests::{
-    TestAgent, TestLab, guest, python, scratch_dir, serial, tcp_ok, wait_for, write_file,
+    TestAgent, TestLab, guest, l7_latency_ns, python, scratch_dir, serial, tcp_ok, wait_for,
+    write_file,
 };
 use serde_json::Value;
 
@@ -415,10 +416,7 @@ fn an_installed_plugin_is_observed_everywhere_and_enforced() {
     let latencies: Vec<u64> = flows
         .iter()
         .filter(|f| fields(f)["packet-type"] == "PUBACK" && pod(f, "source") == "api-service")
-        .map(|f| match &f["l7"]["latency_ns"] {
-            Value::String(s) => s.parse().unwrap_or(0),
-            v => v.as_u64().unwrap_or(0),
-        })
+        .map(l7_latency_ns)
         .collect();
     assert!(
         latencies.len() == 3 && latencies.iter().all(|l| *l > 0),

@@ -155,7 +155,7 @@ fn mqtt_capture_pairs_every_answer_with_its_question() {
                     paired += 1;
                 }
                 ("response", Some(("order", _))) => {
-                    let queue = in_order.entry(other(m.direction)).or_default();
+                    let queue = in_order.entry(m.direction.reverse()).or_default();
                     assert!(!queue.is_empty(), "{at}: answers nothing");
                     let question = queue.remove(0);
                     let expected = match question.as_str() {
@@ -177,11 +177,4 @@ fn mqtt_capture_pairs_every_answer_with_its_question() {
     }
     println!("{paired} answers paired, {server_asked} asked by the broker");
     assert!(paired >= 25 && server_asked >= 4, "{paired} {server_asked}");
-}
-
-fn other(d: Direction) -> Direction {
-    match d {
-        ToServer => ToClient,
-        ToClient => ToServer,
-    }
 }

@@ -179,13 +179,6 @@ fn by_id(asker: Direction, id: u16) -> Correlation {
     Correlation::Id(u64::from(id) | (asker.index() as u64) << 16)
 }
 
-fn other(direction: Direction) -> Direction {
-    match direction {
-        Direction::ToServer => Direction::ToClient,
-        Direction::ToClient => Direction::ToServer,
-    }
-}
-
 /// One packet, from its first byte and its body.
 fn packet(d: Direction, first: u8, p: &mut Reader<'_>) -> Result<Frame, ReadError> {
     use MessageKind::{Event, Request, Response};
@@ -226,7 +219,7 @@ fn packet(d: Direction, first: u8, p: &mut Reader<'_>) -> Result<Frame, ReadErro
         // PUBACK, PUBREC and PUBCOMP answer the other side's PUBLISH or PUBREL.
         (4 | 5 | 7, _) => {
             let id = p.u16_be()?;
-            Ok(frame(Response, by_id(other(d), id)).set(field::PACKET_ID, u64::from(id)))
+            Ok(frame(Response, by_id(d.reverse(), id)).set(field::PACKET_ID, u64::from(id)))
         }
         (6, _) => {
             let id = p.u16_be()?;

@@ -13,6 +13,7 @@
 # Usage (root): bench/datapath.sh [ROUNDS]     (default 3; ~6 min on 2 vCPU)
 # Prints a Markdown table (also written to bench/results/datapath.md).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" # bench_metric
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 rounds=${1:-3}
@@ -110,11 +111,7 @@ iptables_rules() {
   } | iptables-restore --noflush
 }
 
-# The sum of a metric's samples whose line contains LABELS (e.g. 'buffer="events"').
-metric() {
-  curl -s "http://127.0.0.1:$prom/metrics" |
-    awk -v name="$1" -v labels="${2:-}" '($1 == name || index($1, name "{") == 1) && index($1, labels) { s += $2 } END { printf "%d\n", s }'
-}
+metric() { bench_metric "$prom" "$@"; }
 
 measure() {
   local gbps cps p50 seen0=0 lost0=0 seen=-1 lost=-1

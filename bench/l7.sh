@@ -26,10 +26,7 @@ bench_start_agent "prometheus:
   address: 127.0.0.1
 "
 
-metric() {
-  curl -s "http://127.0.0.1:$prom/metrics" |
-    awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%.0f\n", s }'
-}
+metric() { bench_metric "$prom" "$@"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$agent_pid/stat"; }
 settle() {
   local last=-1 now

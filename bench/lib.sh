@@ -11,6 +11,10 @@
 #                               prints a CiliumNetworkPolicy letting app CLIENT
 #                               reach app SERVER on TCP PORT; RULES is appended
 #                               to the port rule (", rules: {...}")
+#   bench_metric PORT NAME [LABELS]
+#                               the sum of metric NAME's samples on
+#                               127.0.0.1:PORT/metrics whose labels contain
+#                               LABELS (e.g. 'buffer="events"'); 0 when absent
 
 bench_setup() {
   local name=$1 octet=$2
@@ -74,4 +78,9 @@ spec:
   - fromEndpoints: [{matchLabels: {app: $client}}]
     toPorts: [{ports: [{port: "$port", protocol: TCP}]$rules}]
 EOF
+}
+
+bench_metric() {
+  curl -s "http://127.0.0.1:$1/metrics" |
+    awk -v m="$2" -v labels="${3:-}" '($1 == m || index($1, m "{") == 1) && index($1, labels) { s += $NF } END { printf "%.0f\n", s }'
 }

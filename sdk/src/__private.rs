@@ -1,7 +1,7 @@
 //! Glue between the generated bindings and the [`Parser`] trait, used by
 //! [`crate::export_parser!`]. Not part of the SDK's API.
 
-use alloc::string::ToString as _;
+use alloc::string::{String, ToString as _};
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
@@ -19,22 +19,29 @@ impl<P: Parser> wit::GuestConnection for Connection<P> {
         Self(RefCell::new(Stream::new()))
     }
 
+    /// Frames into the contract's flat lists: each message's fields go onto
+    /// one list for the whole feed, computed text onto one string.
     fn feed(&self, direction: wit::Direction, bytes: Vec<u8>) -> wit::Frames {
-        let error = |e: crate::StreamError| wit::ParseError {
-            offset: e.offset,
-            reason: e.reason,
-        };
-        match self.0.borrow_mut().feed(direction_from(direction), &bytes) {
-            Ok(feed) => wit::Frames {
-                messages: feed.messages.into_iter().map(message).collect(),
-                pending: feed.pending,
-                error: feed.error.map(error),
-            },
-            Err(e) => wit::Frames {
-                messages: Vec::new(),
-                pending: 0,
-                error: Some(error(e)),
-            },
+        // Sized for a segment's worth of small messages, so the lists rarely
+        // grow (each growth is a copy in the guest's allocator).
+        let mut messages = Vec::with_capacity(16);
+        let mut fields = Vec::with_capacity(128);
+        let mut text = String::new();
+        let (pending, error) =
+            self.0
+                .borrow_mut()
+                .feed_with(direction_from(direction), &bytes, &mut |m| {
+                    messages.push(message(m, &mut fields, &mut text));
+                });
+        wit::Frames {
+            messages,
+            fields,
+            text,
+            pending,
+            error: error.map(|e| wit::ParseError {
+                offset: e.offset,
+                reason: e.reason,
+            }),
         }
     }
 }
@@ -63,6 +70,7 @@ pub fn describe<P: Parser>() -> wit::PluginInfo {
                     FieldType::Signed => wit::FieldType::Signed,
                     FieldType::Flag => wit::FieldType::Flag,
                 },
+                repeated: f.repeated,
                 description: f.description.to_string(),
             })
             .collect(),
@@ -95,7 +103,28 @@ fn direction_from(d: wit::Direction) -> Direction {
     }
 }
 
-fn message(m: crate::Message) -> wit::Message {
+/// `m` as the contract's record, its fields packed onto `fields` (two words
+/// each, `wit/parser.wit`) and its computed text appended to `text`.
+fn message(m: crate::Message, fields: &mut Vec<u64>, text: &mut String) -> wit::Message {
+    let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let first = clamp(fields.len() / 2);
+    let count = clamp(m.fields.len());
+    fields.reserve(m.fields.len() * 2);
+    for f in m.fields {
+        let (kind, offset, word) = match f.value {
+            Value::Slice(s) => (wit::ValueKind::Slice, s.offset, u64::from(s.len)),
+            Value::Computed(s) => {
+                let at = clamp(text.len());
+                text.push_str(&s);
+                (wit::ValueKind::Computed, at, s.len() as u64)
+            }
+            Value::Unsigned(v) => (wit::ValueKind::Unsigned, 0, v),
+            Value::Signed(v) => (wit::ValueKind::Signed, 0, v as u64),
+            Value::Flag(v) => (wit::ValueKind::Flag, 0, u64::from(v)),
+        };
+        fields.push(u64::from(f.id) | (kind as u64) << 16 | u64::from(offset) << 32);
+        fields.push(word);
+    }
     wit::Message {
         kind: match m.kind {
             MessageKind::Request => wit::MessageKind::Request,
@@ -109,22 +138,9 @@ fn message(m: crate::Message) -> wit::Message {
             Correlation::Id(id) => wit::Correlation::Id(id),
             Correlation::None => wit::Correlation::None,
         },
-        fields: m
-            .fields
-            .into_iter()
-            .map(|f| wit::Field {
-                id: f.id,
-                value: match f.value {
-                    Value::Slice(s) => wit::Value::Slice(wit::Span {
-                        offset: s.offset,
-                        len: s.len,
-                    }),
-                    Value::Computed(s) => wit::Value::Computed(s),
-                    Value::Unsigned(v) => wit::Value::Unsigned(v),
-                    Value::Signed(v) => wit::Value::Signed(v),
-                    Value::Flag(v) => wit::Value::Flag(v),
-                },
-            })
-            .collect(),
+        fields: wit::Span {
+            offset: first,
+            len: count,
+        },
     }
 }

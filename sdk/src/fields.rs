@@ -11,16 +11,23 @@
 //!         COMMAND: Text = "command", "request command verb";
 //!         SIZE: Unsigned = "size", "payload size in bytes";
 //!         NOREPLY: Flag = "noreply", "no response will follow";
+//!         /// A list: set once per key.
+//!         KEY: [Text] = "key", "every key the command names";
 //!     }
 //! }
 //!
-//! assert_eq!(field::FIELDS.len(), 3);
+//! assert_eq!(field::FIELDS.len(), 4);
+//! assert!(field::FIELDS[3].repeated && !field::FIELDS[0].repeated);
 //! assert_eq!(field::SIZE.id(), 1);
 //! let frame = Frame::new(Direction::ToServer, 9)
 //!     .set(field::COMMAND, 0..3)  // a slice of the message
 //!     .set(field::SIZE, 5)        // u64
 //!     .set(field::NOREPLY, true);
 //! assert_eq!(frame.unsigned_of(field::SIZE), Some(5));
+//! let get = Frame::new(Direction::ToServer, 9)
+//!     .set(field::KEY, 4..5)
+//!     .set(field::KEY, 6..7);
+//! assert_eq!(get.texts_of(field::KEY, b"get a b\r\n").collect::<Vec<_>>(), ["a", "b"]);
 //! // .set(field::SIZE, 0..3) does not compile: `size` is unsigned.
 //! ```
 
@@ -100,19 +107,22 @@ assign!(FlagField, bool, |v| Value::Flag(v));
 /// Declares a plugin's fields: one typed constant per field, numbered in order,
 /// and `FIELDS`, the schema for [`crate::Info::fields`]. Each entry is
 /// `NAME: Kind = "name", "description";` with `Kind` one of `Text`, `Bytes`,
-/// `Unsigned`, `Signed`, `Flag`. The schema is checked when the crate compiles,
+/// `Unsigned`, `Signed`, `Flag`, or `NAME: [Kind] = …` for a field a message may
+/// carry more than once (a list: the topics of one subscribe, the keys of one
+/// multi-get; set it once per element). The schema is checked when the crate compiles,
 /// against the agent's own rules: names lowercase `[a-z0-9][a-z0-9_-]*`, at most
 /// 64 bytes, unique; at most 256 fields.
 ///
 /// See the [module documentation](mod@crate::fields) for an example.
 #[macro_export]
 macro_rules! fields {
-    ($($(#[$meta:meta])* $konst:ident : $kind:ident = $name:literal, $description:literal;)*) => {
+    ($($(#[$meta:meta])* $konst:ident : $kind:tt = $name:literal, $description:literal;)*) => {
         /// The field schema, in id order.
         pub const FIELDS: &[$crate::FieldSpec] = &[
             $($crate::FieldSpec {
                 name: $name,
                 ty: $crate::fields!(@ty $kind),
+                repeated: $crate::fields!(@repeated $kind),
                 description: $description,
             },)*
         ];
@@ -123,6 +133,10 @@ macro_rules! fields {
                 <$crate::fields!(@field $kind)>::new($crate::__private::field_index(FIELDS, $name));
         )*
     };
+    (@field [$kind:ident]) => { $crate::fields!(@field $kind) };
+    (@ty [$kind:ident]) => { $crate::fields!(@ty $kind) };
+    (@repeated [$kind:ident]) => { true };
+    (@repeated $kind:ident) => { false };
     (@field Text) => { $crate::TextField };
     (@field Bytes) => { $crate::BytesField };
     (@field Unsigned) => { $crate::UnsignedField };
@@ -266,6 +280,7 @@ mod tests {
         let spec = |name| FieldSpec {
             name,
             ty: FieldType::Text,
+            repeated: false,
             description: "",
         };
         let check = |fields: Vec<FieldSpec>| {

@@ -112,6 +112,18 @@ impl<P: Parser> Harness<P> {
         let names: Vec<&str> = info.fields.iter().map(|f| f.name.as_str()).collect();
         let native: Vec<&str> = P::INFO.fields.iter().map(|f| f.name).collect();
         ensure!(names == native, "field schema {names:?} vs {native:?}");
+        let lists = |repeated: Vec<bool>| -> Vec<&str> {
+            names
+                .iter()
+                .zip(repeated)
+                .filter_map(|(n, r)| r.then_some(*n))
+                .collect()
+        };
+        let (theirs, ours) = (
+            lists(info.fields.iter().map(|f| f.repeated).collect()),
+            lists(P::INFO.fields.iter().map(|f| f.repeated).collect()),
+        );
+        ensure!(theirs == ours, "list fields {theirs:?} vs {ours:?}");
         Ok(Self {
             plugin: Arc::new(plugin),
             _parser: PhantomData,

@@ -2,7 +2,7 @@
 //!
 //! A plugin is a type implementing [`Parser`] — one value per connection — plus one
 //! [`export_parser!`] line. Built for `wasm32-wasip2`, the crate becomes a
-//! WebAssembly component that exports the `loupe:plugin/parser@0.1.0` contract
+//! WebAssembly component that exports the `loupe:plugin/parser@0.2.0` contract
 //! (`wit/` in the Loupe repository) and imports nothing: no filesystem, network,
 //! clock or environment. The SDK supplies the allocator and the panic handler (a
 //! panic traps; the agent discards the instance and marks the connection).
@@ -100,7 +100,7 @@ pub trait Parser: Default + 'static {
     /// [`Frame`]s index `INFO.fields`.
     const INFO: Info;
 
-    /// The transport the protocol runs on. 0.1 hosts load stream plugins only.
+    /// The transport the protocol runs on. Hosts load stream plugins only, for now.
     const TRANSPORT: Transport = Transport::Stream;
 
     /// Does a stream that starts with `bytes` look like this protocol?
@@ -178,7 +178,7 @@ macro_rules! export_parser {
 pub mod __bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "loupe:plugin/plugin@0.1.0",
+        world: "loupe:plugin/plugin@0.2.0",
         pub_export_macro: true,
         export_macro_name: "export_plugin_world",
         default_bindings_module: "loupe_sdk::__bindings",

@@ -82,12 +82,34 @@ impl<P: Parser> Stream<P> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
-        let half = &mut self.halves[direction.index()];
         let mut messages = Vec::new();
+        let (pending, error) = self.feed_with(direction, bytes, &mut |m| messages.push(m));
+        Ok(Feed {
+            messages,
+            pending,
+            error,
+        })
+    }
+
+    /// [`Stream::feed`] handing each message to `sink` as it is framed (the
+    /// component's export glue writes them straight into the contract's flat
+    /// lists). Returns the bytes left pending and the error that stopped
+    /// parsing, if one did; a stream that had failed repeats its error.
+    #[doc(hidden)]
+    pub fn feed_with(
+        &mut self,
+        direction: Direction,
+        bytes: &[u8],
+        sink: &mut dyn FnMut(Message),
+    ) -> (u32, Option<StreamError>) {
+        if let Some(err) = &self.failed {
+            return (0, Some(err.clone()));
+        }
+        let half = &mut self.halves[direction.index()];
         // Frame straight from the caller's bytes when nothing is buffered: the
         // common case (whole segments) then never copies.
         let result = if half.buf.is_empty() {
-            let result = frame_all(&mut self.parser, direction, half.base, bytes, &mut messages);
+            let result = frame_all(&mut self.parser, direction, half.base, bytes, sink);
             if let Ok(used) = result {
                 half.buf.extend_from_slice(&bytes[used..]);
                 half.base += used as u64;
@@ -95,13 +117,7 @@ impl<P: Parser> Stream<P> {
             result
         } else {
             half.buf.extend_from_slice(bytes);
-            let result = frame_all(
-                &mut self.parser,
-                direction,
-                half.base,
-                &half.buf,
-                &mut messages,
-            );
+            let result = frame_all(&mut self.parser, direction, half.base, &half.buf, sink);
             if let Ok(used) = result {
                 half.buf.drain(..used);
                 half.base += used as u64;
@@ -111,11 +127,7 @@ impl<P: Parser> Stream<P> {
         let pending = u32::try_from(half.buf.len()).unwrap_or(u32::MAX);
         let error = result.err();
         self.failed.clone_from(&error);
-        Ok(Feed {
-            messages,
-            pending,
-            error,
-        })
+        (pending, error)
     }
 }
 
@@ -126,7 +138,7 @@ fn frame_all<P: Parser>(
     direction: Direction,
     base: u64,
     buf: &[u8],
-    out: &mut Vec<Message>,
+    sink: &mut dyn FnMut(Message),
 ) -> Result<usize, StreamError> {
     let mut used = 0;
     while used < buf.len() {
@@ -149,7 +161,9 @@ fn frame_all<P: Parser>(
                     offset: at,
                     reason: format!("message of {} bytes is too long", frame.len),
                 })?;
-                out.push(Message {
+                check_schema::<P>(&frame.fields)
+                    .map_err(|reason| StreamError { offset: at, reason })?;
+                sink(Message {
                     kind: frame.kind,
                     start: at,
                     len,
@@ -167,4 +181,92 @@ fn frame_all<P: Parser>(
         }
     }
     Ok(used)
+}
+
+/// A frame's fields against `P`'s schema, as the agent checks them: ids in the
+/// schema, and only `repeated` fields set more than once.
+fn check_schema<P: Parser>(fields: &[Field]) -> Result<(), String> {
+    let schema = P::INFO.fields;
+    let mut seen = [0u64; 4];
+    for f in fields {
+        let Some(spec) = schema.get(usize::from(f.id)) else {
+            return Err(format!(
+                "field id {} outside the schema of {}",
+                f.id,
+                schema.len()
+            ));
+        };
+        // Schemas have at most 256 fields, so four words hold every id.
+        let (word, bit) = (usize::from(f.id) / 64 % 4, f.id % 64);
+        if seen[word] & (1 << bit) != 0 && !spec.repeated {
+            return Err(format!(
+                "field {:?} set more than once, but not declared as a list ([Kind])",
+                spec.name
+            ));
+        }
+        seen[word] |= 1 << bit;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{Frame, Info, Request, Sniff};
+
+    #[allow(unreachable_pub)]
+    mod field {
+        crate::fields! {
+            ONE: Text = "one", "set once";
+            MANY: [Text] = "many", "a list";
+        }
+    }
+
+    /// One message per byte; `m` sets the list twice, `o` sets `one` twice.
+    #[derive(Default)]
+    struct Twice;
+
+    impl Parser for Twice {
+        const INFO: Info = Info {
+            name: "twice",
+            version: "0.0.0",
+            protocol: "twice",
+            default_ports: &[],
+            fields: field::FIELDS,
+        };
+        fn sniff(_: Direction, _: &[u8]) -> Sniff {
+            Sniff::Yes
+        }
+        fn parse(&mut self, d: Direction, buf: &[u8]) -> Result<Option<Frame>, ParseError> {
+            let frame = Frame::new(d, 1);
+            Ok(Some(match buf[0] {
+                b'm' => frame.set(field::MANY, 0..1).set(field::MANY, 0..1),
+                b'o' => frame.set(field::ONE, 0..1).set(field::ONE, 0..1),
+                _ => frame.set(field::ONE, 0..1),
+            }))
+        }
+        fn deny_reply(_: &Request<'_>) -> Vec<u8> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn only_list_fields_may_be_set_more_than_once() {
+        let mut s = Stream::<Twice>::new();
+        let out = s.feed(Direction::ToServer, b"xmmo").unwrap();
+        assert_eq!(out.messages.len(), 3);
+        assert_eq!(out.messages[1].fields.len(), 2);
+        let err = out.error.unwrap();
+        assert_eq!(err.offset, 3);
+        assert!(
+            err.reason.contains("\"one\" set more than once"),
+            "{}",
+            err.reason
+        );
+        assert!(
+            s.feed(Direction::ToServer, b"x").is_err(),
+            "the stream stays failed"
+        );
+    }
 }

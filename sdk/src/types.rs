@@ -39,7 +39,7 @@ impl Direction {
 pub enum Transport {
     /// A reliable byte stream (TCP).
     Stream,
-    /// Self-contained datagrams (UDP); loaded by hosts from contract 0.2 on.
+    /// Self-contained datagrams (UDP); not loaded by hosts yet.
     Datagram,
 }
 
@@ -65,6 +65,9 @@ pub struct FieldSpec {
     pub name: &'static str,
     /// Value type.
     pub ty: FieldType,
+    /// Whether a message may carry it more than once: its value is then a list,
+    /// in the order set (declared `NAME: [Kind]` in [`crate::fields!`]).
+    pub repeated: bool,
     /// One line for `loupe plugin inspect`.
     pub description: &'static str,
 }
@@ -220,16 +223,17 @@ impl Frame {
     /// range of the message or text for a [`TextField`], a range for a
     /// [`BytesField`], `u64` / `i64` / `bool` for unsigned, signed and flag
     /// fields (see [`crate::fields!`]).
-    pub fn set<F: Assign<V>, V>(mut self, field: F, value: V) -> Self {
-        self.fields.push(Field {
-            id: field.field_id(),
-            value: F::value(value),
-        });
-        self
+    pub fn set<F: Assign<V>, V>(self, field: F, value: V) -> Self {
+        self.field(field.field_id(), F::value(value))
     }
 
     /// Adds a field by raw id (untyped; prefer [`Frame::set`]).
     pub fn field(mut self, id: u16, value: Value) -> Self {
+        if self.fields.capacity() == 0 {
+            // Room for a typical message's fields in one allocation (growing
+            // from 4 would copy them once more).
+            self.fields.reserve_exact(8);
+        }
         self.fields.push(Field { id, value });
         self
     }
@@ -248,8 +252,30 @@ impl Frame {
 
     /// The first value of field `id`.
     pub fn get(&self, id: impl Into<u16>) -> Option<&Value> {
+        self.values(id).next()
+    }
+
+    /// Every value of field `id`, in the order set (a repeated field's list).
+    pub fn values(&self, id: impl Into<u16>) -> impl Iterator<Item = &Value> {
         let id = id.into();
-        self.fields.iter().find(|f| f.id == id).map(|f| &f.value)
+        self.fields
+            .iter()
+            .filter(move |f| f.id == id)
+            .map(|f| &f.value)
+    }
+
+    /// Every text of a (repeated) text field, in the order set; values that are
+    /// not UTF-8 or lie outside `message` are left out.
+    pub fn texts_of<'a>(
+        &'a self,
+        field: TextField,
+        message: &'a [u8],
+    ) -> impl Iterator<Item = &'a str> {
+        self.values(field).filter_map(move |v| match v {
+            Value::Slice(span) => core::str::from_utf8(span_of(span, message)?).ok(),
+            Value::Computed(text) => Some(text.as_str()),
+            _ => None,
+        })
     }
 
     /// A text field's value: its slice of `message` (this frame's bytes) as
@@ -341,6 +367,13 @@ impl<'a> Request<'a> {
     /// A text field's value (see [`Frame::text_of`]).
     pub fn text(&self, field: TextField) -> Option<&str> {
         self.frame.as_ref()?.text_of(field, self.bytes)
+    }
+
+    /// Every text of a repeated text field (see [`Frame::texts_of`]).
+    pub fn texts(&self, field: TextField) -> impl Iterator<Item = &str> {
+        self.frame
+            .iter()
+            .flat_map(move |frame| frame.texts_of(field, self.bytes))
     }
 
     /// A bytes field's value.

@@ -31,11 +31,11 @@ pub mod field {
         /// User name of a `CONNECT`.
         USERNAME: Text = "username", "user name of a CONNECT";
         /// Topic of a `PUBLISH`; each filter of a `SUBSCRIBE` / `UNSUBSCRIBE`.
-        TOPIC: Text = "topic", "topic of a PUBLISH; every topic filter of a SUBSCRIBE or UNSUBSCRIBE (a list)";
+        TOPIC: [Text] = "topic", "topic of a PUBLISH; every topic filter of a SUBSCRIBE or UNSUBSCRIBE";
         /// Topic filters of a `SUBSCRIBE` / `UNSUBSCRIBE`.
         TOPICS: Unsigned = "topics", "number of topic filters of a SUBSCRIBE or UNSUBSCRIBE";
         /// QoS of a `PUBLISH`; requested QoS of each of a `SUBSCRIBE`'s filters.
-        QOS: Unsigned = "qos", "QoS of a PUBLISH; requested QoS of each filter of a SUBSCRIBE (a list)";
+        QOS: [Unsigned] = "qos", "QoS of a PUBLISH; requested QoS of each filter of a SUBSCRIBE";
         /// The `PUBLISH` is retained.
         RETAIN: Flag = "retain", "the PUBLISH is to be retained";
         /// The `PUBLISH` is a redelivery.

@@ -133,6 +133,7 @@ impl Plugins for PluginService {
                         name: f.name.clone(),
                         r#type: f.ty.as_str().into(),
                         description: f.description.clone(),
+                        repeated: f.repeated,
                     })
                     .collect(),
             ),

@@ -215,7 +215,12 @@ pub(super) async fn run(cmd: PluginCommand, socket: &Path) -> anyhow::Result<i32
             }
             println!("fields:");
             for f in &r.fields {
-                println!("  {:<16} {:<9} {}", f.name, f.r#type, f.description);
+                let ty = if f.repeated {
+                    format!("[{}]", f.r#type)
+                } else {
+                    f.r#type.clone()
+                };
+                println!("  {:<16} {:<9} {}", f.name, ty, f.description);
             }
         }
         PluginCommand::Remove { name, force } => {

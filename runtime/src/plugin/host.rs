@@ -10,7 +10,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use super::cache::Cache;
-use super::contract::{ContractVersion, PARSER_INTERFACE, v0_1};
+use super::contract::{ContractVersion, PARSER_INTERFACE, Pre};
 use super::error::InstallError;
 use super::info::PluginInfo;
 use super::limits::{Limiter, Limits};
@@ -62,6 +62,11 @@ impl PluginHost {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // For `perf`: name the plugins' compiled functions in /tmp/perf-PID.map
+        // (BENCHMARKS.md, "Parsers": where the component's time goes).
+        if std::env::var_os("LOUPE_PLUGIN_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| InstallError::Engine(format!("{e:#}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), limits.tick(), stop.clone())?;
@@ -136,14 +141,10 @@ impl PluginHost {
             })?;
         // The empty linker is the sandbox: nothing to import, so nothing reachable.
         let linker = Linker::<StoreData>::new(&self.engine);
-        let pre = match contract {
-            ContractVersion::V0_1 => {
-                let pre = linker
-                    .instantiate_pre(&component)
-                    .map_err(|e| InstallError::Load(format!("{e:#}")))?;
-                v0_1::PluginPre::new(pre).map_err(|e| InstallError::Load(format!("{e:#}")))?
-            }
-        };
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(|pre| Pre::new(contract, pre))
+            .map_err(|e| InstallError::Load(format!("{e:#}")))?;
         let metrics = Arc::new(PluginMetrics::default());
         let mut store = self.store();
         let instance = pre
@@ -152,8 +153,7 @@ impl PluginHost {
         metrics.instance_created();
         store.set_epoch_deadline(Limits::TICKS_PER_DEADLINE);
         let info = instance
-            .loupe_plugin_parser()
-            .call_describe(&mut store)
+            .describe(&mut store)
             .map_err(|e| InstallError::Describe(format!("{e:#}")))?;
         let info = PluginInfo::from_wit(info)?;
         Ok(Plugin {
@@ -194,7 +194,7 @@ pub struct Plugin {
     pub sha256: String,
     /// The contract version it speaks.
     pub contract: ContractVersion,
-    pub(crate) pre: v0_1::PluginPre<StoreData>,
+    pub(crate) pre: Pre<StoreData>,
     /// Its counters (all instances of this version).
     pub metrics: Arc<PluginMetrics>,
     pub(crate) engine: Engine,

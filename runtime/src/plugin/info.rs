@@ -1,6 +1,6 @@
 //! What a plugin says about itself (`describe()`), checked and in host types.
 
-use super::contract::v0_1::exports::loupe::plugin::parser as wit;
+use super::contract::v0_2::exports::loupe::plugin::parser as wit;
 use super::error::InstallError;
 
 /// Transports.
@@ -8,7 +8,7 @@ use super::error::InstallError;
 pub enum Transport {
     /// TCP-like byte streams.
     Stream,
-    /// Datagrams (contract 0.2).
+    /// Datagrams (not loaded yet).
     Datagram,
 }
 
@@ -47,6 +47,8 @@ pub struct FieldSpec {
     pub name: String,
     /// Its type.
     pub ty: FieldType,
+    /// Whether a message may carry it more than once (a list value).
+    pub repeated: bool,
     /// For humans.
     pub description: String,
 }
@@ -141,6 +143,7 @@ impl PluginInfo {
                     wit::FieldType::Signed => FieldType::Signed,
                     wit::FieldType::Flag => FieldType::Flag,
                 },
+                repeated: f.repeated,
                 description: f.description.chars().take(200).collect(),
             });
         }
@@ -148,7 +151,7 @@ impl PluginInfo {
             wit::Transport::Stream => Transport::Stream,
             wit::Transport::Datagram => {
                 return Err(insane(
-                    "datagram plugins need contract 0.2 (this host speaks 0.1)".into(),
+                    "datagram plugins are not loaded yet (this host parses streams)".into(),
                 ));
             }
         };

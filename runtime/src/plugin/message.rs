@@ -1,6 +1,6 @@
 //! Messages as the host hands them on: checked, positioned, with their bytes.
 
-use super::contract::v0_1::exports::loupe::plugin::parser as wit;
+use super::contract::v0_2::exports::loupe::plugin::parser as wit;
 
 /// Which way bytes flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

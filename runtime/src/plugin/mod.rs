@@ -25,7 +25,7 @@ pub mod store;
 
 pub use contract::ContractVersion;
 /// A plugin's answer to "is this your protocol?".
-pub use contract::v0_1::exports::loupe::plugin::parser::SniffVerdict;
+pub use contract::v0_2::exports::loupe::plugin::parser::SniffVerdict;
 pub use error::{ConnError, InstallError};
 pub use host::{Plugin, PluginHost};
 pub use info::{FieldSpec, FieldType, PluginInfo, Transport};

@@ -18,9 +18,11 @@ use std::time::Instant;
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
-use super::contract::v0_1::{self, exports::loupe::plugin::parser as wit};
+use super::contract::v0_2::exports::loupe::plugin::parser as wit;
+use super::contract::{Bindings, unpack};
 use super::error::ConnError;
 use super::host::{Plugin, StoreData, new_store};
+use super::info::FieldSpec;
 use super::limits::Limits;
 use super::message::{Correlation, Direction, Field, Message, MessageKind, Value};
 use super::metrics::Fault;
@@ -38,13 +40,13 @@ impl ConnId {
 
 struct Live {
     store: Store<StoreData>,
-    bindings: v0_1::Plugin,
+    bindings: Bindings,
 }
 
 #[derive(Default)]
 struct Half {
     /// Bytes not framed yet.
-    pending: Vec<u8>,
+    pending: bytes::BytesMut,
     /// Stream offset of `pending[0]`.
     base: u64,
     /// Stream offset the current resource counts from (it started there).
@@ -169,12 +171,7 @@ impl Worker {
                 .extend_from_slice(bytes);
         }
         let result = self.call(bytes.len(), |bindings, store| {
-            bindings.loupe_plugin_parser().connection().call_feed(
-                store,
-                resource,
-                direction.to_wit(),
-                bytes,
-            )
+            bindings.feed(store, resource, direction.to_wit(), bytes)
         });
         match result {
             Ok(mut frames) => {
@@ -200,10 +197,7 @@ impl Worker {
     /// Asks the plugin whether `bytes` look like its protocol (`None`: it faulted).
     pub fn sniff(&mut self, direction: Direction, bytes: &[u8]) -> Option<wit::SniffVerdict> {
         self.ensure_live().ok()?;
-        match self.call(bytes.len(), |b, s| {
-            b.loupe_plugin_parser()
-                .call_sniff(s, direction.to_wit(), bytes)
-        }) {
+        match self.call(bytes.len(), |b, s| b.sniff(s, direction.to_wit(), bytes)) {
             Ok(v) => Some(v),
             Err(CallError::Fault(fault)) => {
                 self.discard(fault);
@@ -215,9 +209,7 @@ impl Worker {
     /// The plugin's reply to a denied `request` (`None`: it faulted).
     pub fn deny_reply(&mut self, request: &[u8]) -> Option<Vec<u8>> {
         self.ensure_live().ok()?;
-        match self.call(request.len(), |b, s| {
-            b.loupe_plugin_parser().call_deny_reply(s, request)
-        }) {
+        match self.call(request.len(), |b, s| b.deny_reply(s, request)) {
             Ok(v) if v.len() <= self.plugin.limits.max_pending_bytes => Some(v),
             Ok(_) => {
                 self.plugin.metrics.violation();
@@ -247,7 +239,7 @@ impl Worker {
     fn call<T>(
         &mut self,
         bytes: usize,
-        f: impl FnOnce(&v0_1::Plugin, &mut Store<StoreData>) -> wasmtime::Result<T>,
+        f: impl FnOnce(&Bindings, &mut Store<StoreData>) -> wasmtime::Result<T>,
     ) -> Result<T, CallError> {
         let Some(live) = self.live.as_mut() else {
             return Err(CallError::Fault(Fault::Trap));
@@ -304,9 +296,7 @@ impl Worker {
             if let Some(r) = conn.resource {
                 return Ok(r);
             }
-            let created = self.call(0, |b, s| {
-                b.loupe_plugin_parser().connection().call_constructor(s)
-            });
+            let created = self.call(0, |b, s| b.connection(s));
             let resource = match created {
                 Ok(r) => r,
                 Err(CallError::Fault(fault)) => return Err(self.fault(id, fault)),
@@ -322,16 +312,12 @@ impl Worker {
                 .filter_map(|d| {
                     let half = &mut conn.halves[d.index()];
                     half.origin = half.base;
-                    (!half.pending.is_empty()).then(|| (d, half.pending.clone()))
+                    (!half.pending.is_empty()).then(|| (d, half.pending.to_vec()))
                 })
                 .collect();
             let mut replay_failed = false;
             for (d, bytes) in replays {
-                let r = self.call(bytes.len(), |b, s| {
-                    b.loupe_plugin_parser()
-                        .connection()
-                        .call_feed(s, resource, d.to_wit(), &bytes)
-                });
+                let r = self.call(bytes.len(), |b, s| b.feed(s, resource, d.to_wit(), &bytes));
                 match r {
                     // Bytes that framed nothing before frame nothing now.
                     Ok(frames) if frames.messages.is_empty() && frames.error.is_none() => {}
@@ -390,15 +376,22 @@ impl Worker {
         direction: Direction,
         frames: wit::Frames,
     ) -> Result<Vec<Message>, ConnError> {
-        let fields = self.plugin.info.fields.len();
+        let schema = &self.plugin.info.fields;
         let Some(conn) = self.conns.get_mut(&id) else {
             return Err(ConnError::UnknownConnection(id));
         };
         let half = &mut conn.halves[direction.index()];
-        match check(frames, half, direction, fields) {
-            Ok((messages, cursor, order)) => {
-                let framed = (cursor - half.base) as usize;
-                half.pending.drain(..framed);
+        match check(frames, half, direction, schema) {
+            Ok((mut messages, ranges, cursor, order)) => {
+                // The framed bytes leave the buffer without a copy; messages
+                // hold slices of them.
+                let framed = half
+                    .pending
+                    .split_to((cursor - half.base) as usize)
+                    .freeze();
+                for (m, range) in messages.iter_mut().zip(ranges) {
+                    m.bytes = framed.slice(range);
+                }
                 half.base = cursor;
                 half.order = order;
                 self.plugin.metrics.messages(messages.len());
@@ -465,16 +458,21 @@ impl Worker {
     }
 }
 
+/// What [`check`] returns.
+type Checked = (Vec<Message>, Vec<std::ops::Range<usize>>, u64, u64);
+
 /// Validates a plugin's frames against the unframed bytes of `half`: messages in
-/// order, inside the buffer, at least one byte each, fields in the schema and
-/// inside their message. Returns the messages, the new stream cursor and the new
-/// in-order count.
+/// order, inside the buffer, at least one byte each; field ranges that tile the
+/// field list in order; fields in the schema, set once unless `repeated`, slices
+/// inside their message and text inside the text arena. Returns the messages
+/// (without their bytes yet), each one's range of the buffer, the new stream
+/// cursor and the new in-order count.
 fn check(
     frames: wit::Frames,
     half: &Half,
     direction: Direction,
-    field_count: usize,
-) -> Result<(Vec<Message>, u64, u64), String> {
+    schema: &[FieldSpec],
+) -> Result<Checked, String> {
     let end = half.base + half.pending.len() as u64;
     if frames.messages.len() > half.pending.len() {
         return Err(format!(
@@ -483,11 +481,18 @@ fn check(
             half.pending.len()
         ));
     }
-    let mut out = Vec::with_capacity(frames.messages.len());
-    let mut ranges = Vec::with_capacity(frames.messages.len());
+    let wit::Frames {
+        messages,
+        fields: all_fields,
+        text,
+        ..
+    } = frames;
+    let mut out = Vec::with_capacity(messages.len());
+    let mut ranges = Vec::with_capacity(messages.len());
     let mut cursor = half.base;
     let mut order = half.order;
-    for m in frames.messages {
+    let mut next_field = 0usize;
+    for m in messages {
         let start = m.start.saturating_add(half.origin);
         let stop = start.saturating_add(u64::from(m.len));
         if m.len == 0 || start < cursor || stop > end {
@@ -495,33 +500,72 @@ fn check(
                 "message spans bytes {start}..{stop}, outside the unframed {cursor}..{end}"
             ));
         }
-        let mut fields = Vec::with_capacity(m.fields.len());
-        for f in m.fields {
-            if usize::from(f.id) >= field_count {
+        let first = m.fields.offset as usize;
+        let last = first.saturating_add(m.fields.len as usize);
+        let Some(own) = all_fields
+            .get(first.saturating_mul(2)..last.saturating_mul(2))
+            .filter(|_| first == next_field)
+        else {
+            return Err(format!(
+                "message's fields {first}..{last} do not follow on at {next_field} of {}",
+                all_fields.len() / 2
+            ));
+        };
+        next_field = last;
+        let mut seen = [0u64; 4];
+        let mut fields = Vec::with_capacity(own.len() / 2);
+        for &[w0, w1] in own.as_chunks::<2>().0 {
+            let Some((id, kind, offset, word)) = unpack(w0, w1) else {
+                return Err(format!("field packed as {w0:#x} is not a field"));
+            };
+            let Some(spec) = schema.get(usize::from(id)) else {
                 return Err(format!(
-                    "field id {} outside the schema of {field_count}",
-                    f.id
+                    "field id {id} outside the schema of {}",
+                    schema.len()
+                ));
+            };
+            // Ids are below 256 (the schema's limit), so four words hold them all.
+            let (word_at, bit) = (usize::from(id) / 64 % 4, id % 64);
+            if seen[word_at] & (1 << bit) != 0 && !spec.repeated {
+                return Err(format!(
+                    "field {:?} set more than once in a message, but not declared repeated",
+                    spec.name
                 ));
             }
-            let value = match f.value {
-                wit::Value::Slice(s) => {
-                    if u64::from(s.offset) + u64::from(s.len) > u64::from(m.len) {
+            seen[word_at] |= 1 << bit;
+            let value = match kind {
+                wit::ValueKind::Slice => {
+                    if u64::from(offset) + word > u64::from(m.len) {
                         return Err(format!(
-                            "field slice {}+{} past its {}-byte message",
-                            s.offset, s.len, m.len
+                            "field slice {offset}+{word} past its {}-byte message",
+                            m.len
                         ));
                     }
+                    // Within the message's length, so within u32.
                     Value::Slice {
-                        offset: s.offset,
-                        len: s.len,
+                        offset,
+                        len: word as u32,
                     }
                 }
-                wit::Value::Computed(s) => Value::Text(s),
-                wit::Value::Unsigned(v) => Value::Unsigned(v),
-                wit::Value::Signed(v) => Value::Signed(v),
-                wit::Value::Flag(v) => Value::Flag(v),
+                wit::ValueKind::Computed => {
+                    let from = offset as usize;
+                    let to = usize::try_from(word).map_or(usize::MAX, |n| from.saturating_add(n));
+                    let Some(t) = text.get(from..to) else {
+                        return Err(format!(
+                            "computed text {offset}+{word} outside the {}-byte text (or not on a character boundary)",
+                            text.len()
+                        ));
+                    };
+                    Value::Text(t.to_owned())
+                }
+                wit::ValueKind::Unsigned => Value::Unsigned(word),
+                wit::ValueKind::Signed => Value::Signed(word as i64),
+                wit::ValueKind::Flag => match word {
+                    0 | 1 => Value::Flag(word == 1),
+                    _ => return Err(format!("flag field {:?} is {word}", spec.name)),
+                },
             };
-            fields.push(Field { id: f.id, value });
+            fields.push(Field { id, value });
         }
         // Both offsets lie within `pending` (checked above).
         let from = (start - half.base) as usize;
@@ -549,9 +593,13 @@ fn check(
         ranges.push(from..to);
         cursor = stop;
     }
-    let framed = bytes::Bytes::copy_from_slice(&half.pending[..(cursor - half.base) as usize]);
-    for (m, range) in out.iter_mut().zip(ranges) {
-        m.bytes = framed.slice(range);
+    if next_field.saturating_mul(2) != all_fields.len() {
+        return Err(format!(
+            "{} words of fields belong to no message",
+            all_fields
+                .len()
+                .saturating_sub(next_field.saturating_mul(2))
+        ));
     }
-    Ok((out, cursor, order))
+    Ok((out, ranges, cursor, order))
 }

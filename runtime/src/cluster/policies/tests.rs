@@ -18,6 +18,7 @@ fn redis_schema() -> BTreeMap<String, Vec<FieldSpec>> {
     let spec = |name: &str| FieldSpec {
         name: name.into(),
         ty: FieldType::Text,
+        repeated: false,
         description: String::new(),
     };
     BTreeMap::from([("redis".to_string(), vec![spec("command"), spec("key")])])

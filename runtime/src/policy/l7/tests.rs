@@ -632,6 +632,7 @@ fn redis_schema() -> BTreeMap<String, Vec<FieldSpec>> {
     let f = |name: &str, ty| FieldSpec {
         name: name.into(),
         ty,
+        repeated: false,
         description: String::new(),
     };
     BTreeMap::from([(
@@ -809,6 +810,7 @@ fn plugin_messages_are_read_by_schema_name() {
     let spec = |name: &str, ty| FieldSpec {
         name: name.into(),
         ty,
+        repeated: false,
         description: String::new(),
     };
     let info = PluginInfo {

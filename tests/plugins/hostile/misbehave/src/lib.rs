@@ -2,7 +2,9 @@
 //!
 //! It speaks a line protocol (one message per `\n`-terminated line) until a line
 //! names a misdeed: `loop`, `oom`, `trap`, `panic`, `flood` (more messages than
-//! bytes), `span` (a message past the buffer), `field` (a field past its message).
+//! bytes), `span` (a message past the buffer), `field` (a field past its message),
+//! `twice` (a field not declared repeated, set twice), `range` (a message's field
+//! range that skips part of the field list), `text` (computed text past the text).
 //! It implements the generated bindings directly — the SDK would not let it lie.
 #![no_std]
 #![cfg(target_arch = "wasm32")]
@@ -15,9 +17,14 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use loupe_sdk::__bindings::exports::loupe::plugin::parser::{
-    Correlation, Direction, Field, FieldSpec, FieldType, Frames, Guest, GuestConnection, Message,
-    MessageKind, ParseError, PluginInfo, SniffVerdict, Span, Transport, Value,
+    Correlation, Direction, FieldSpec, FieldType, Frames, Guest, GuestConnection, Message,
+    MessageKind, ParseError, PluginInfo, SniffVerdict, Span, Transport, ValueKind,
 };
+
+/// A field as `frames.fields` packs it (two words).
+fn field(kind: ValueKind, offset: u32, word: u64) -> [u64; 2] {
+    [(kind as u64) << 16 | u64::from(offset) << 32, word]
+}
 
 struct Hostile;
 
@@ -34,6 +41,7 @@ impl Guest for Hostile {
             fields: vec![FieldSpec {
                 name: "line".to_string(),
                 ty: FieldType::Text,
+                repeated: false,
                 description: "the line".to_string(),
             }],
         }
@@ -80,6 +88,9 @@ impl GuestConnection for Conn {
         }];
         half.buf.extend_from_slice(&bytes);
         let mut messages = Vec::new();
+        let mut fields = Vec::new();
+        let text = alloc::string::String::from("computed");
+        let none = Span { offset: 0, len: 0 };
         let mut used = 0;
         while let Some(nl) = half.buf[used..].iter().position(|&b| b == b'\n') {
             let line = &half.buf[used..used + nl];
@@ -102,10 +113,12 @@ impl GuestConnection for Conn {
                         start,
                         len: 1,
                         correlation: Correlation::None,
-                        fields: Vec::new(),
+                        fields: none,
                     };
                     return Frames {
                         messages: vec![one; 5_000],
+                        fields: Vec::new(),
+                        text,
                         pending: 0,
                         error: None,
                     };
@@ -116,27 +129,37 @@ impl GuestConnection for Conn {
                         start,
                         len: 1 << 30,
                         correlation: Correlation::InOrder,
-                        fields: Vec::new(),
+                        fields: none,
                     });
                 }
-                b"field" => {
+                b"field" | b"twice" | b"range" | b"text" => {
+                    let first = fields.len() as u32 / 2;
+                    let value = match line {
+                        b"field" => field(ValueKind::Slice, 0, 4096),
+                        b"text" => field(ValueKind::Computed, 4, 100),
+                        _ => field(ValueKind::Slice, 0, 1),
+                    };
+                    fields.extend(value);
+                    if line == b"twice" {
+                        fields.extend(value);
+                    }
                     messages.push(Message {
                         kind: MessageKind::Request,
                         start,
                         len,
                         correlation: Correlation::InOrder,
-                        fields: vec![Field {
-                            id: 0,
-                            value: Value::Slice(Span {
-                                offset: 0,
-                                len: 4096,
-                            }),
-                        }],
+                        fields: Span {
+                            // `range` leaves its field behind, naming none.
+                            offset: first + u32::from(line == b"range"),
+                            len: fields.len() as u32 / 2 - first - u32::from(line == b"range"),
+                        },
                     });
                 }
                 b"bad" => {
                     return Frames {
                         messages,
+                        fields,
+                        text,
                         pending: 0,
                         error: Some(ParseError {
                             offset: start,
@@ -144,22 +167,22 @@ impl GuestConnection for Conn {
                         }),
                     };
                 }
-                _ => messages.push(Message {
-                    kind: match direction {
-                        Direction::ToServer => MessageKind::Request,
-                        Direction::ToClient => MessageKind::Response,
-                    },
-                    start,
-                    len,
-                    correlation: Correlation::InOrder,
-                    fields: vec![Field {
-                        id: 0,
-                        value: Value::Slice(Span {
-                            offset: 0,
-                            len: nl as u32,
-                        }),
-                    }],
-                }),
+                _ => {
+                    messages.push(Message {
+                        kind: match direction {
+                            Direction::ToServer => MessageKind::Request,
+                            Direction::ToClient => MessageKind::Response,
+                        },
+                        start,
+                        len,
+                        correlation: Correlation::InOrder,
+                        fields: Span {
+                            offset: fields.len() as u32 / 2,
+                            len: 1,
+                        },
+                    });
+                    fields.extend(field(ValueKind::Slice, 0, nl as u64));
+                }
             }
             used += nl + 1;
         }
@@ -167,6 +190,8 @@ impl GuestConnection for Conn {
         half.base += used as u64;
         Frames {
             messages,
+            fields,
+            text,
             pending: half.buf.len() as u32,
             error: None,
         }

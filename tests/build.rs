@@ -22,6 +22,11 @@ const ZERO_IMPORT: &[&str] = &[
 /// Guests that link `std`: built apart, so the SDK's `std` feature does not reach
 /// the others through feature unification.
 const WITH_STD: &[&str] = &["loupe-hostile-imports-wasi"];
+/// The memcached parser exported through contract 0.1: built apart, in its own
+/// target directory, because it links the memcached crate without its (0.2)
+/// export — and cargo would put that export-less build of the memcached
+/// component where the real one goes.
+const CONTRACT_0_1: &[&str] = &["loupe-contract-0-1-memcached"];
 
 include!("outer_cargo_env.rs");
 
@@ -41,13 +46,21 @@ fn main() -> anyhow::Result<()> {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    let targets = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("wasm-guests");
+        .unwrap_or_else(|| root.join("target"));
+    let target = targets.join("wasm-guests");
     build(&root, &target, ZERO_IMPORT)?;
     build(&root, &target, WITH_STD)?;
     let out = target.join("wasm32-wasip2/release");
+    let apart = targets.join("wasm-guests-0.1");
+    build(&root, &apart, CONTRACT_0_1)?;
+    for p in CONTRACT_0_1 {
+        let file = format!("{}.wasm", p.replace('-', "_"));
+        let from = apart.join("wasm32-wasip2/release").join(&file);
+        std::fs::copy(&from, out.join(&file))
+            .with_context(|| format!("copying {}", from.display()))?;
+    }
     println!("cargo:rustc-env=LOUPE_GUESTS_DIR={}", out.display());
     Ok(())
 }

@@ -92,7 +92,7 @@ fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["ports"], serde_json::json!([11211, 11311]));
     assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(v["contract"], "0.1");
+    assert_eq!(v["contract"], "0.2");
     let inspect = loupe_ok(&["--socket", s, "plugin", "inspect", "memcached"]).unwrap();
     assert!(
         inspect.contains("command") && inspect.contains("text"),
@@ -102,6 +102,26 @@ fn plugin_lifecycle_through_the_cli_and_a_running_agent() {
         inspect.contains("hits") && inspect.contains("unsigned"),
         "{inspect}"
     );
+    // A list field says so.
+    assert!(
+        inspect
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["key", "[text]"])),
+        "{inspect}"
+    );
+
+    // A build of the same parser against contract 0.1 installs as an upgrade
+    // and runs (through the host's adapter); then the 0.2 build goes back.
+    let old = guest("loupe_contract_0_1_memcached").display().to_string();
+    loupe_ok(&["--socket", s, "plugin", "install", &old]).unwrap();
+    let json = loupe_ok(&["--socket", s, "plugin", "list", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        (v["contract"].as_str(), v["state"].as_str()),
+        (Some("0.1"), Some("active")),
+        "{v}"
+    );
+    loupe_ok(&["--socket", s, "plugin", "install", &memcached]).unwrap();
 
     for (file, name, expected) in [
         (

@@ -140,7 +140,7 @@ fn hostile_trap_and_panic_are_contained() {
 
 #[test]
 fn hostile_results_are_refused_without_losing_the_instance() {
-    for misdeed in ["flood", "span", "field"] {
+    for misdeed in ["flood", "span", "field", "twice", "range", "text"] {
         let (plugin, _) = contained(misdeed, |e| {
             assert!(matches!(e, ConnError::Violation { .. }), "{misdeed}: {e}")
         });
@@ -314,4 +314,49 @@ fn a_tampered_plugin_file_is_listed_as_failed_not_fatal() {
         s.state.describe()
     );
     assert!(manager.active("memcached").is_none());
+}
+
+/// A plugin built against contract 0.1 (the memcached parser with the 0.1 SDK's
+/// export glue) keeps loading: the host adapts its answers, and every message —
+/// bytes, kind, pairing, fields, a multi-key `get`'s list included — equals the
+/// same parser's through 0.2, at every split of the stream.
+#[test]
+fn a_contract_0_1_plugin_loads_and_frames_as_its_0_2_build() {
+    use loupe_runtime::plugin::ContractVersion;
+    let host = PluginHost::new(limits()).unwrap();
+    let old = load(&host, "loupe_contract_0_1_memcached");
+    let new = load(&host, "loupe_plugin_memcached");
+    assert_eq!(old.contract, ContractVersion::V0_1);
+    assert_eq!(new.contract, ContractVersion::V0_2);
+    assert_eq!(old.info.name, new.info.name);
+    // 0.1 could not say which fields repeat: all may.
+    assert!(old.info.fields.iter().all(|f| f.repeated));
+    let key = new.info.fields.iter().find(|f| f.name == "key").unwrap();
+    assert!(key.repeated, "memcached's key is a list in 0.2");
+    assert!(new.info.fields.iter().any(|f| !f.repeated));
+    let requests: &[u8] =
+        b"get a bb ccc\r\nset k 0 0 5\r\nhello\r\ndelete k noreply\r\nincr n 1\r\ngat 10 x y\r\n";
+    let responses: &[u8] = b"VALUE a 0 1\r\n1\r\nEND\r\nSTORED\r\n7\r\nVALUE x 0 1\r\n2\r\nEND\r\n";
+    for split in 1..requests.len() {
+        let mut frames = Vec::new();
+        for plugin in [&old, &new] {
+            let mut worker = Worker::new(plugin.clone());
+            let conn = worker.open();
+            let mut out = Vec::new();
+            for part in [&requests[..split], &requests[split..]] {
+                out.extend(worker.feed(conn, Direction::ToServer, part).unwrap());
+            }
+            out.extend(worker.feed(conn, Direction::ToClient, responses).unwrap());
+            frames.push(out);
+        }
+        assert_eq!(frames[0], frames[1], "split at {split}");
+        assert_eq!(frames[0].len(), 9, "split at {split}");
+        let keys: Vec<&[u8]> = frames[1][0]
+            .fields
+            .iter()
+            .filter(|f| f.id == 1)
+            .filter_map(|f| frames[1][0].slice(f))
+            .collect();
+        assert_eq!(keys, [&b"a"[..], b"bb", b"ccc"]);
+    }
 }

@@ -19,8 +19,8 @@ pub mod field {
     loupe_sdk::fields! {
         /// Request command verb (`get`, `set`…).
         COMMAND: Text = "command", "request command verb (get, set, delete…)";
-        /// First key of a request.
-        KEY: Text = "key", "first key of the request";
+        /// Every key of a request.
+        KEY: [Text] = "key", "every key of the request";
         /// Number of keys in a request.
         KEYS: Unsigned = "keys", "number of keys in the request";
         /// Size of the data block (storage request) or of all values (retrieval response).
@@ -127,6 +127,7 @@ impl Parser for Memcached {
     }
 }
 
+#[cfg(feature = "export")]
 loupe_sdk::export_parser!(Memcached);
 
 /// Splits a line into words, each with its offset in `buf`.
@@ -151,7 +152,7 @@ fn size(r: &Reader<'_>, word: &[u8], at: usize) -> Result<usize, ReadError> {
 fn request(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
     Reader::frame(buf, |r| {
         let line = r.line(MAX_LINE)?;
-        let mut ws = words(buf, line);
+        let mut ws = words(buf, line.clone());
         let Some((verb_at, verb)) = ws.next() else {
             return Err(r.malformed_at(0, "empty command line"));
         };
@@ -183,7 +184,14 @@ fn request(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
             b"gat" | b"gats" => (args.get(1..).unwrap_or(&[]), count.saturating_sub(1)),
             _ => (args, count),
         };
-        if let Some(&(at, key)) = keys.first() {
+        let retrieval = matches!(verb, b"get" | b"gets" | b"gat" | b"gats");
+        if retrieval {
+            // Every key, past the few kept in `head`: policy must see them all.
+            let skip = 1 + count - key_count;
+            for (at, key) in words(buf, line).skip(skip) {
+                frame = frame.set(field::KEY, at..at + key.len());
+            }
+        } else if let Some(&(at, key)) = keys.first() {
             frame = frame.set(field::KEY, at..at + key.len());
         }
         if STORAGE.contains(&verb) {
@@ -195,7 +203,7 @@ fn request(buf: &[u8]) -> Result<Option<Frame>, ParseError> {
             r.skip(size)?;
             r.tag(b"\r\n")?;
             frame = frame.set(field::VALUE_BYTES, size as u64);
-        } else if matches!(verb, b"get" | b"gets" | b"gat" | b"gats") {
+        } else if retrieval {
             frame = frame.set(field::KEYS, key_count as u64);
         }
         if last.is_some_and(|(_, w)| w == b"noreply") {
@@ -294,6 +302,21 @@ mod tests {
             fields: out.messages[0].fields.clone(),
         };
         assert_eq!(frame.text_of(field::COMMAND, req), Some("get"));
+    }
+
+    #[test]
+    fn a_multi_key_request_lists_every_key() {
+        // More keys than the parser keeps words of: the list still has them all.
+        let req = b"get a b c d e f g h\r\ngat 60 x y\r\n";
+        let mut parser = Memcached;
+        let get = parser.parse(Direction::ToServer, req).unwrap().unwrap();
+        let keys: Vec<&str> = get.texts_of(field::KEY, req).collect();
+        assert_eq!(keys, ["a", "b", "c", "d", "e", "f", "g", "h"]);
+        assert_eq!(get.unsigned_of(field::KEYS), Some(8));
+        let rest = &req[get.len..];
+        let gat = parser.parse(Direction::ToServer, rest).unwrap().unwrap();
+        let keys: Vec<&str> = gat.texts_of(field::KEY, rest).collect();
+        assert_eq!(keys, ["x", "y"], "gat's exptime is not a key");
     }
 
     #[test]

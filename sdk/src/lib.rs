@@ -81,7 +81,7 @@ pub mod harness;
 mod wasm_rt;
 
 pub use fields::{Assign, BytesField, FlagField, SignedField, TextField, UnsignedField};
-pub use reader::{ReadError, Reader};
+pub use reader::{ReadError, Reader, put_uvarint};
 pub use stream::{Feed, Message, Stream, StreamError};
 pub use types::{
     Correlation, Direction, Field, FieldSpec, FieldType, Frame, Info, MessageKind, ParseError,

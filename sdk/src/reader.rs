@@ -413,6 +413,23 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Appends `v` as an unsigned LEB128 varint, the inverse of [`Reader::uvarint`]:
+/// for replies that carry a length this way (MQTT's remaining length, Kafka's
+/// compact lengths, protobuf).
+///
+/// ```
+/// let mut reply = vec![0x90];
+/// loupe_sdk::put_uvarint(&mut reply, 300);
+/// assert_eq!(reply, [0x90, 0xac, 0x02]);
+/// ```
+pub fn put_uvarint(out: &mut alloc::vec::Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(0x80 | (v & 0x7f) as u8);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,8 +87,9 @@ pub struct Info {
     pub fields: &'static [FieldSpec],
 }
 
-/// A sniffing verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A sniffing verdict, ordered from `No` to `Yes` (so the most confident of
+/// several is their `max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Sniff {
     /// Not this protocol.
     No,

@@ -98,17 +98,8 @@ impl Parser for Mqtt {
         match (direction, r.u8()) {
             (_, Err(_)) => Sniff::Maybe,
             (Direction::ToServer, Ok(0x10)) => match r.uvarint(4) {
-                Ok(_) => {
-                    let rest = &bytes[r.pos()..];
-                    match (
-                        Sniff::from_prefix(rest, b"\0\x04MQTT"),
-                        Sniff::from_prefix(rest, b"\0\x06MQIsdp"),
-                    ) {
-                        (Sniff::Yes, _) | (_, Sniff::Yes) => Sniff::Yes,
-                        (Sniff::Maybe, _) | (_, Sniff::Maybe) => Sniff::Maybe,
-                        _ => Sniff::No,
-                    }
-                }
+                Ok(_) => Sniff::from_prefix(&bytes[r.pos()..], b"\0\x04MQTT")
+                    .max(Sniff::from_prefix(&bytes[r.pos()..], b"\0\x06MQIsdp")),
                 Err(ReadError::Incomplete) => Sniff::Maybe,
                 Err(ReadError::Malformed(_)) => Sniff::No,
             },
@@ -131,13 +122,9 @@ impl Parser for Mqtt {
             };
             r.ensure(ok, "invalid header flags for the packet type")?;
             let len = r.uvarint(4)?;
-            let len = r.bounded(len, MAX_PACKET)?;
-            let mut body = r.message(len)?;
-            let frame = packet(direction, first, &mut body)?;
-            Ok(Frame {
-                len: r.pos(),
-                ..frame
-            })
+            let mut body = r.message(r.bounded(len, MAX_PACKET)?)?;
+            // The reader is past the packet: its position is the packet's length.
+            packet(direction, first, r.pos(), &mut body)
         })
     }
 
@@ -155,12 +142,7 @@ impl Parser for Mqtt {
             Some("SUBSCRIBE") => {
                 let n = request.unsigned(field::TOPICS).unwrap_or(1) as usize;
                 let mut reply = vec![0x90];
-                let mut len = n + 2;
-                while len >= 0x80 {
-                    reply.push(0x80 | (len & 0x7f) as u8);
-                    len >>= 7;
-                }
-                reply.push(len as u8);
+                loupe_sdk::put_uvarint(&mut reply, n as u64 + 2);
                 reply.extend_from_slice(&[hi, lo]);
                 reply.resize(reply.len() + n, 0x80);
                 reply
@@ -180,11 +162,11 @@ fn by_id(asker: Direction, id: u16) -> Correlation {
 }
 
 /// One packet, from its first byte and its body.
-fn packet(d: Direction, first: u8, p: &mut Reader<'_>) -> Result<Frame, ReadError> {
+fn packet(d: Direction, first: u8, len: usize, p: &mut Reader<'_>) -> Result<Frame, ReadError> {
     use MessageKind::{Event, Request, Response};
     let (kind, flags) = (usize::from(first >> 4), first & 0x0f);
     let frame = |k, c| {
-        Frame::new(d, 0)
+        Frame::new(d, len)
             .kind(k)
             .correlation(c)
             .set(field::PACKET_TYPE, PACKET_TYPES[kind])
@@ -216,14 +198,16 @@ fn packet(d: Direction, first: u8, p: &mut Reader<'_>) -> Result<Frame, ReadErro
                 .set(field::DUP, flags & 8 != 0)
                 .set(field::PAYLOAD_BYTES, payload.len() as u64))
         }
-        // PUBACK, PUBREC and PUBCOMP answer the other side's PUBLISH or PUBREL.
-        (4 | 5 | 7, _) => {
+        // PUBREL asks; PUBACK, PUBREC and PUBCOMP answer the other side's
+        // PUBLISH or PUBREL.
+        (4..=7, _) => {
             let id = p.u16_be()?;
-            Ok(frame(Response, by_id(d.reverse(), id)).set(field::PACKET_ID, u64::from(id)))
-        }
-        (6, _) => {
-            let id = p.u16_be()?;
-            Ok(frame(Request, by_id(d, id)).set(field::PACKET_ID, u64::from(id)))
+            let (k, asker) = if kind == 6 {
+                (Request, d)
+            } else {
+                (Response, d.reverse())
+            };
+            Ok(frame(k, by_id(asker, id)).set(field::PACKET_ID, u64::from(id)))
         }
         (8 | 10, true) => {
             let id = p.u16_be()?;

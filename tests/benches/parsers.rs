@@ -256,36 +256,64 @@ fn native_pass<P: Parser>(conv: &Conversation) -> usize {
 
 fn parser<P: Parser>(c: &mut Criterion, host: &PluginHost, guest: &str, conv: Conversation) {
     let name = P::INFO.name;
+    // `LOUPE_BENCH_PARSERS=redis,http` loads only those (for `perf`: one
+    // plugin's code in the process, so its perf map names stay true).
+    if let Ok(only) = std::env::var("LOUPE_BENCH_PARSERS")
+        && !only.split(',').any(|p| p == name)
+    {
+        return;
+    }
     let bytes: usize = conv.iter().map(|(_, b)| b.len()).sum();
     let messages = native_pass::<P>(&conv);
     println!(
         "{name}: {bytes} bytes, {messages} messages, {} segments per iteration",
         conv.len()
     );
-    let plugin = Arc::new(
-        host.load(&std::fs::read(loupe_tests::guest(guest)).unwrap(), None)
-            .unwrap(),
-    );
+    // The guest as built now, and as other builds of it where given: the 0.1
+    // export of the same parser, and `LOUPE_BASELINE_GUESTS` (a directory of
+    // guests from an earlier build, e.g. before a contract change), so that a
+    // comparison runs side by side in one process.
+    let mut guests = vec![("component".to_string(), loupe_tests::guest(guest))];
+    if let Some(v0_1) = contract_0_1(guest) {
+        guests.push(("component (contract 0.1)".into(), v0_1));
+    }
+    if let Some(dir) = std::env::var_os("LOUPE_BASELINE_GUESTS") {
+        let path = std::path::Path::new(&dir).join(format!("{guest}.wasm"));
+        assert!(
+            path.exists(),
+            "LOUPE_BASELINE_GUESTS has no {}",
+            path.display()
+        );
+        guests.push(("component (baseline)".into(), path));
+    }
     let mut g = c.benchmark_group("parsers");
     g.throughput(Throughput::Bytes(bytes as u64));
     // A fresh connection per pass: pairing state stays that of one conversation.
     g.bench_function(BenchmarkId::new(name, "native"), |b| {
         b.iter(|| native_pass::<P>(&conv))
     });
-    let mut worker = Worker::new(plugin);
-    g.bench_function(BenchmarkId::new(name, "component"), |b| {
-        b.iter(|| {
-            let conn = worker.open();
-            let mut n = 0;
-            for (d, seg) in &conv {
-                n += worker.feed(conn, host_direction(*d), seg).unwrap().len();
-            }
-            worker.close(conn);
-            assert_eq!(n, messages);
-            n
-        })
-    });
+    for (label, path) in guests {
+        let plugin = Arc::new(host.load(&std::fs::read(&path).unwrap(), None).unwrap());
+        let mut worker = Worker::new(plugin);
+        g.bench_function(BenchmarkId::new(name, label), |b| {
+            b.iter(|| {
+                let conn = worker.open();
+                let mut n = 0;
+                for (d, seg) in &conv {
+                    n += worker.feed(conn, host_direction(*d), seg).unwrap().len();
+                }
+                worker.close(conn);
+                assert_eq!(n, messages);
+                n
+            })
+        });
+    }
     g.finish();
+}
+
+/// The same parser exported through contract 0.1, where the tests build one.
+fn contract_0_1(guest: &str) -> Option<std::path::PathBuf> {
+    (guest == "loupe_plugin_memcached").then(|| loupe_tests::guest("loupe_contract_0_1_memcached"))
 }
 
 fn parsers(c: &mut Criterion) {

@@ -38,6 +38,8 @@ const TEMPLATE: &[(&str, &str)] = &[
     ),
 ];
 
+/// The nightly Loupe pins for sanitizer builds (cargo-fuzz) and the eBPF object.
+const FUZZ_TOOLCHAIN: &str = include_str!("../../../ebpf/toolchain");
 /// The workspace's pinned toolchain (`rust-toolchain.toml`'s channel).
 const WORKSPACE_TOOLCHAIN: &str = include_str!("../../../rust-toolchain.toml");
 
@@ -88,6 +90,7 @@ pub(super) fn create(name: &str, dir: &Path, sdk: Option<&Path>) -> anyhow::Resu
             .replace("__SDK__", &sdk.display().to_string())
             .replace("__FUZZ__", &fuzz.display().to_string())
             .replace("__TOOLCHAIN__", toolchain)
+            .replace("__NIGHTLY__", FUZZ_TOOLCHAIN.trim())
     };
     for (path, text) in TEMPLATE {
         let file = out.join(fill(path));

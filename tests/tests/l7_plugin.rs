@@ -96,7 +96,8 @@ fn packets(
     flows
         .iter()
         .filter(|f| fields(f)["packet-type"] == ty)
-        .filter(|f| topic.is_none_or(|t| fields(f)["topic"] == t))
+        // `topic` is a list field: one topic is a list of one.
+        .filter(|f| topic.is_none_or(|t| fields(f)["topic"] == serde_json::json!([t])))
         .map(|f| {
             (
                 f["l7"]["type"].as_str().unwrap_or("").to_string(),

@@ -47,8 +47,40 @@ pub struct RequestSummary {
     pub kafka: Option<Kafka>,
 }
 
-/// A message's fields, named and typed as the plugin's schema says.
+/// A message's fields, named and typed as the plugin's schema says. A field the
+/// schema declares `repeated` is one list, however many values it has (flows
+/// then show `"topic": ["a"]` as they show `"topic": ["a", "b"]`).
 pub fn named_fields(plugin: &PluginInfo, msg: &Message) -> Vec<ext::Field> {
+    let mut out: Vec<ext::Field> = Vec::with_capacity(msg.fields.len());
+    for (field, repeated) in field_values(plugin, msg) {
+        if !repeated {
+            out.push(field);
+            continue;
+        }
+        let value = field.value.unwrap_or_default();
+        match out.iter_mut().find(|f| f.name == field.name) {
+            Some(ext::Field {
+                value:
+                    Some(ext::Value {
+                        kind: Some(ext::value::Kind::List(list)),
+                    }),
+                ..
+            }) => list.values.push(value),
+            _ => out.push(ext::Field {
+                name: field.name,
+                value: Some(ext::Value {
+                    kind: Some(ext::value::Kind::List(ext::ValueList {
+                        values: vec![value],
+                    })),
+                }),
+            }),
+        }
+    }
+    out
+}
+
+/// Each field of `msg` with its value, and whether the schema declares it a list.
+fn field_values(plugin: &PluginInfo, msg: &Message) -> Vec<(ext::Field, bool)> {
     let schema = &plugin.fields;
     msg.fields
         .iter()
@@ -73,10 +105,13 @@ pub fn named_fields(plugin: &PluginInfo, msg: &Message) -> Vec<ext::Field> {
                 Value::Signed(i) => ext::value::Kind::Int(*i),
                 Value::Flag(b) => ext::value::Kind::Bool(*b),
             };
-            Some(ext::Field {
-                name: spec.name.clone(),
-                value: Some(ext::Value { kind: Some(kind) }),
-            })
+            Some((
+                ext::Field {
+                    name: spec.name.clone(),
+                    value: Some(ext::Value { kind: Some(kind) }),
+                },
+                spec.repeated,
+            ))
         })
         .collect()
 }
@@ -465,6 +500,64 @@ mod tests {
         assert_eq!(
             flow(Direction::ToClient, MessageKind::Response),
             from_broker()
+        );
+    }
+
+    /// A field the schema declares a list is one list in the flow, however many
+    /// values it has; other fields stay single values.
+    #[test]
+    fn a_list_field_is_a_list_with_one_value_or_several() {
+        use crate::plugin::{Correlation, Field, FieldSpec, Transport};
+        let spec = |name: &str, repeated| FieldSpec {
+            name: name.into(),
+            ty: FieldType::Text,
+            repeated,
+            description: String::new(),
+        };
+        let info = PluginInfo {
+            name: "pubsub".into(),
+            version: "0.1.0".into(),
+            protocol: "pubsub".into(),
+            default_ports: vec![1883],
+            transport: Transport::Stream,
+            fields: vec![spec("type", false), spec("topic", true)],
+        };
+        let text = |id, t: &str| Field {
+            id,
+            value: Value::Text(t.into()),
+        };
+        let msg = |fields| Message {
+            direction: Direction::ToServer,
+            kind: MessageKind::Request,
+            start: 0,
+            bytes: bytes::Bytes::new(),
+            correlation: Correlation::Order(0),
+            fields,
+        };
+        let s = |t: &str| ext::Value {
+            kind: Some(ext::value::Kind::String(t.into())),
+        };
+        let list = |values: Vec<ext::Value>| {
+            field("topic", ext::value::Kind::List(ext::ValueList { values }))
+        };
+        let one = named_fields(&info, &msg(vec![text(0, "SUB"), text(1, "a")]));
+        assert_eq!(
+            one,
+            [
+                field("type", ext::value::Kind::String("SUB".into())),
+                list(vec![s("a")])
+            ]
+        );
+        let two = named_fields(
+            &info,
+            &msg(vec![text(1, "a"), text(0, "SUB"), text(1, "b")]),
+        );
+        assert_eq!(
+            two,
+            [
+                list(vec![s("a"), s("b")]),
+                field("type", ext::value::Kind::String("SUB".into()))
+            ]
         );
     }
 }

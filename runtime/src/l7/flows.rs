@@ -391,6 +391,18 @@ fn base_flow(
 mod tests {
     use super::*;
 
+    /// A publish/subscribe plugin with `fields`.
+    fn pubsub(fields: Vec<crate::plugin::FieldSpec>) -> PluginInfo {
+        PluginInfo {
+            name: "pubsub".into(),
+            version: "0.1.0".into(),
+            protocol: "pubsub".into(),
+            default_ports: vec![1883],
+            transport: crate::plugin::Transport::Stream,
+            fields,
+        }
+    }
+
     fn field(name: &str, v: ext::value::Kind) -> ext::Field {
         ext::Field {
             name: name.into(),
@@ -446,15 +458,8 @@ mod tests {
     /// server → client, a response server → client.
     #[test]
     fn a_message_keeps_the_direction_it_was_parsed_from() {
-        use crate::plugin::{Correlation, Transport};
-        let info = PluginInfo {
-            name: "pubsub".into(),
-            version: "0.1.0".into(),
-            protocol: "pubsub".into(),
-            default_ports: vec![1883],
-            transport: Transport::Stream,
-            fields: Vec::new(),
-        };
+        use crate::plugin::Correlation;
+        let info = pubsub(Vec::new());
         let pod = |name: &str| Endpoint {
             pod_name: name.into(),
             ..Endpoint::default()
@@ -507,21 +512,14 @@ mod tests {
     /// values it has; other fields stay single values.
     #[test]
     fn a_list_field_is_a_list_with_one_value_or_several() {
-        use crate::plugin::{Correlation, Field, FieldSpec, Transport};
+        use crate::plugin::{Correlation, Field, FieldSpec};
         let spec = |name: &str, repeated| FieldSpec {
             name: name.into(),
             ty: FieldType::Text,
             repeated,
             description: String::new(),
         };
-        let info = PluginInfo {
-            name: "pubsub".into(),
-            version: "0.1.0".into(),
-            protocol: "pubsub".into(),
-            default_ports: vec![1883],
-            transport: Transport::Stream,
-            fields: vec![spec("type", false), spec("topic", true)],
-        };
+        let info = pubsub(vec![spec("type", false), spec("topic", true)]);
         let text = |id, t: &str| Field {
             id,
             value: Value::Text(t.into()),

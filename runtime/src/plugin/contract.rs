@@ -67,7 +67,8 @@ pub(crate) mod v0_1 {
             .messages
             .into_iter()
             .map(|m| {
-                let first = clamp(fields.len());
+                // `fields` holds two words per field: the next field's index.
+                let first = clamp(fields.len() / 2);
                 let count = clamp(m.fields.len());
                 for f in m.fields {
                     let (kind, offset, word) = match f.value {
@@ -97,7 +98,7 @@ pub(crate) mod v0_1 {
                         old::Correlation::None => new::Correlation::None,
                     },
                     fields: new::Span {
-                        offset: first / 2,
+                        offset: first,
                         len: count,
                     },
                 }
